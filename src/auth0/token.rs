@@ -1,0 +1,1 @@
+//! STUB: client-credentials token cache.

@@ -1,0 +1,1 @@
+//! STUB: fetcher and sender loops (being written).

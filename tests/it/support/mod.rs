@@ -1,0 +1,4 @@
+//! Shared test helpers: the fake servers and the fixtures.
+#![allow(dead_code)]
+
+pub mod http;
