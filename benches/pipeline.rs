@@ -1,1 +1,2 @@
-fn main(){}
+//! End-to-end catch-up benchmark (being written).
+fn main() {}

@@ -1,1 +1,2 @@
-fn main(){}
+//! Transform benchmark (being written).
+fn main() {}

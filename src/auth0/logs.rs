@@ -44,6 +44,10 @@ impl Client {
         let _ = start;
         todo!()
     }
+    /// Read one page, to prove the token carries `read:logs`.
+    pub async fn probe(&self) -> Result<usize, Error> {
+        todo!()
+    }
     /// How many tokens this client has minted (each one writes a `seccft` entry into the tenant log).
     pub fn tokens_minted(&self) -> u64 {
         todo!()
