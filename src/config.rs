@@ -163,7 +163,7 @@ pub struct RudderStack {
 /// `[state]`: the SQLite file.
 #[derive(Debug, Clone)]
 pub struct State {
-    /// The database file, resolved against the config file's directory.
+    /// The database file (a relative path is relative to the working directory).
     pub path: PathBuf,
     /// The fetcher pauses while the outbox holds this many entries.
     pub max_outbox_entries: u64,
@@ -470,8 +470,9 @@ impl Config {
         if s.path.as_os_str().is_empty() {
             return Err(invalid("state.path", "must not be empty".into()));
         }
-        let state_path =
-            if s.path.is_absolute() { s.path } else { path.parent().unwrap_or(Path::new(".")).join(s.path) };
+        // Relative to the working directory, as operators expect; the systemd unit sets it to the
+        // StateDirectory.
+        let state_path = s.path;
         if s.max_outbox_entries < u64::from(a.page_size) {
             return Err(invalid(
                 "state.max_outbox_entries",
@@ -631,7 +632,7 @@ write_key = "wkey"
         assert_eq!(c.auth0.page_size, 100);
         assert_eq!(c.auth0.poll_interval, Duration::from_secs(30));
         assert_eq!(c.rudderstack.mode, Mode::Batch);
-        assert_eq!(c.state.path, PathBuf::from("/etc/a0rs/auth0-rudderstack.db"));
+        assert_eq!(c.state.path, PathBuf::from("auth0-rudderstack.db"));
     }
 
     #[test]
