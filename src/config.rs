@@ -342,19 +342,26 @@ impl Config {
     ) -> Result<(Config, Vec<String>), Error> {
         let parse_err =
             |key: String, message: String| Error::Parse { path: path.to_path_buf(), key, message };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| parse_err("(file)".into(), one_line(&e.to_string())))?;
+        let located = |e: &toml::de::Error| {
+            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let message = one_line(e.message());
+            match line {
+                Some(line) => format!("{message} (line {line})"),
+                None => message,
+            }
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_err("(file)".into(), located(&e)))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let inner = e.inner().to_string();
             let mut key = e.path().to_string();
+            let message = located(e.inner());
             // A missing field is reported at its parent table; name the field itself.
-            if let Some(field) = missing_field(&inner) {
+            if let Some(field) = missing_field(&message) {
                 key = if key == "." || key.is_empty() { field } else { format!("{key}.{field}") };
             }
             if key == "." || key.is_empty() {
                 key = "(file)".into();
             }
-            parse_err(key, one_line(&inner))
+            parse_err(key, message)
         })?;
         Self::from_raw(raw, path, env)
     }

@@ -102,7 +102,6 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let code = exit_code_for(&e);
-            tracing::error!(error = %format!("{e:#}"), "exiting");
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }

@@ -1,0 +1,152 @@
+//! The command line as operators script against it: exit codes, and messages that name the file and key.
+
+use std::time::Duration;
+
+use crate::support::app::{App, CLIENT_SECRET, WRITE_KEY, text};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn unreachable_app() -> App {
+    // Nothing listens on port 9 of loopback; these tests never get as far as the network.
+    App::new("http://127.0.0.1:9", "http://127.0.0.1:9")
+}
+
+async fn status_with_config(app: &App, body: &str) -> std::process::Output {
+    std::fs::write(app.config_path(), body).unwrap();
+    app.run(&["status"], LIMIT).await
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A file that is not TOML exits 2 and names the file.
+#[tokio::test]
+async fn malformed_toml_exits_2_and_names_the_file() {
+    let app = unreachable_app();
+    let out = status_with_config(&app, "[auth0\ndomain = 1").await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains(&app.config_path().display().to_string()), "{}", text(&out));
+}
+
+/// An unknown key exits 2 and names the key with its table and the file.
+#[tokio::test]
+async fn an_unknown_key_exits_2_and_names_the_key_and_the_file() {
+    let mut app = unreachable_app();
+    app.set("auth0", "poll_intervall", "30s");
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("poll_intervall"), "{err}");
+    assert!(err.contains("auth0"), "{err}");
+    assert!(err.contains(&app.config_path().display().to_string()), "{err}");
+}
+
+/// A missing key exits 2 and names the dotted key.
+#[tokio::test]
+async fn a_missing_key_exits_2_and_names_the_dotted_key() {
+    let mut app = unreachable_app();
+    app.unset("auth0", "client_id");
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("auth0.client_id"), "{}", text(&out));
+}
+
+/// A bad URL exits 2 and names the key.
+#[tokio::test]
+async fn a_bad_url_exits_2_and_names_the_key() {
+    let mut app = unreachable_app();
+    app.set("rudderstack", "data_plane_url", "not a url");
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("rudderstack.data_plane_url"), "{}", text(&out));
+}
+
+/// A bad duration exits 2 and names the key.
+#[tokio::test]
+async fn a_bad_duration_exits_2_and_names_the_key() {
+    let mut app = unreachable_app();
+    app.set("auth0", "poll_interval", "every now and then");
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("auth0.poll_interval"), "{}", text(&out));
+}
+
+/// A bad start value exits 2 and names the key.
+#[tokio::test]
+async fn a_bad_start_exits_2_and_names_the_key() {
+    let mut app = unreachable_app();
+    app.set("auth0", "start", "yesterday");
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("auth0.start"), "{}", text(&out));
+}
+
+/// A missing config file exits 2 and names it.
+#[tokio::test]
+async fn a_missing_config_file_exits_2_and_names_it() {
+    let app = unreachable_app();
+    std::fs::remove_file(app.config_path()).unwrap();
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains(&app.config_path().display().to_string()), "{}", text(&out));
+}
+
+/// A usage error (unknown subcommand) exits 2.
+#[tokio::test]
+async fn an_unknown_subcommand_exits_2() {
+    let app = unreachable_app();
+    let out = app.run(&["frobnicate"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// A config file that holds a secret and is readable by others gets a warning that names it.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_world_readable_config_with_a_secret_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = unreachable_app();
+    std::fs::set_permissions(app.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("holds a secret") && err.contains("chmod 600"), "{err}");
+
+    std::fs::set_permissions(app.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = app.run(&["status"], LIMIT).await;
+    assert!(!stderr(&out).contains("holds a secret"), "{}", text(&out));
+}
+
+/// Secrets may come from the environment instead of the file.
+#[tokio::test]
+async fn secrets_may_come_from_the_environment() {
+    let mut app = unreachable_app();
+    app.unset("auth0", "client_secret").unset("rudderstack", "write_key");
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("AUTH0_CLIENT_SECRET"), "{}", text(&out));
+
+    let mut cmd = app.command(&["status"]);
+    cmd.env("AUTH0_CLIENT_SECRET", CLIENT_SECRET).env("RUDDERSTACK_WRITE_KEY", WRITE_KEY);
+    let out = crate::support::app::run_bounded(cmd, LIMIT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// `status` on a fresh installation says there is no state yet, creates nothing and exits 0.
+#[tokio::test]
+async fn status_on_a_fresh_installation_creates_nothing() {
+    let app = unreachable_app();
+    let v = app.status().await;
+    assert_eq!(v["state_exists"], false);
+    assert_eq!(v["outbox_depth"], 0);
+    assert!(!app.db_path().exists());
+}
+
+/// The example config shipped in the repository parses, so it cannot rot.
+#[tokio::test]
+async fn the_example_config_parses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let (config, _) = auth0_rudderstack::config::Config::load(&path).expect("config.example.toml parses");
+    assert_eq!(config.auth0.page_size, 100);
+    assert_eq!(config.rudderstack.max_batch_bytes, 4_000_000);
+}

@@ -1,0 +1,168 @@
+//! Drive the real binary: a config file in a temp dir pointing at the fakes, and helpers to run commands
+//! with a bounded wait.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_auth0-rudderstack")
+}
+
+/// A test installation: a temp dir with `config.toml` and the state database.
+pub struct App {
+    /// Keeps the directory alive.
+    pub dir: TempDir,
+    /// The config as a TOML table; `write()` saves it.
+    pub config: toml::Table,
+}
+
+/// The secrets every test installation uses; secret-leak tests search output for them.
+pub const CLIENT_ID: &str = "test-client-id";
+/// See [`CLIENT_ID`].
+pub const CLIENT_SECRET: &str = "s3cr3t-client-secret-value-0123456789";
+/// See [`CLIENT_ID`].
+pub const WRITE_KEY: &str = "wk-2Zt5Vh7Qm9PbRx3LsN8cYd1FgJ4";
+/// The tenant domain of test installations.
+pub const DOMAIN: &str = "example-tenant.us.auth0.com";
+
+impl App {
+    /// A config pointing at an Auth0 base URL and a RudderStack data plane URL, with fast test timings.
+    pub fn new(auth0_url: &str, rudderstack_url: &str) -> App {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("state.db");
+        let text = format!(
+            r#"
+[auth0]
+domain = "{DOMAIN}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+base_url = "{auth0_url}"
+start = "oldest"
+poll_interval = "200ms"
+max_requests_per_second = 1000.0
+timeout = "5s"
+
+[rudderstack]
+data_plane_url = "{rudderstack_url}"
+write_key = "{WRITE_KEY}"
+timeout = "5s"
+
+[state]
+path = "{db}"
+
+[retry]
+initial_backoff = "20ms"
+max_backoff = "200ms"
+sync_give_up_after = "20s"
+"#,
+            db = db.display()
+        );
+        let config: toml::Table = toml::from_str(&text).unwrap();
+        let app = App { dir, config };
+        app.write();
+        app
+    }
+
+    /// Set `section.key` and save.
+    pub fn set(&mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> &mut App {
+        self.config
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap()
+            .insert(key.to_string(), value.into());
+        self.write();
+        self
+    }
+
+    /// Remove `section.key` and save.
+    pub fn unset(&mut self, section: &str, key: &str) -> &mut App {
+        if let Some(t) = self.config.get_mut(section).and_then(|v| v.as_table_mut()) {
+            t.remove(key);
+        }
+        self.write();
+        self
+    }
+
+    fn write(&self) {
+        let path = self.config_path();
+        std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// The state database.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// A command for the binary with this config.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        cmd.env_remove("AUTH0_CLIENT_SECRET").env_remove("RUDDERSTACK_WRITE_KEY").env_remove("RUST_LOG");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
+    }
+
+    /// Run a command to completion, failing the test if it takes longer than `limit`.
+    pub async fn run(&self, args: &[&str], limit: Duration) -> Output {
+        run_bounded(self.command(args), limit).await
+    }
+
+    /// `sync` with a bounded wait.
+    pub async fn sync(&self) -> Output {
+        self.run(&["sync"], Duration::from_secs(60)).await
+    }
+
+    /// `status --json`, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"], Duration::from_secs(20)).await;
+        assert!(out.status.success(), "status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&out)))
+    }
+}
+
+/// Run a command to completion within `limit`.
+pub async fn run_bounded(mut cmd: tokio::process::Command, limit: Duration) -> Output {
+    let child = cmd.spawn().expect("spawn the binary");
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait for the binary"),
+        Err(_) => panic!("the command did not finish within {limit:?}"),
+    }
+}
+
+/// Stdout and stderr together, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Wait until `f` holds, polling every 20 ms, for at most `limit`.
+pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
