@@ -8,7 +8,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 fn unreachable_app() -> App {
     // Nothing listens on port 9 of loopback; these tests never get as far as the network.
-    App::new("http://127.0.0.1:9", "http://127.0.0.1:9")
+    App::with_urls("http://127.0.0.1:9", "http://127.0.0.1:9")
 }
 
 async fn status_with_config(app: &App, body: &str) -> std::process::Output {

@@ -3,3 +3,5 @@
 
 mod cli;
 mod support;
+mod sync;
+mod faults;

@@ -26,12 +26,17 @@ pub const CLIENT_ID: &str = "test-client-id";
 pub const CLIENT_SECRET: &str = "s3cr3t-client-secret-value-0123456789";
 /// See [`CLIENT_ID`].
 pub const WRITE_KEY: &str = "wk-2Zt5Vh7Qm9PbRx3LsN8cYd1FgJ4";
-/// The tenant domain of test installations.
-pub const DOMAIN: &str = "example-tenant.us.auth0.com";
+use super::fake_auth0::{DOMAIN, FakeAuth0};
+use super::fake_rudderstack::FakeRudderStack;
 
 impl App {
+    /// A config pointing at the two fakes, with fast test timings.
+    pub fn new(auth0: &FakeAuth0, rudderstack: &FakeRudderStack) -> App {
+        App::with_urls(&auth0.url(), &rudderstack.url())
+    }
+
     /// A config pointing at an Auth0 base URL and a RudderStack data plane URL, with fast test timings.
-    pub fn new(auth0_url: &str, rudderstack_url: &str) -> App {
+    pub fn with_urls(auth0_url: &str, rudderstack_url: &str) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("state.db");
         let text = format!(

@@ -1,0 +1,543 @@
+//! Losing nothing under crashes, outages, rate limits and bad input: each failure that users of other Auth0
+//! log pullers reported, injected into the fakes and driven through the real binary.
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, text, wait_until};
+use auth0_rudderstack::store::Store;
+
+use crate::support::fake_auth0::{Bucket, DOMAIN, ExpiredFrom, FakeAuth0, FakeOptions, synthetic_entry};
+use crate::support::fake_rudderstack::FakeRudderStack;
+use crate::support::http::{Reply, Request};
+use crate::support::start_fakes;
+
+fn delivered_log_ids(rudder: &FakeRudderStack) -> Vec<String> {
+    rudder.events().iter().map(|e| e["properties"]["log_id"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+fn log_ids(entries: &[Value]) -> Vec<String> {
+    entries.iter().map(|e| e["log_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Every entry delivered at least once, and in first-delivery order equal to the log order.
+fn assert_all_delivered_in_order(rudder: &FakeRudderStack, entries: &[Value]) {
+    let mut seen = HashSet::new();
+    let firsts: Vec<String> = delivered_log_ids(rudder).into_iter().filter(|id| seen.insert(id.clone())).collect();
+    assert_eq!(firsts, log_ids(entries), "every entry must reach RudderStack, in log order");
+}
+
+fn open_db(app: &App) -> rusqlite::Connection {
+    rusqlite::Connection::open(app.db_path()).expect("open the state database")
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn sigterm_and_wait(mut child: tokio::process::Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let pid = child.id().expect("child pid") as i32;
+    let started = Instant::now();
+    // The crate forbids unsafe code, so the signal goes through kill(1) rather than libc.
+    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+    let status = tokio::time::timeout(limit, child.wait()).await.expect("the daemon did not stop in time").unwrap();
+    (status, started.elapsed())
+}
+
+/// SIGKILL at random moments, at least 20 times during a sync of more than 5,000 entries: every entry still
+/// arrives, every duplicate carries its first delivery's messageId, the cursor is never ahead of the outbox
+/// and deliveries, and the database passes `PRAGMA integrity_check` after every kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_message_id() {
+    let (auth0, rudder) = start_fakes().await;
+    // A little latency on both sides widens the windows between fetch, send and delete.
+    rudder.set_delay(Some(Duration::from_millis(15)));
+    auth0.push_synthetic(5_000);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "max_batch_events", 50);
+
+    let mut kills = 0;
+    let mut rounds = 0;
+    while kills < 24 {
+        rounds += 1;
+        assert!(rounds < 200, "could not land 24 kills in 200 rounds");
+        // Keep new entries arriving so there is always work to interrupt.
+        auth0.push_synthetic(150);
+        let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let after = Duration::from_millis(fastrand::u64(5..250));
+        match tokio::time::timeout(after, child.wait()).await {
+            Ok(status) => assert!(status.unwrap().success(), "sync failed on its own"),
+            Err(_) => {
+                child.start_kill().unwrap();
+                child.wait().await.unwrap();
+                kills += 1;
+            }
+        }
+        if !app.db_path().exists() {
+            continue;
+        }
+        let db = open_db(&app);
+        let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok", "database damaged after kill {kills}");
+        drop(db);
+        let store = Store::open_existing(&app.db_path(), DOMAIN).unwrap();
+        if let Some(cursor) = store.cursor().unwrap().map(|c| c.log_id) {
+            let outbox: HashSet<String> =
+                store.outbox_head(usize::MAX).unwrap().into_iter().map(|r| r.log_id).collect();
+            let delivered: HashSet<String> = delivered_log_ids(&rudder).into_iter().collect();
+            for id in log_ids(&auth0.entries()) {
+                if id.as_str() > cursor.as_str() {
+                    break;
+                }
+                assert!(
+                    outbox.contains(&id) || delivered.contains(&id),
+                    "entry {id} is at or before the cursor {cursor} but neither in the outbox nor delivered (kill {kills})"
+                );
+            }
+        }
+    }
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let entries = auth0.entries();
+    assert!(entries.len() >= 5_000);
+    assert_all_delivered_in_order(&rudder, &entries);
+    let mut first_id: BTreeMap<String, String> = BTreeMap::new();
+    let mut duplicates = 0;
+    for e in rudder.events() {
+        let log_id = e["properties"]["log_id"].as_str().unwrap().to_string();
+        let mid = e["messageId"].as_str().unwrap().to_string();
+        match first_id.get(&log_id) {
+            Some(first) => {
+                duplicates += 1;
+                assert_eq!(first, &mid, "a resent {log_id} must carry its first messageId");
+            }
+            None => {
+                first_id.insert(log_id, mid);
+            }
+        }
+    }
+    eprintln!("kills: {kills}, entries: {}, duplicates resent: {duplicates}", entries.len());
+}
+
+/// Against a token bucket (burst 10, 10 requests a second) the daemon paces itself: a long catch-up gets at
+/// most 1% 429s, and uses at least 90% of the allowed rate (a ratio of the fake's own clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_catch_up_stays_within_the_rate_limit_and_uses_it() {
+    let auth0 = FakeAuth0::start(FakeOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        bucket: Some(Bucket { burst: 10, per_second: 10.0 }),
+        retry_after_header: true,
+        ..FakeOptions::default()
+    })
+    .await;
+    let (_unused, rudder) = start_fakes().await;
+    auth0.push_synthetic(6_000);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "max_requests_per_second", 10.0);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 6_000);
+
+    let reqs = auth0.log_requests();
+    let limited = reqs.iter().filter(|r| r.status == 429).count();
+    assert!(limited * 100 <= reqs.len(), "{limited} of {} requests got a 429", reqs.len());
+    let span = reqs.last().unwrap().at.duration_since(reqs[0].at).as_secs_f64();
+    // Burst 10 plus 10 a second over the span is what the bucket allows.
+    let allowed = 10.0 + 10.0 * span;
+    let used = reqs.len() as f64 / allowed;
+    eprintln!("requests {} in {span:.2}s, 429s {limited}, budget used {:.1}%", reqs.len(), used * 100.0);
+    assert!(used >= 0.90, "used only {:.1}% of the allowed rate", used * 100.0);
+}
+
+/// The daemon honours `Retry-After` and `x-ratelimit-reset`: after a 429 it does not ask again before the
+/// time Auth0 named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_honoured_before_the_next_request() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(300);
+    auth0.set_hook(|req: &Request, n| {
+        (req.path == "/api/v2/logs" && n == 3).then(|| {
+            let reset = (Utc::now() + chrono::Duration::seconds(2)).timestamp();
+            Reply::json(429, &serde_json::json!({"statusCode":429,"error":"Too Many Requests","message":"Global limit has been reached"}))
+                .header("retry-after", "1")
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", &reset.to_string())
+        })
+    });
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 300);
+    let reqs = auth0.log_requests();
+    let i = reqs.iter().position(|r| r.status == 429).expect("the fake answered a 429");
+    let waited = reqs[i + 1].at.duration_since(reqs[i].at);
+    assert!(waited >= Duration::from_millis(950), "asked again after {waited:?}, before Retry-After ran out");
+}
+
+/// A token that expires every 2 seconds during a long sync causes no error and no loss: it is refreshed
+/// before it runs out, so Auth0 never sees an expired one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expiring_every_two_seconds_causes_no_error() {
+    let auth0 = FakeAuth0::start(FakeOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        expires_in: 2,
+        ..FakeOptions::default()
+    })
+    .await;
+    let (_unused, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(3_000);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "max_requests_per_second", 6.0);
+    app.set("auth0", "page_size", 50);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_delivered_in_order(&rudder, &entries);
+    assert!(auth0.tokens_minted() >= 3, "a 10 s sync with 2 s tokens needs several: {}", auth0.tokens_minted());
+    assert_eq!(auth0.log_requests_with(401), 0, "no request may carry an expired token");
+    assert!(!stderr(&out).contains("ERROR"), "{}", text(&out));
+}
+
+/// Wrong credentials: exit 1 with a message that says which credential was rejected, and nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_exit_1_naming_the_rejected_credential() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "client_secret", "not-the-secret");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains(CLIENT_ID) && err.contains("rejected"), "{err}");
+    assert!(!err.contains("not-the-secret"), "{err}");
+
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "write_key", "not-the-write-key");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("write key"), "{err}");
+    assert!(!err.contains("not-the-write-key"), "{err}");
+    // The fetched entries wait in the outbox for a corrected key.
+    let s = app.status().await;
+    assert_eq!(s["outbox_depth"], 10, "{s}");
+    app.set("rudderstack", "write_key", WRITE_KEY);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 10);
+}
+
+/// 20% of Auth0 requests answer 500, 502 or 503, one is slow past the timeout, one connection resets and one
+/// body is truncated: the sync still delivers every entry exactly in order, and the waits back off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(3_000);
+    let page = serde_json::to_vec(&entries[..100]).unwrap();
+    auth0.set_hook(move |req: &Request, n| {
+        if req.path != "/api/v2/logs" {
+            return None;
+        }
+        match n {
+            4 => Some(Reply::new(200, "[]").delayed(Duration::from_secs(3))),
+            7 => Some(Reply::Reset),
+            9 => Some(Reply::Truncate { status: 200, headers: vec![], body: page.clone(), keep: page.len() / 2 }),
+            _ if fastrand::u8(0..100) < 20 => {
+                Some(Reply::text([500, 502, 503][fastrand::usize(0..3)], "Logs Service server responded with an internal error"))
+            }
+            _ => None,
+        }
+    });
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "timeout", "1s");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let delivered = delivered_log_ids(&rudder);
+    assert_eq!(delivered, log_ids(&entries), "exactly every entry, once, in order");
+    let failed = auth0.log_requests().iter().filter(|r| r.status >= 500).count();
+    assert!(failed > 0, "the fault hook fired");
+}
+
+/// Consecutive failures back off exponentially, with jitter, up to the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_back_off_exponentially_up_to_the_cap() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    auth0.set_hook(|req: &Request, _| (req.path == "/api/v2/logs").then(|| Reply::text(503, "Service Unavailable")));
+    let mut app = App::new(&auth0, &rudder);
+    app.set("retry", "initial_backoff", "50ms").set("retry", "max_backoff", "400ms");
+    app.set("retry", "sync_give_up_after", "4s");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reqs = auth0.log_requests();
+    let gaps: Vec<f64> = reqs.windows(2).map(|w| w[1].at.duration_since(w[0].at).as_secs_f64()).collect();
+    assert!(gaps.len() >= 6, "{gaps:?}");
+    // Growth: the late waits are several times the first one; cap: none is far beyond twice the cap (jitter).
+    let late = gaps[gaps.len() - 3..].iter().cloned().fold(f64::MAX, f64::min);
+    assert!(late >= 3.0 * gaps[0], "no exponential growth: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= 0.8 + 0.3), "a wait exceeded the cap: {gaps:?}");
+    // Jitter: the capped waits are not all identical.
+    let capped: Vec<f64> = gaps.iter().cloned().filter(|g| *g >= 0.35).collect();
+    assert!(capped.windows(2).any(|w| (w[0] - w[1]).abs() > 0.005), "no jitter: {gaps:?}");
+}
+
+/// `sync` gives up only after `retry.sync_give_up_after`, with exit 1 and a clear message; `run` never exits
+/// for the same faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_gives_up_after_the_configured_wait_but_run_keeps_going() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    auth0.set_hook(|req: &Request, _| (req.path == "/api/v2/logs").then(|| Reply::text(502, "Bad Gateway")));
+    let mut app = App::new(&auth0, &rudder);
+    app.set("retry", "sync_give_up_after", "2s");
+    let started = Instant::now();
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
+    let err = stderr(&out);
+    assert!(err.contains("gave up") && err.contains("502"), "{err}");
+
+    let mut child = app.command(&["run"]).spawn().unwrap();
+    let still = tokio::time::timeout(Duration::from_secs(4), child.wait()).await;
+    assert!(still.is_err(), "run exited under transient faults: {still:?}");
+    auth0.clear_hook();
+    assert!(rudder.wait_for_events(10, Duration::from_secs(20)).await.len() >= 10);
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// RudderStack answers 503 for a while as new entries keep arriving: the fetcher fills the outbox up to
+/// `state.max_outbox_entries`, pauses and says why; when RudderStack is back everything arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rudderstack_outage_fills_the_outbox_to_its_cap_then_everything_arrives_in_order() {
+    let (auth0, rudder) = start_fakes().await;
+    rudder.set_outage(true);
+    auth0.push_synthetic(300);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("state", "max_outbox_entries", 500);
+    let child = app.command(&["run"]).spawn().unwrap();
+    // Entries keep arriving during the outage.
+    for _ in 0..5 {
+        auth0.push_synthetic(100);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let db = app.db_path();
+    let depth = || {
+        Store::open_existing(&db, DOMAIN).and_then(|s| s.outbox_depth()).unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(20), || depth() >= 500).await, "outbox never filled");
+    // Still more arrive, but the outbox stays capped (one page may overshoot the check).
+    auth0.push_synthetic(400);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let capped = depth();
+    assert!((500..600).contains(&capped), "outbox depth {capped} is not held at the cap");
+    assert!(rudder.count(503) > 0, "the sender kept trying");
+
+    rudder.set_outage(false);
+    let total = auth0.entries().len();
+    rudder.wait_for_events(total, Duration::from_secs(30)).await;
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    assert_all_delivered_in_order(&rudder, &auth0.entries());
+}
+
+/// The cursor's entry expired and Auth0 answers 400 on `from`: the gap is logged and shown in `status`, and
+/// with the default `on_expired_checkpoint = "oldest"` the daemon goes on from the oldest retained entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_checkpoint_is_reported_and_fetching_goes_on_from_the_oldest() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(50);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let fresh = auth0.push_synthetic(30);
+    auth0.expire_oldest(60); // the cursor (entry 49) and 10 newer entries are gone
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("gap"), "{err}");
+    let got: Vec<String> = delivered_log_ids(&rudder)[50..].to_vec();
+    assert_eq!(got, log_ids(&fresh[10..]), "continues from the oldest retained entry, the first one included");
+    let s = app.status().await;
+    assert_eq!(s["last_gap"]["from_log_id"], Value::String(auth0.log_id(49)), "{s}");
+    assert!(s["warnings"].to_string().contains("gap"), "{s}");
+    // And no crash loop: a further sync is quiet.
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// With `on_expired_checkpoint = "stop"`, `sync` stops with exit 1 naming the gap, keeps the cursor, shows it in
+/// `status`, and `resume` continues from the oldest retained entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_checkpoint_with_stop_waits_for_resume() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "on_expired_checkpoint", "stop");
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let fresh = auth0.push_synthetic(10);
+    auth0.expire_oldest(25);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("resume"), "{}", text(&out));
+    let s = app.status().await;
+    assert_eq!(s["fetching_stopped"], true, "{s}");
+    assert_eq!(s["cursor"], Value::String(auth0.log_id(19)));
+    // Stopped is stable: a second sync does not crash-loop or move anything.
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 20);
+
+    let out = app.run(&["resume"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(delivered_log_ids(&rudder)[20..].to_vec(), log_ids(&fresh[5..]));
+}
+
+/// Auth0 silently answers with entries far newer than a cursor older than the retention: the gap is
+/// reported, and `status` warned beforehand that the checkpoint was past half the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
+    let auth0 = FakeAuth0::start(FakeOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        expired_from: ExpiredFrom::OldestRetained,
+        ..FakeOptions::default()
+    })
+    .await;
+    let (_unused, rudder) = start_fakes().await;
+    let old: Vec<Value> =
+        (1..=5).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::hours(3) + chrono::Duration::seconds(i as i64))).collect();
+    auth0.push(old.clone());
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "retention", "1h");
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let s = app.status().await;
+    assert!(s["warnings"].to_string().contains("half of auth0.retention"), "{s}");
+
+    let new: Vec<Value> = (6..=8).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::minutes(1))).collect();
+    auth0.push(new.clone());
+    auth0.expire_oldest(5);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stderr(&out).contains("gap"), "{}", text(&out));
+    let s = app.status().await;
+    assert_eq!(s["last_gap"]["from_log_id"], old[4]["log_id"], "{s}");
+    assert_eq!(s["last_gap"]["to_log_id"], new[0]["log_id"], "{s}");
+    assert_eq!(delivered_log_ids(&rudder)[5..].to_vec(), log_ids(&new));
+}
+
+/// A state file that is not SQLite, is corrupt, or comes from a newer schema: exit 3, a message naming the
+/// file, and the file is byte-for-byte untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_database_exits_3_and_is_never_modified() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(300);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let good = std::fs::read(app.db_path()).unwrap();
+
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    for b in &mut corrupt[mid..mid + 4096.min(good.len() - mid)] {
+        *b = 0x5a;
+    }
+    let mut newer = None;
+    {
+        let copy = app.dir.path().join("newer.db");
+        std::fs::write(&copy, &good).unwrap();
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        newer = newer.or(Some(std::fs::read(&copy).unwrap()));
+    }
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("not sqlite", b"this is not a database, it is a text file\n".repeat(100)),
+        ("corrupt", corrupt),
+        ("newer schema", newer.unwrap()),
+    ];
+    for (name, bytes) in cases {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", app.db_path().display()));
+        }
+        std::fs::write(app.db_path(), &bytes).unwrap();
+        for cmd in [&["sync"][..], &["status"][..]] {
+            let out = app.run(cmd, Duration::from_secs(30)).await;
+            assert_eq!(out.status.code(), Some(3), "{name} / {cmd:?}: {}", text(&out));
+            assert!(stderr(&out).contains(&app.db_path().display().to_string()), "{name}: {}", text(&out));
+            assert_eq!(std::fs::read(app.db_path()).unwrap(), bytes, "{name}: the file was modified by {cmd:?}");
+        }
+    }
+}
+
+/// A whole sync at trace level with errors forced on both sides, then `status`, `check` and `--help`: the client
+/// secret, the access tokens and the write key appear nowhere in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_any_output() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(400);
+    auth0.set_hook(|req: &Request, n| match (req.path.as_str(), n) {
+        ("/api/v2/logs", 3) => Some(Reply::text(503, "Service Unavailable")),
+        ("/api/v2/logs", 5) => {
+            Some(Reply::json(401, &serde_json::json!({"statusCode":401,"error":"Unauthorized","message":"Invalid token"})))
+        }
+        _ => None,
+    });
+    rudder.hook(|_, n| (n == 1).then(|| Reply::text(500, "gateway error")));
+    let app = App::new(&auth0, &rudder);
+    let mut outputs = Vec::new();
+    let mut cmd = app.command(&["sync"]);
+    cmd.env("RUST_LOG", "trace");
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), entries.len());
+    outputs.push(out);
+    for args in [&["status"][..], &["status", "--json"], &["check"], &["--help"], &["dead-letter", "list"]] {
+        let mut cmd = app.command(args);
+        cmd.env("RUST_LOG", "trace");
+        outputs.push(run_bounded(cmd, Duration::from_secs(30)).await);
+    }
+    // And the failing side: rejected credentials and a rejected write key, at trace level.
+    let mut bad = App::new(&auth0, &rudder);
+    bad.set("rudderstack", "write_key", "wrong-key-x");
+    let mut cmd = bad.command(&["sync"]);
+    cmd.env("RUST_LOG", "trace");
+    outputs.push(run_bounded(cmd, Duration::from_secs(60)).await);
+
+    let tokens = auth0.issued_tokens();
+    assert!(!tokens.is_empty());
+    let basic = crate::support::fake_rudderstack::base64_std_encode(format!("{WRITE_KEY}:").as_bytes());
+    let mut secrets: Vec<String> = vec![CLIENT_SECRET.into(), WRITE_KEY.into(), basic];
+    secrets.extend(tokens);
+    for out in &outputs {
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(all.len() > 10);
+        for s in &secrets {
+            assert!(!all.contains(s.as_str()), "a secret leaked into the output:\n{all}");
+        }
+    }
+}
+
+/// SIGTERM during a slow RudderStack POST: the daemon exits 0 within 10 seconds and the outbox is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(250);
+    rudder.hook(|_, _| Some(Reply::text(200, "ok").delayed(Duration::from_secs(60))));
+    let app = App::new(&auth0, &rudder);
+    let child = app.command(&["run"]).spawn().unwrap();
+    rudder.wait_for_requests(1, Duration::from_secs(20)).await;
+    let (status, took) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let s = app.status().await;
+    assert_eq!(s["outbox_depth"], 250, "{s}");
+    assert_eq!(s["delivered_total"], 0, "{s}");
+}

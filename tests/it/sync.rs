@@ -1,0 +1,219 @@
+//! The whole path through the real binary: fake Auth0 → `sync`/`run` → SQLite → fake RudderStack.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::app::{App, text};
+use crate::support::{fixture_pairs_rekeyed, strip_ids, start_fakes};
+
+/// With `start = "oldest"`, `sync` delivers every fixture entry once, exactly as RudderStack's transformer
+/// would; new entries then arrive and a second `sync` delivers only those, resuming from the cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_delivers_every_fixture_entry_once_then_only_the_new_ones() {
+    let (auth0, rudder) = start_fakes().await;
+    let (entries, expected) = fixture_pairs_rekeyed(&auth0);
+    assert_eq!(entries.len(), 142);
+    auth0.push(entries.clone());
+    let app = App::new(&auth0, &rudder);
+
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events = rudder.events();
+    assert_eq!(events.len(), 142, "{}", text(&out));
+    for (i, (event, want)) in events.iter().zip(&expected).enumerate() {
+        assert_eq!(strip_ids(event), strip_ids(want), "event {i} differs from RudderStack's transformer");
+    }
+    let ids: HashSet<String> = rudder.message_ids().into_iter().collect();
+    assert_eq!(ids.len(), 142, "every event has its own messageId");
+    let last = entries.last().unwrap()["log_id"].as_str().unwrap().to_string();
+    let status = app.status().await;
+    assert_eq!(status["cursor"], Value::String(last.clone()));
+    assert_eq!(status["outbox_depth"], 0);
+
+    // New entries arrive; a second run picks up after the cursor and sends only them.
+    let fresh = auth0.push_synthetic(37);
+    let requests_before = auth0.log_requests().len();
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events = rudder.events();
+    assert_eq!(events.len(), 142 + 37, "{}", text(&out));
+    let new_ids: Vec<&str> = events[142..].iter().map(|e| e["properties"]["log_id"].as_str().unwrap()).collect();
+    let fresh_ids: Vec<&str> = fresh.iter().map(|e| e["log_id"].as_str().unwrap()).collect();
+    assert_eq!(new_ids, fresh_ids);
+    // The restart resumed from the cursor: its first read asked for entries after the last delivered one.
+    let first = &auth0.log_requests()[requests_before];
+    assert_eq!(first.query("from"), Some(last.as_str()), "the second sync must resume from the cursor");
+}
+
+/// A page whose entries are all filtered out by `log_types` still moves the cursor; only listed codes go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_types_forwards_only_listed_codes_and_the_cursor_moves_past_the_rest() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(250);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "log_types", toml::Value::Array(vec!["s".into(), "sapi".into()]));
+
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let want: Vec<&str> = entries
+        .iter()
+        .filter(|e| matches!(e["type"].as_str(), Some("s" | "sapi")))
+        .map(|e| e["log_id"].as_str().unwrap())
+        .collect();
+    let got: Vec<String> =
+        rudder.events().iter().map(|e| e["properties"]["log_id"].as_str().unwrap().to_string()).collect();
+    assert!(!want.is_empty() && want.len() < entries.len());
+    assert_eq!(got, want);
+    let status = app.status().await;
+    assert_eq!(status["cursor"], entries.last().unwrap()["log_id"]);
+    assert_eq!(status["filtered_total"], (entries.len() - want.len()) as u64);
+}
+
+/// `start = "now"` forwards nothing that existed before the first run, and everything after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_now_skips_existing_entries_and_forwards_new_ones() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(120);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "start", "now");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 0);
+    let fresh = auth0.push_synthetic(5);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    let want: Vec<Value> = fresh.iter().map(|e| e["log_id"].clone()).collect();
+    assert_eq!(got, want);
+}
+
+/// `start = "oldest"` forwards the very first retained entry too (`from` is exclusive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_oldest_forwards_the_first_entry_too() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(30);
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    let want: Vec<Value> = entries.iter().map(|e| e["log_id"].clone()).collect();
+    assert_eq!(got, want);
+}
+
+/// `start` as an RFC 3339 time forwards the entries dated from that time on, the first one included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_at_a_time_forwards_entries_from_that_time_on() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(60);
+    let mut app = App::new(&auth0, &rudder);
+    let t = entries[25]["date"].as_str().unwrap().to_string();
+    app.set("auth0", "start", t.as_str());
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    let want: Vec<Value> = entries[25..].iter().map(|e| e["log_id"].clone()).collect();
+    assert_eq!(got, want);
+}
+
+/// `start` as a `log_id` forwards the entries after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_at_a_log_id_forwards_the_entries_after_it() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(40);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "start", entries[9]["log_id"].as_str().unwrap());
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    let want: Vec<Value> = entries[10..].iter().map(|e| e["log_id"].clone()).collect();
+    assert_eq!(got, want);
+}
+
+/// A whole sync of many pages mints exactly one token (each mint writes an entry into the tenant log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_serves_a_whole_sync() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(2_000);
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 2_000);
+    assert!(auth0.log_requests().len() >= 20, "the sync read many pages");
+    assert_eq!(auth0.tokens_minted(), 1);
+}
+
+/// In webhook mode the raw entries go to `/v1/webhook` as Log Streams wrappers, for RudderStack to transform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_mode_posts_log_stream_wrappers() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(130);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "mode", "webhook");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let wrappers = rudder.wrappers();
+    assert_eq!(wrappers.len(), entries.len());
+    for (w, e) in wrappers.iter().zip(&entries) {
+        assert_eq!(&w["log_id"], &e["log_id"]);
+        assert_eq!(&w["data"], e);
+    }
+    assert_eq!(rudder.event_count(), 0, "nothing went to /v1/batch");
+}
+
+/// `status --json` reports the cursor, outbox depth, dead letters, and the last fetch and delivery times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_cursor_outbox_dead_letters_and_times() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut entries = auth0.make_entries(20);
+    // Two entries RudderStack can never accept: no type (we refuse to drop it silently) and not an object.
+    entries[3].as_object_mut().unwrap().remove("type");
+    auth0.push(entries.clone());
+    auth0.push([Value::from(42)]);
+    let tail = auth0.push_synthetic(1);
+    let app = App::new(&auth0, &rudder);
+    let before = chrono::Utc::now();
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = app.status().await;
+    assert_eq!(s["cursor"], tail[0]["log_id"]);
+    assert_eq!(s["outbox_depth"], 0);
+    assert_eq!(s["dead_letters"], 2);
+    assert_eq!(s["delivered_total"], 19 + 1);
+    for key in ["last_fetch_at", "last_delivery_at"] {
+        let t = s[key].as_str().unwrap_or_else(|| panic!("{key} missing: {s}"));
+        let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
+        assert!(t >= before - chrono::Duration::seconds(1), "{key} = {t} is not from this run");
+    }
+    let list = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let reasons: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("not a JSON object")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("type")), "{reasons:?}");
+}
+
+/// `check` passes against healthy fakes and names each failed check otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_each_failed_check() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(3);
+    let mut app = App::new(&auth0, &rudder);
+    let out = app.run(&["check"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    app.set("rudderstack", "write_key", "not-the-key");
+    let out = app.run(&["check"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAILED  rudderstack"), "{stdout}");
+    assert!(stdout.contains("ok      auth0 logs"), "{stdout}");
+
+    app.set("auth0", "client_secret", "wrong-secret");
+    let out = app.run(&["check"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAILED  auth0 token"), "{stdout}");
+    assert!(!stdout.contains("wrong-secret"), "{stdout}");
+}
+
