@@ -201,20 +201,17 @@ impl Client {
         loop {
             let bearer = inner.token.get().await?;
             inner.pacer.wait().await;
-            let response = inner
-                .http
-                .get(url.clone())
-                .header(AUTHORIZATION, bearer.header())
-                .send()
-                .await
-                .map_err(|e| Error::Transport { url: shown.clone(), message: super::chain(&e) })?;
+            let response =
+                inner.http.get(url.clone()).header(AUTHORIZATION, bearer.header()).send().await.map_err(
+                    |e| Error::Transport { url: shown.clone(), message: super::chain(&e.without_url()) },
+                )?;
             let status = response.status();
             let headers = response.headers().clone();
             inner.pacer.observe(status, &headers);
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| Error::Transport { url: shown.clone(), message: super::chain(&e) })?;
+            let body = response.bytes().await.map_err(|e| Error::Transport {
+                url: shown.clone(),
+                message: super::chain(&e.without_url()),
+            })?;
             if status.is_success() {
                 return Ok((headers, body.to_vec(), shown));
             }

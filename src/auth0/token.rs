@@ -221,11 +221,14 @@ impl<'c> AsyncHttpClient<'c> for CapturingClient {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let response =
-                self.http.execute(request.try_into().map_err(Box::new)?).await.map_err(Box::new)?;
+            let response = self
+                .http
+                .execute(request.try_into().map_err(Box::new)?)
+                .await
+                .map_err(|e| Box::new(e.without_url()))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(Box::new)?.to_vec();
+            let body = response.bytes().await.map_err(|e| Box::new(e.without_url()))?.to_vec();
             if let Ok(mut seen) = self.seen.lock() {
                 *seen = Some((status.as_u16(), headers.clone(), body.clone()));
             }
