@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod fake_auth0;
 pub mod http;
 
 use std::path::PathBuf;

@@ -1,0 +1,232 @@
+//! Pacing of Management API requests, so that we are never the caller that exhausts the tenant's limit.
+//!
+//! Auth0's limit is per tenant and shared with the customer's other automation, so the pacer slows down
+//! *before* Auth0 refuses anything. Two rules, both applied to request start times:
+//!
+//! 1. Fixed spacing of `1 / max_requests_per_second`. The next slot is computed from the previous *slot*, not
+//!    from when the previous response arrived, so request latency does not lower the rate; a caller that comes
+//!    back late gets the current time, so idle time never accumulates into a burst.
+//! 2. What Auth0 says: `x-ratelimit-remaining: 0` holds the next request until `x-ratelimit-reset`, and a 429
+//!    holds it for its retry-after. While requests remain, the coarse one-second reset is ignored.
+//!
+//! A waiting future can be dropped at any time; if it held the newest slot, the slot is given back.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+
+/// A reset further away than this is treated as clock skew or garbage and clamped.
+const MAX_RESET_WAIT: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` we honour as given.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The shortest wait after a 429 whose reset lies in the past: retrying at once would only be refused again.
+const MIN_429_WAIT: Duration = Duration::from_secs(1);
+
+pub(crate) struct Pacer {
+    interval: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The earliest start of the next request by the spacing rule.
+    next_slot: Option<Instant>,
+    /// The earliest start of any request by what Auth0 said.
+    blocked_until: Option<Instant>,
+}
+
+impl Pacer {
+    pub(crate) fn new(max_requests_per_second: f64) -> Pacer {
+        let rps = if max_requests_per_second.is_finite() && max_requests_per_second > 0.0 {
+            max_requests_per_second
+        } else {
+            1.0
+        };
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / rps),
+            state: Mutex::new(State { next_slot: None, blocked_until: None }),
+        }
+    }
+
+    /// Wait for this request's turn.
+    pub(crate) async fn wait(&self) {
+        let slot = self.reserve(Instant::now());
+        let mut guard = SlotGuard { pacer: self, slot, armed: true };
+        tokio::time::sleep_until(slot.into()).await;
+        // A block that arrived while we slept (another request saw remaining = 0 or a 429) applies to us too.
+        loop {
+            let blocked = self.state.lock().unwrap_or_else(|p| p.into_inner()).blocked_until;
+            match blocked {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until.into()).await,
+                _ => break,
+            }
+        }
+        guard.armed = false;
+    }
+
+    /// Take the next start slot at or after `now` (and after any block).
+    fn reserve(&self, now: Instant) -> Instant {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = s.next_slot.map_or(now, |n| n.max(now));
+        if let Some(b) = s.blocked_until {
+            slot = slot.max(b);
+        }
+        s.next_slot = Some(slot + self.interval);
+        slot
+    }
+
+    /// Give back a slot that was not used, if it is still the newest one.
+    fn release(&self, slot: Instant) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.next_slot == Some(slot + self.interval) {
+            s.next_slot = Some(slot);
+        }
+    }
+
+    /// Learn from a response's status and rate-limit headers.
+    pub(crate) fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        let now = Instant::now();
+        let hold = if status == StatusCode::TOO_MANY_REQUESTS {
+            Some(retry_after(headers).unwrap_or(MIN_429_WAIT))
+        } else if header_u64(headers, "x-ratelimit-remaining") == Some(0) {
+            // Without a usable reset, one second is the granularity Auth0 refills at.
+            Some(reset_wait(headers).unwrap_or(Duration::from_secs(1)))
+        } else {
+            None
+        };
+        if let Some(hold) = hold {
+            let until = now + hold;
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.blocked_until.is_none_or(|b| b < until) {
+                s.blocked_until = Some(until);
+            }
+            tracing::debug!(
+                status = status.as_u16(),
+                hold_ms = hold.as_millis() as u64,
+                "pacing: holding requests"
+            );
+        }
+    }
+}
+
+/// Gives an unused slot back when a waiting future is dropped before its turn.
+struct SlotGuard<'a> {
+    pacer: &'a Pacer,
+    slot: Instant,
+    armed: bool,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && Instant::now() < self.slot {
+            self.pacer.release(self.slot);
+        }
+    }
+}
+
+/// How long a 429 asks us to wait: `Retry-After` (seconds), else `x-ratelimit-reset` (an absolute epoch in
+/// seconds) minus now. Values are bounded: a reset in the past waits a second, one absurdly far away (clock
+/// skew) waits at most a minute; an unreadable header counts as absent.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(secs) = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER));
+    }
+    reset_wait(headers).map(|d| d.max(MIN_429_WAIT))
+}
+
+/// `x-ratelimit-reset - now`, clamped to `[0, MAX_RESET_WAIT]`; `None` when absent or unreadable.
+fn reset_wait(headers: &HeaderMap) -> Option<Duration> {
+    let reset = header_u64(headers, "x-ratelimit-reset")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    let delta = reset as f64 - now;
+    if delta <= 0.0 {
+        return Some(Duration::ZERO);
+    }
+    Some(Duration::from_secs_f64(delta.min(MAX_RESET_WAIT.as_secs_f64())))
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn epoch() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn retry_after_prefers_the_retry_after_header() {
+        let h = headers(&[("retry-after", "7".into()), ("x-ratelimit-reset", (epoch() + 30).to_string())]);
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_reset_in_the_past_or_garbage_stays_bounded() {
+        assert_eq!(retry_after(&headers(&[("x-ratelimit-reset", "1".into())])), Some(MIN_429_WAIT));
+        assert_eq!(retry_after(&headers(&[("x-ratelimit-reset", "soon".into())])), None);
+        let far = retry_after(&headers(&[("x-ratelimit-reset", (epoch() + 86_400).to_string())])).unwrap();
+        assert!(far <= MAX_RESET_WAIT);
+    }
+
+    #[test]
+    fn slots_follow_the_previous_slot_not_the_response() {
+        let p = Pacer::new(10.0);
+        let t0 = Instant::now();
+        assert_eq!(p.reserve(t0), t0);
+        // The caller came back 60 ms later (the response time): its slot is still 100 ms after the first.
+        assert_eq!(p.reserve(t0 + Duration::from_millis(60)), t0 + Duration::from_millis(100));
+        // After idling, the slot is the present: idle time does not build up a burst.
+        assert_eq!(p.reserve(t0 + Duration::from_secs(5)), t0 + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_released_slot_is_handed_out_again() {
+        let p = Pacer::new(1.0);
+        let t0 = Instant::now();
+        p.reserve(t0);
+        let second = p.reserve(t0);
+        p.release(second);
+        assert_eq!(p.reserve(t0), second);
+    }
+
+    #[test]
+    fn remaining_zero_holds_the_next_slot_until_the_reset() {
+        let p = Pacer::new(100.0);
+        let h = headers(&[
+            ("x-ratelimit-remaining", "0".into()),
+            ("x-ratelimit-reset", (epoch() + 3).to_string()),
+        ]);
+        p.observe(StatusCode::OK, &h);
+        let slot = p.reserve(Instant::now());
+        assert!(slot > Instant::now() + Duration::from_secs(1), "the slot must wait for the reset");
+    }
+
+    #[test]
+    fn remaining_above_zero_ignores_the_reset() {
+        let p = Pacer::new(100.0);
+        let h = headers(&[
+            ("x-ratelimit-remaining", "1".into()),
+            ("x-ratelimit-reset", (epoch() + 3).to_string()),
+        ]);
+        p.observe(StatusCode::OK, &h);
+        let now = Instant::now();
+        assert_eq!(p.reserve(now), now);
+    }
+}
