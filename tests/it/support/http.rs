@@ -155,6 +155,7 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler) {
             }
             Reply::Reset => {
                 // Linger 0 turns the close into a RST, which is what a crashed peer looks like.
+                #[allow(deprecated)]
                 let _ = stream.set_linger(Some(Duration::ZERO));
                 return;
             }
