@@ -3,6 +3,7 @@
 
 mod cli;
 mod auth0;
+mod rudderstack;
 mod support;
 mod sync;
 mod faults;

@@ -1,0 +1,497 @@
+//! A fake RudderStack data plane (gateway) for the tests, following rudder-server's HTTP behaviour.
+//!
+//! It answers `/v1/batch` and `/v1/webhook` with the gateway's exact statuses and bodies: Basic auth parsed the
+//! way Go's `Request.BasicAuth` parses it, 401 `failed to read writekey from header` / `invalid write key`,
+//! 404 `source is disabled`, 400 `invalid json` / `empty batch payload` / `event is not a valid rudder event` /
+//! `request neither has anonymousId nor userId`, 413 `request size exceeds max limit`, 200 `ok`; errors are
+//! `text/plain; charset=utf-8` with a trailing newline, as Go's `http.Error` writes them. Validation is
+//! all-or-nothing per request, like the real one, which is what makes the sink's bisection meaningful.
+//! On top of that it has switches for the faults the tests need: an outage (503), a redirect, a predicate
+//! that refuses requests containing certain events, a hook that replaces any answer, and a delay.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::http::{Handler, Reply, Request, Server};
+
+/// The write key the fake accepts by default.
+pub const WRITE_KEY: &str = "fake-write-key-7f3a9c";
+/// A key the fake knows but whose source is disabled (404).
+pub const DISABLED_KEY: &str = "fake-disabled-key-51d0";
+/// A key of a non-webhook source: fine on `/v1/batch`, 401 on `/v1/webhook`.
+pub const HTTP_SOURCE_KEY: &str = "fake-http-source-key-e2b8";
+
+/// What the fake knows and how strict it is.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Keys of enabled webhook-category sources (accepted on both endpoints).
+    pub write_keys: Vec<String>,
+    /// Keys of enabled non-webhook sources (accepted on `/v1/batch` only).
+    pub http_source_keys: Vec<String>,
+    /// Keys of disabled sources.
+    pub disabled_keys: Vec<String>,
+    /// `Gateway.maxReqSizeInKB` × 1024.
+    pub max_request_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            write_keys: vec![WRITE_KEY.to_string()],
+            http_source_keys: vec![HTTP_SOURCE_KEY.to_string()],
+            disabled_keys: vec![DISABLED_KEY.to_string()],
+            max_request_bytes: 4000 * 1024,
+        }
+    }
+}
+
+/// One request as the fake saw it (bodies are not kept, to bound memory in long tests).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The sequence number of the request, from 0.
+    pub n: usize,
+    /// `POST`, ...
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The status the fake answered.
+    pub status: u16,
+    /// The body's length in bytes.
+    pub body_bytes: usize,
+    /// Elements of `batch` (or of the webhook array), when the body parsed.
+    pub events: Option<usize>,
+    /// The write key and where it came from, if one could be read.
+    pub key: Option<(KeySource, String)>,
+    /// The raw `Authorization` header.
+    pub authorization: Option<String>,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+}
+
+/// Where the write key was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// `Authorization: Basic`.
+    Basic,
+    /// `?writeKey=`.
+    Query,
+}
+
+/// A hook consulted after authentication: `Some(reply)` replaces the normal processing (nothing is stored).
+pub type Hook = Arc<dyn Fn(&Request, usize) -> Option<Reply> + Send + Sync>;
+/// A predicate over one event (or webhook wrapper); a match refuses the whole request.
+pub type Predicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    n: usize,
+    requests: Vec<Recorded>,
+    events: Vec<Value>,
+    wrappers: Vec<Value>,
+    outage: bool,
+    redirect: Option<(u16, String)>,
+    hook: Option<Hook>,
+    reject: Option<(Predicate, String)>,
+    delay: Option<Duration>,
+}
+
+struct Shared {
+    options: Options,
+    state: Mutex<State>,
+}
+
+/// A running fake data plane; dropping it stops it.
+pub struct FakeRudderStack {
+    server: Server,
+    shared: Arc<Shared>,
+}
+
+impl FakeRudderStack {
+    /// Start a fake on an ephemeral port of 127.0.0.1.
+    pub async fn start(options: Options) -> FakeRudderStack {
+        let shared = Arc::new(Shared { options, state: Mutex::new(State::default()) });
+        let handler_shared = shared.clone();
+        let handler: Handler = Arc::new(move |req: &Request| handle(&handler_shared, req));
+        let server = Server::start(handler).await;
+        FakeRudderStack { server, shared }
+    }
+
+    /// Start with the default keys and limits.
+    pub async fn start_default() -> FakeRudderStack {
+        Self::start(Options::default()).await
+    }
+
+    /// `http://127.0.0.1:PORT`, the data plane URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The first accepted write key.
+    pub fn write_key(&self) -> &str {
+        &self.shared.options.write_keys[0]
+    }
+
+    /// The first disabled write key.
+    pub fn disabled_key(&self) -> &str {
+        &self.shared.options.disabled_keys[0]
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap()
+    }
+
+    /// Answer every request with 503 `Service Unavailable` while on, as the gateway's concurrency limiter does.
+    pub fn set_outage(&self, on: bool) {
+        self.state().outage = on;
+    }
+
+    /// Answer every request with this redirect (e.g. 302 and a Location) while set.
+    pub fn set_redirect(&self, redirect: Option<(u16, String)>) {
+        self.state().redirect = redirect;
+    }
+
+    /// Install (or remove) a hook consulted after authentication with the request and its sequence number.
+    pub fn set_hook(&self, hook: Option<Hook>) {
+        self.state().hook = hook;
+    }
+
+    /// Install a hook from a closure.
+    pub fn hook(&self, f: impl Fn(&Request, usize) -> Option<Reply> + Send + Sync + 'static) {
+        self.set_hook(Some(Arc::new(f)));
+    }
+
+    /// Refuse, with 400 and `message`, any request holding an event for which `pred` is true.
+    pub fn reject_events(&self, message: &str, pred: impl Fn(&Value) -> bool + Send + Sync + 'static) {
+        self.state().reject = Some((Arc::new(pred), message.to_string()));
+    }
+
+    /// Stop refusing by predicate.
+    pub fn clear_reject(&self) {
+        self.state().reject = None;
+    }
+
+    /// Delay every successful answer; the events are stored first, as the gateway commits before it answers,
+    /// so a client that times out has in fact delivered.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.state().delay = delay;
+    }
+
+    /// Every event accepted through `/v1/batch`, in arrival order.
+    pub fn events(&self) -> Vec<Value> {
+        self.state().events.clone()
+    }
+
+    /// How many events were accepted through `/v1/batch`.
+    pub fn event_count(&self) -> usize {
+        self.state().events.len()
+    }
+
+    /// Every wrapper accepted through `/v1/webhook`, in arrival order.
+    pub fn wrappers(&self) -> Vec<Value> {
+        self.state().wrappers.clone()
+    }
+
+    /// The `messageId` of every accepted event, in arrival order.
+    pub fn message_ids(&self) -> Vec<String> {
+        self.state()
+            .events
+            .iter()
+            .map(|e| e.get("messageId").and_then(Value::as_str).unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Every request seen, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state().requests.clone()
+    }
+
+    /// How many requests were answered with `status`.
+    pub fn count(&self, status: u16) -> usize {
+        self.state().requests.iter().filter(|r| r.status == status).count()
+    }
+
+    /// Wait until at least `n` events were accepted, polling; panics after `within`.
+    pub async fn wait_for_events(&self, n: usize, within: Duration) -> Vec<Value> {
+        self.wait(n, within, |s| s.events.len(), "events").await;
+        self.events()
+    }
+
+    /// Wait until at least `n` webhook wrappers were accepted, polling; panics after `within`.
+    pub async fn wait_for_wrappers(&self, n: usize, within: Duration) -> Vec<Value> {
+        self.wait(n, within, |s| s.wrappers.len(), "wrappers").await;
+        self.wrappers()
+    }
+
+    /// Wait until at least `n` requests arrived, polling; panics after `within`.
+    pub async fn wait_for_requests(&self, n: usize, within: Duration) -> Vec<Recorded> {
+        self.wait(n, within, |s| s.requests.len(), "requests").await;
+        self.requests()
+    }
+
+    async fn wait(&self, n: usize, within: Duration, count: impl Fn(&State) -> usize, what: &str) {
+        let deadline = Instant::now() + within;
+        loop {
+            let have = count(&self.state());
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fake RudderStack: waited {within:?} for {n} {what}, have {have}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn handle(shared: &Shared, req: &Request) -> Reply {
+    let opts = &shared.options;
+    let (n, redirect, outage, hook, reject, delay) = {
+        let mut s = shared.state.lock().unwrap();
+        let n = s.n;
+        s.n += 1;
+        (n, s.redirect.clone(), s.outage, s.hook.clone(), s.reject.clone(), s.delay)
+    };
+    let mut rec = Recorded {
+        n,
+        method: req.method.clone(),
+        path: req.path.clone(),
+        status: 0,
+        body_bytes: req.body.len(),
+        events: None,
+        key: None,
+        authorization: req.header("authorization").map(str::to_string),
+        content_type: req.header("content-type").map(str::to_string),
+        user_agent: req.header("user-agent").map(str::to_string),
+    };
+    let (reply, accepted) = route(opts, req, n, &mut rec, redirect, outage, hook, reject);
+    let reply = match (delay, &accepted) {
+        (Some(d), Accepted::Events(_) | Accepted::Wrappers(_)) => reply.delayed(d),
+        _ => reply,
+    };
+    rec.status = match &reply {
+        Reply::Respond { status, .. } | Reply::Truncate { status, .. } => *status,
+        Reply::Reset => 0,
+    };
+    let mut s = shared.state.lock().unwrap();
+    match accepted {
+        Accepted::Events(evs) => s.events.extend(evs),
+        Accepted::Wrappers(ws) => s.wrappers.extend(ws),
+        Accepted::Nothing => {}
+    }
+    s.requests.push(rec);
+    reply
+}
+
+enum Accepted {
+    Nothing,
+    Events(Vec<Value>),
+    Wrappers(Vec<Value>),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route(
+    opts: &Options,
+    req: &Request,
+    n: usize,
+    rec: &mut Recorded,
+    redirect: Option<(u16, String)>,
+    outage: bool,
+    hook: Option<Hook>,
+    reject: Option<(Predicate, String)>,
+) -> (Reply, Accepted) {
+    // A redirecting load balancer and the concurrency limiter both answer before the gateway's handlers.
+    if let Some((status, location)) = redirect {
+        return (Reply::text(status, "Found").header("location", &location), Accepted::Nothing);
+    }
+    if outage {
+        return (gateway_error(503, "Service Unavailable"), Accepted::Nothing);
+    }
+    let webhook = match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/v1/batch") => false,
+        ("POST", "/v1/webhook") => true,
+        ("GET", "/v1/webhook") => return (Reply::new(200, Vec::new()), Accepted::Nothing),
+        _ => return (gateway_error(404, "404 page not found"), Accepted::Nothing),
+    };
+
+    // Authentication.
+    let key = if webhook {
+        match req.query("writeKey").filter(|k| !k.is_empty()) {
+            Some(k) => Some((KeySource::Query, k.to_string())),
+            None => basic_auth_user(req).map(|k| (KeySource::Basic, k)),
+        }
+    } else {
+        basic_auth_user(req).map(|k| (KeySource::Basic, k))
+    };
+    rec.key = key.clone();
+    let Some((_, key)) = key else {
+        let msg = if webhook {
+            "failed to read writekey from query params"
+        } else {
+            "failed to read writekey from header"
+        };
+        return (gateway_error(401, msg), Accepted::Nothing);
+    };
+    let known = opts.write_keys.contains(&key)
+        || (!webhook && opts.http_source_keys.contains(&key))
+        || opts.disabled_keys.contains(&key);
+    if !known {
+        return (gateway_error(401, "invalid write key"), Accepted::Nothing);
+    }
+    if opts.disabled_keys.contains(&key) {
+        return (gateway_error(404, "source is disabled"), Accepted::Nothing);
+    }
+
+    if let Some(hook) = hook
+        && let Some(reply) = hook(req, n)
+    {
+        return (reply, Accepted::Nothing);
+    }
+
+    if req.body.is_empty() {
+        return (gateway_error(400, "request body is nil"), Accepted::Nothing);
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+        return (gateway_error(400, "invalid json"), Accepted::Nothing);
+    };
+
+    if webhook {
+        // The body travels to the source transformer as a JSON string inside a larger request; that request
+        // is what is measured against the limit, so the escaping counts.
+        let escaped = serde_json::to_string(&req.body_text()).map(|s| s.len()).unwrap_or(usize::MAX);
+        let wrappers = match body {
+            Value::Array(a) => a,
+            other => vec![other],
+        };
+        rec.events = Some(wrappers.len());
+        if wrappers.is_empty() {
+            return (gateway_error(400, "empty batch payload"), Accepted::Nothing);
+        }
+        if let Some((pred, message)) = &reject
+            && wrappers.iter().any(|w| pred(w))
+        {
+            return (gateway_error(400, message), Accepted::Nothing);
+        }
+        if escaped > opts.max_request_bytes {
+            return (gateway_error(413, "request size exceeds max limit"), Accepted::Nothing);
+        }
+        return (ok(), Accepted::Wrappers(wrappers));
+    }
+
+    let events = match body.get("batch") {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    rec.events = Some(events.len());
+    if events.is_empty() {
+        return (gateway_error(400, "empty batch payload"), Accepted::Nothing);
+    }
+    for ev in &events {
+        if !ev.is_object() {
+            return (gateway_error(400, "event is not a valid rudder event"), Accepted::Nothing);
+        }
+        if id_text(ev.get("anonymousId")).is_empty() && id_text(ev.get("userId")).is_empty() {
+            return (gateway_error(400, "request neither has anonymousId nor userId"), Accepted::Nothing);
+        }
+    }
+    if let Some((pred, message)) = &reject
+        && events.iter().any(|e| pred(e))
+    {
+        return (gateway_error(400, message), Accepted::Nothing);
+    }
+    if req.body.len() > opts.max_request_bytes {
+        return (gateway_error(413, "request size exceeds max limit"), Accepted::Nothing);
+    }
+    (ok(), Accepted::Events(events))
+}
+
+/// `200 ok`: no newline, and Go sniffs the content type.
+fn ok() -> Reply {
+    Reply::new(200, "ok").header("content-type", "text/plain; charset=utf-8")
+}
+
+/// Go's `http.Error`.
+fn gateway_error(status: u16, msg: &str) -> Reply {
+    Reply::text(status, msg).header("x-content-type-options", "nosniff")
+}
+
+/// `stringify.Any` + trim: strings as they are, null/absent as "", anything else JSON-encoded.
+fn id_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The user name of `Authorization: Basic ...`, parsed as Go's `Request.BasicAuth` does; `None` when the
+/// header is missing or unparseable or the user name is empty.
+fn basic_auth_user(req: &Request) -> Option<String> {
+    let auth = req.header("authorization")?;
+    let prefix = auth.get(..6)?;
+    if !prefix.eq_ignore_ascii_case("basic ") {
+        return None;
+    }
+    let decoded = base64_std_decode(&auth[6..])?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, _password) = text.split_once(':')?;
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+/// Strict standard base64 with padding, like Go's `base64.StdEncoding`.
+fn base64_std_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = i == bytes.len() / 4 - 1;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut acc = 0u32;
+        for &c in &chunk[..4 - pad] {
+            acc = (acc << 6) | val(c)?;
+        }
+        acc <<= 6 * pad as u32;
+        let three = [(acc >> 16) as u8, (acc >> 8) as u8, acc as u8];
+        out.extend_from_slice(&three[..3 - pad]);
+    }
+    Some(out)
+}
+
+/// Standard base64 with padding, for tests that build their own `Authorization` headers.
+pub fn base64_std_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let acc = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(acc >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
