@@ -127,6 +127,7 @@ struct State {
     /// token → (expiry, scope).
     tokens: HashMap<String, (Instant, String)>,
     minted: u64,
+    issued: Vec<String>,
     requests: u64,
     rate_limited: u64,
     recorded: Vec<Recorded>,
@@ -164,6 +165,7 @@ impl FakeAuth0 {
             retained_from: 0,
             tokens: HashMap::new(),
             minted: 0,
+            issued: Vec::new(),
             requests: 0,
             rate_limited: 0,
             recorded: Vec::new(),
@@ -284,6 +286,11 @@ impl FakeAuth0 {
     /// 429s answered by the bucket.
     pub fn rate_limited(&self) -> u64 {
         self.state.lock().unwrap().rate_limited
+    }
+
+    /// Every access token ever issued, for leak checks.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.lock().unwrap().issued.clone()
     }
 
     /// Tokens minted.
@@ -438,6 +445,7 @@ impl State {
         }
         self.minted += 1;
         let token = format!("fake-at-{}-{:016x}", self.minted, fastrand::u64(..));
+        self.issued.push(token.clone());
         let expires_in = self.opts.expires_in;
         self.tokens.insert(
             token.clone(),
