@@ -1,4 +1,5 @@
 //! The integration tests: one binary, one module per feature. Auth0 and RudderStack are faked by HTTP servers
 //! on 127.0.0.1 (`support/`), written from the reference documentation of both services.
 
+mod store;
 mod support;
