@@ -4,6 +4,7 @@
 mod cli;
 mod auth0;
 mod rudderstack;
+mod store;
 mod support;
 mod sync;
 mod faults;
