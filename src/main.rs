@@ -12,7 +12,7 @@ fn main() -> ExitCode {
             Some(f) => Box::new(std::fs::File::open(f).unwrap()),
             None => Box::new(std::io::stdin().lock()),
         };
-        let mut warn = |msg: &str| eprintln!("warning: {msg}");
+        let mut warn = |s: &auth0_rudderstack::input::SetAside| eprintln!("warning: {s}");
         match auth0_rudderstack::input::transform_stream("", input, out, &mut warn) {
             Ok(_) => return ExitCode::SUCCESS,
             Err(e) => {

@@ -2,3 +2,4 @@
 //! on 127.0.0.1 (`support/`), written from the reference documentation of both services.
 
 mod support;
+mod transform;
