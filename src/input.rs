@@ -1,5 +1,34 @@
-//! STUB: streaming reader for `transform` input (being written).
-use std::io::{Read, Write};
+//! The streaming reader behind `transform`: Auth0 entries in, a JSON array of RudderStack events out.
+//!
+//! It accepts every shape an operator is likely to have at hand: a JSON array of entries (a `/api/v2/logs`
+//! page or an export), a single entry, NDJSON (Auth0's default Log Stream format) or any concatenation of
+//! JSON values, `{log_id, data}` Log Stream wrappers, and `{"logs": [...]}` bodies.
+//!
+//! Inputs can be far larger than memory should be, so nothing is ever read whole. The calling thread reads
+//! fixed-size chunks and finds where each entry begins and ends with a small byte scanner that only tracks
+//! strings, escapes and bracket depth; each run of complete entries becomes a batch. Batches are transformed
+//! on worker threads (the transform is the costly part) and written back in input order by the calling
+//! thread, which owns the reader and the writer and so needs neither to be `Send`. At most a few batches are
+//! in flight, which bounds memory whatever the input size.
+//!
+//! Malformed JSON stops the run with an error that says where; an entry that is valid JSON but yields no
+//! event (not an object, no type, a group without an organization path) is reported and skipped, and the
+//! run goes on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{ErrorKind, Read, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+
+use crate::transform::{self, EntryError, TransformError};
+
+/// Bytes read per chunk; also the rough size of a batch handed to a worker.
+const CHUNK: usize = 1 << 20;
+/// Batches allowed in flight (read but not yet written): bounds memory to a few chunks in and out.
+const IN_FLIGHT: usize = 6;
 
 /// What a `transform` run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -12,12 +41,67 @@ pub struct Summary {
     pub set_aside: u64,
 }
 
-/// Input that cannot be read as Auth0 entries.
+/// An entry that produced no event, as reported to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// 1-based position of the entry in the input.
+    pub index: u64,
+    /// Byte offset where the entry begins.
+    pub offset: u64,
+    /// Why it produced no event (names the entry's log_id when it has one).
+    pub error: TransformError,
+}
+
+impl fmt::Display for SetAside {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "entry {} (byte {}): {}", self.index, self.offset, self.error)
+    }
+}
+
+/// Input that cannot be read as Auth0 entries, or output that cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    /// Placeholder.
-    #[error("{0}")]
-    Other(String),
+    /// Reading the input failed.
+    #[error("reading the input: {0}")]
+    Read(#[source] std::io::Error),
+    /// Writing the events failed.
+    #[error("writing the events: {0}")]
+    Write(#[source] std::io::Error),
+    /// The input is not valid JSON here.
+    #[error("malformed JSON in entry {entry} at byte {offset}: {reason}")]
+    Malformed {
+        /// 1-based index of the entry being read.
+        entry: u64,
+        /// Byte offset of the problem in the input.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The input ends in the middle of a value.
+    #[error("the input ends at byte {offset} inside entry {entry}, which began at byte {started}")]
+    UnexpectedEnd {
+        /// 1-based index of the unfinished entry.
+        entry: u64,
+        /// Where the entry began.
+        started: u64,
+        /// The input's length.
+        offset: u64,
+    },
+    /// A worker thread died (a bug: the transform never panics by design).
+    #[error("a transform worker stopped unexpectedly")]
+    Worker,
+}
+
+impl InputError {
+    /// Only an interrupted or timed-out read or write may succeed on retry; bad input never will.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            InputError::Read(e) | InputError::Write(e) => {
+                matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Read Auth0 entries (a JSON array, one object, NDJSON, or `{log_id,data}` wrappers) from `input` and write
@@ -25,10 +109,629 @@ pub enum InputError {
 /// through `on_set_aside` with a message that names the entry.
 pub fn transform_stream(
     tenant: &str,
-    input: impl Read,
-    output: impl Write,
-    on_set_aside: &mut dyn FnMut(&str),
+    mut input: impl Read,
+    mut output: impl Write,
+    on_set_aside: &mut dyn FnMut(&SetAside),
 ) -> Result<Summary, InputError> {
-    let _ = (tenant, input, output, on_set_aside);
-    todo!()
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let (work_tx, work_rx) = mpsc::channel::<Batch>();
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let work_rx = Arc::clone(&work_rx);
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                loop {
+                    // Hold the lock only to take a batch, not while transforming it.
+                    let next = work_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok(batch)) = next else { break };
+                    if done_tx.send(transform_batch(tenant, batch)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut writer = Writer {
+            output: &mut output,
+            on_set_aside,
+            summary: Summary::default(),
+            pending: BTreeMap::new(),
+            next_seq: 0,
+            started: false,
+        };
+        let result = drive(&mut input, &work_tx, &done_rx, &mut writer);
+        // Dropping the sender ends the workers, whatever happened.
+        drop(work_tx);
+        result.map(|()| writer.summary)
+    })
+}
+
+/// Read, split and dispatch the whole input, writing results as they come back in order.
+fn drive(
+    input: &mut dyn Read,
+    work_tx: &mpsc::Sender<Batch>,
+    done_rx: &mpsc::Receiver<Done>,
+    writer: &mut Writer<'_>,
+) -> Result<(), InputError> {
+    let mut scanner = Scanner::new();
+    let mut seq = 0u64;
+    loop {
+        let n = scanner.fill(input)?;
+        let elements = scanner.scan()?;
+        if !elements.is_empty() {
+            let (bytes, base) = scanner.take_consumed();
+            let batch = Batch { seq, bytes, base, elements };
+            seq += 1;
+            // Bound the batches in flight by writing finished ones before handing out more.
+            while seq - writer.next_seq > IN_FLIGHT as u64 {
+                let done = done_rx.recv().map_err(|_| InputError::Worker)?;
+                writer.accept(done)?;
+            }
+            work_tx.send(batch).map_err(|_| InputError::Worker)?;
+        }
+        while let Ok(done) = done_rx.try_recv() {
+            writer.accept(done)?;
+        }
+        if n == 0 {
+            scanner.finish()?;
+            break;
+        }
+    }
+    while writer.next_seq < seq {
+        let done = done_rx.recv().map_err(|_| InputError::Worker)?;
+        writer.accept(done)?;
+    }
+    writer.finish()
+}
+
+/// Where the scanner stands between values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Top level: a value, or the end of the input.
+    TopValue,
+    /// Just inside `[`: a value or `]`. `logs` when the array is the `logs` of a top-level object.
+    ArrayFirst { logs: bool },
+    /// After `,` in an array: a value.
+    ArrayValue { logs: bool },
+    /// After an array element: `,` or `]`.
+    ArrayNext { logs: bool },
+    /// After a streamed `logs` array: the rest of its object, up to the closing `}`, is skipped.
+    ObjectRest,
+}
+
+/// A value being scanned, possibly across chunks.
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    /// Where it begins in the buffer.
+    start: usize,
+    /// Bracket depth (containers only).
+    depth: u32,
+    /// Inside a string.
+    in_string: bool,
+    /// The previous byte was a backslash inside a string.
+    escaped: bool,
+    /// What is being scanned.
+    shape: Shape,
+    /// It is a top-level value (so an object may be a `{"logs": [...]}` body).
+    top_level: bool,
+}
+
+/// The kinds of values the scanner delimits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Container,
+    String,
+    Scalar,
+    /// The remainder of an object after its streamed `logs` array (not an entry).
+    Rest,
+}
+
+/// One complete value found by the scanner, relative to its batch's bytes.
+#[derive(Debug, Clone, Copy)]
+struct Element {
+    start: usize,
+    end: usize,
+    top_level: bool,
+}
+
+/// Finds where values begin and end in a byte stream, without parsing them.
+struct Scanner {
+    buf: Vec<u8>,
+    /// Input offset of `buf[0]`.
+    base: u64,
+    /// Next byte to look at.
+    pos: usize,
+    expect: Expect,
+    partial: Option<Partial>,
+    /// Complete values found since the last `take_consumed`.
+    found: Vec<Element>,
+    /// Values found so far (for messages).
+    count: u64,
+    eof: bool,
+}
+
+impl Scanner {
+    fn new() -> Scanner {
+        Scanner {
+            buf: Vec::with_capacity(CHUNK),
+            base: 0,
+            pos: 0,
+            expect: Expect::TopValue,
+            partial: None,
+            found: Vec::new(),
+            count: 0,
+            eof: false,
+        }
+    }
+
+    /// Read up to one chunk more; returns the bytes read (0 at the end of the input).
+    fn fill(&mut self, input: &mut dyn Read) -> Result<usize, InputError> {
+        let len = self.buf.len();
+        self.buf.resize(len + CHUNK, 0);
+        let n = loop {
+            match input.read(&mut self.buf[len..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(InputError::Read(e));
+                }
+            }
+        };
+        self.buf.truncate(len + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+
+    /// Hand over the bytes holding the values found so far, keeping the unconsumed tail.
+    fn take_consumed(&mut self) -> (Vec<u8>, u64) {
+        let keep = self.partial.map_or(self.pos, |p| p.start);
+        let mut tail = Vec::with_capacity(CHUNK.max(self.buf.len() - keep) + CHUNK);
+        tail.extend_from_slice(&self.buf[keep..]);
+        let bytes = std::mem::replace(&mut self.buf, tail);
+        let base = self.base;
+        self.base += keep as u64;
+        self.pos -= keep;
+        if let Some(p) = &mut self.partial {
+            p.start -= keep;
+        }
+        (bytes, base)
+    }
+
+    /// The end of the input: anything unfinished is an error.
+    fn finish(&mut self) -> Result<(), InputError> {
+        if let Some(p) = self.partial {
+            return Err(InputError::UnexpectedEnd {
+                entry: self.count + 1,
+                started: self.base + p.start as u64,
+                offset: self.base + self.buf.len() as u64,
+            });
+        }
+        match self.expect {
+            Expect::TopValue => Ok(()),
+            _ => Err(InputError::UnexpectedEnd {
+                entry: self.count + 1,
+                started: self.base + self.pos as u64,
+                offset: self.base + self.buf.len() as u64,
+            }),
+        }
+    }
+
+    fn malformed(&self, at: usize, reason: impl Into<String>) -> InputError {
+        InputError::Malformed { entry: self.count + 1, offset: self.base + at as u64, reason: reason.into() }
+    }
+
+    /// Find every value complete in the buffer; returns them (and forgets them).
+    fn scan(&mut self) -> Result<Vec<Element>, InputError> {
+        loop {
+            if let Some(mut p) = self.partial.take() {
+                match self.scan_partial(&mut p) {
+                    Some(end) => {
+                        if p.shape != Shape::Rest {
+                            self.found.push(Element { start: p.start, end, top_level: p.top_level });
+                            self.count += 1;
+                        }
+                        self.expect = match self.expect {
+                            Expect::ArrayFirst { logs }
+                            | Expect::ArrayValue { logs }
+                            | Expect::ArrayNext { logs } => Expect::ArrayNext { logs },
+                            Expect::TopValue | Expect::ObjectRest => Expect::TopValue,
+                        };
+                        continue;
+                    }
+                    None => {
+                        self.partial = Some(p);
+                        break;
+                    }
+                }
+            }
+            while self.pos < self.buf.len() && is_space(self.buf[self.pos]) {
+                self.pos += 1;
+            }
+            if self.pos >= self.buf.len() {
+                break;
+            }
+            let at = self.pos;
+            let b = self.buf[at];
+            match self.expect {
+                Expect::TopValue => {
+                    if b == b'[' {
+                        self.pos += 1;
+                        self.expect = Expect::ArrayFirst { logs: false };
+                    } else if b == b'{' {
+                        match logs_array_prefix(&self.buf[at..], self.eof) {
+                            Lookahead::NeedMore => break,
+                            Lookahead::Yes(n) => {
+                                self.pos += n;
+                                self.expect = Expect::ArrayFirst { logs: true };
+                            }
+                            Lookahead::No => self.begin(true)?,
+                        }
+                    } else {
+                        self.begin(true)?;
+                    }
+                }
+                Expect::ArrayFirst { logs } if b == b']' => {
+                    self.pos += 1;
+                    self.expect = after_array(logs);
+                }
+                Expect::ArrayFirst { .. } | Expect::ArrayValue { .. } => {
+                    if b == b']' {
+                        return Err(self.malformed(at, "a `]` right after `,` (trailing comma)"));
+                    }
+                    self.begin(false)?;
+                }
+                Expect::ArrayNext { logs } => {
+                    self.pos += 1;
+                    match b {
+                        b',' => self.expect = Expect::ArrayValue { logs },
+                        b']' => self.expect = after_array(logs),
+                        other => {
+                            return Err(self.malformed(
+                                at,
+                                format!("expected `,` or `]` after an entry, found {}", show(other)),
+                            ));
+                        }
+                    }
+                }
+                Expect::ObjectRest => {
+                    self.partial = Some(Partial {
+                        start: at,
+                        depth: 1,
+                        in_string: false,
+                        escaped: false,
+                        shape: Shape::Rest,
+                        top_level: true,
+                    });
+                }
+            }
+        }
+        Ok(std::mem::take(&mut self.found))
+    }
+
+    /// Start scanning a value at `pos`.
+    fn begin(&mut self, top_level: bool) -> Result<(), InputError> {
+        let at = self.pos;
+        let shape = match self.buf[at] {
+            b'{' | b'[' => Shape::Container,
+            b'"' => Shape::String,
+            b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => Shape::Scalar,
+            b'}' | b']' => return Err(self.malformed(at, format!("unexpected {}", show(self.buf[at])))),
+            other => {
+                return Err(self.malformed(at, format!("expected a JSON value, found {}", show(other))));
+            }
+        };
+        self.pos += 1;
+        self.partial = Some(Partial {
+            start: at,
+            depth: u32::from(shape == Shape::Container),
+            in_string: shape == Shape::String,
+            escaped: false,
+            shape,
+            top_level,
+        });
+        Ok(())
+    }
+
+    /// Continue scanning `p` from `pos`; returns its end when it is complete.
+    fn scan_partial(&mut self, p: &mut Partial) -> Option<usize> {
+        let buf = &self.buf[..];
+        let mut pos = self.pos;
+        if p.shape == Shape::Scalar {
+            while pos < buf.len() {
+                if matches!(buf[pos], b',' | b']' | b'}' | b'[' | b'{' | b'"') || is_space(buf[pos]) {
+                    self.pos = pos;
+                    return Some(pos);
+                }
+                pos += 1;
+            }
+            self.pos = pos;
+            // A scalar at the very end of the input ends there.
+            return if self.eof { Some(pos) } else { None };
+        }
+        loop {
+            if p.in_string {
+                if p.escaped {
+                    if pos >= buf.len() {
+                        self.pos = pos;
+                        return None;
+                    }
+                    p.escaped = false;
+                    pos += 1;
+                }
+                match memchr::memchr2(b'"', b'\\', &buf[pos..]) {
+                    None => {
+                        self.pos = buf.len();
+                        return None;
+                    }
+                    Some(i) => {
+                        pos += i + 1;
+                        if buf[pos - 1] == b'\\' {
+                            p.escaped = true;
+                        } else {
+                            p.in_string = false;
+                            if p.shape == Shape::String {
+                                self.pos = pos;
+                                return Some(pos);
+                            }
+                        }
+                    }
+                }
+            } else {
+                // Outside strings only structure matters; most bytes of an entry are inside strings.
+                loop {
+                    let Some(&b) = buf.get(pos) else {
+                        self.pos = pos;
+                        return None;
+                    };
+                    pos += 1;
+                    match b {
+                        b'"' => {
+                            p.in_string = true;
+                            break;
+                        }
+                        b'{' | b'[' => p.depth += 1,
+                        b'}' | b']' => {
+                            p.depth -= 1;
+                            if p.depth == 0 {
+                                self.pos = pos;
+                                return Some(pos);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What follows a `]`.
+fn after_array(logs: bool) -> Expect {
+    if logs { Expect::ObjectRest } else { Expect::TopValue }
+}
+
+/// JSON whitespace.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// A byte, readably.
+fn show(b: u8) -> String {
+    if b.is_ascii_graphic() { format!("`{}`", b as char) } else { format!("byte 0x{b:02x}") }
+}
+
+/// Result of looking at the start of a top-level object.
+enum Lookahead {
+    /// It is `{"logs": [`; the array begins after this many bytes.
+    Yes(usize),
+    No,
+    NeedMore,
+}
+
+/// Whether `bytes` (starting at `{`) opens `{"logs": [`. Such a body is streamed element by element; any
+/// other object is read whole (and may still turn out to be a `{"logs": ...}` body with `logs` later).
+fn logs_array_prefix(bytes: &[u8], eof: bool) -> Lookahead {
+    let mut i = 1;
+    let expect = |i: &mut usize, want: &[u8]| -> Option<bool> {
+        while *i < bytes.len() && is_space(bytes[*i]) {
+            *i += 1;
+        }
+        for &w in want {
+            match bytes.get(*i) {
+                None => return None,
+                Some(&b) if b == w => *i += 1,
+                Some(_) => return Some(false),
+            }
+        }
+        Some(true)
+    };
+    for want in [&b"\"logs\""[..], b":", b"["] {
+        match expect(&mut i, want) {
+            None if eof => return Lookahead::No,
+            None => return Lookahead::NeedMore,
+            Some(false) => return Lookahead::No,
+            Some(true) => {}
+        }
+    }
+    Lookahead::Yes(i)
+}
+
+/// Complete values, with the bytes they are in, for a worker.
+struct Batch {
+    seq: u64,
+    bytes: Vec<u8>,
+    /// Input offset of `bytes[0]`.
+    base: u64,
+    elements: Vec<Element>,
+}
+
+/// A transformed batch.
+struct Done {
+    seq: u64,
+    /// Events, each preceded by `,\n`.
+    text: String,
+    entries: u64,
+    events: u64,
+    /// Entries without an event: (0-based index within the batch, offset, why).
+    set_aside: Vec<(u64, u64, TransformError)>,
+    /// Malformed JSON: (0-based index within the batch, offset, why). Ends the run.
+    error: Option<(u64, u64, String)>,
+}
+
+/// Transform every value of a batch (on a worker thread).
+fn transform_batch(tenant: &str, batch: Batch) -> Done {
+    let mut done = Done {
+        seq: batch.seq,
+        text: String::with_capacity(batch.bytes.len() + batch.bytes.len() / 4),
+        entries: 0,
+        events: 0,
+        set_aside: Vec::new(),
+        error: None,
+    };
+    for element in &batch.elements {
+        let offset = batch.base + element.start as u64;
+        let text = match std::str::from_utf8(&batch.bytes[element.start..element.end]) {
+            Ok(text) => text,
+            Err(e) => {
+                done.error = Some((done.entries, offset + e.valid_up_to() as u64, "invalid UTF-8".into()));
+                return done;
+            }
+        };
+        if element.top_level && text.starts_with('{') && text.contains("\"logs\"") {
+            match logs_list(text) {
+                Ok(Some(list)) => {
+                    for entry in list {
+                        // Offsets inside the list are exact: each entry is a slice of `text`.
+                        let at = offset + (entry.get().as_ptr() as usize - text.as_ptr() as usize) as u64;
+                        if let Err(e) = transform_one(tenant, entry.get(), at, &mut done) {
+                            done.error = Some(e);
+                            return done;
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    done.error = Some((done.entries, offset + e.0, e.1));
+                    return done;
+                }
+            }
+        }
+        if let Err(e) = transform_one(tenant, text, offset, &mut done) {
+            done.error = Some(e);
+            return done;
+        }
+    }
+    done
+}
+
+/// Transform one entry into the batch result; `Err` only for malformed JSON.
+fn transform_one(tenant: &str, text: &str, offset: u64, done: &mut Done) -> Result<(), (u64, u64, String)> {
+    let index = done.entries;
+    done.entries += 1;
+    let mark = done.text.len();
+    done.text.push_str(",\n");
+    match transform::write_any_text(tenant, text, &mut done.text) {
+        Ok(_) => {
+            done.events += 1;
+            Ok(())
+        }
+        Err(EntryError::Transform(e)) => {
+            done.text.truncate(mark);
+            done.set_aside.push((index, offset, e));
+            Ok(())
+        }
+        Err(EntryError::Json(e)) => {
+            done.text.truncate(mark);
+            Err((index, offset + position_in(text, &e), e.to_string()))
+        }
+    }
+}
+
+/// The byte position in `text` of a serde_json error (which counts lines and columns).
+fn position_in(text: &str, e: &serde_json::Error) -> u64 {
+    let line_start: usize = text.split_inclusive('\n').take(e.line().saturating_sub(1)).map(str::len).sum();
+    (line_start + e.column().saturating_sub(1)) as u64
+}
+
+/// The entries of a top-level object used as a `{"logs": [...]}` body: `None` when its `logs` is absent or
+/// falsy (then the object is itself an entry).
+#[allow(clippy::type_complexity)]
+fn logs_list(text: &str) -> Result<Option<Vec<&RawValue>>, (u64, String)> {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        logs: Option<&'a RawValue>,
+    }
+    let body: Body<'_> = serde_json::from_str(text).map_err(|e| (position_in(text, &e), e.to_string()))?;
+    let Some(logs) = body.logs else { return Ok(None) };
+    match logs.get().as_bytes().first() {
+        Some(b'[') => {
+            serde_json::from_str(logs.get()).map(Some).map_err(|e| (position_in(text, &e), e.to_string()))
+        }
+        Some(b'n' | b'f') | None => Ok(None),
+        Some(b'0') if logs.get() == "0" => Ok(None),
+        Some(b'"') if logs.get() == "\"\"" => Ok(None),
+        _ => Err((0, "`logs` must be an array of entries".into())),
+    }
+}
+
+/// Writes finished batches in input order.
+struct Writer<'a> {
+    output: &'a mut dyn Write,
+    on_set_aside: &'a mut dyn FnMut(&SetAside),
+    summary: Summary,
+    /// Batches that finished before an earlier one.
+    pending: BTreeMap<u64, Done>,
+    next_seq: u64,
+    /// `[` written.
+    started: bool,
+}
+
+impl Writer<'_> {
+    /// Take a finished batch; write it and any that were waiting for it.
+    fn accept(&mut self, done: Done) -> Result<(), InputError> {
+        self.pending.insert(done.seq, done);
+        while let Some(done) = self.pending.remove(&self.next_seq) {
+            self.next_seq += 1;
+            self.write(done)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, done: Done) -> Result<(), InputError> {
+        let first = self.summary.entries;
+        if !done.text.is_empty() {
+            let text = if self.started {
+                &done.text[..]
+            } else {
+                self.started = true;
+                self.output.write_all(b"[").map_err(InputError::Write)?;
+                &done.text[1..]
+            };
+            self.output.write_all(text.as_bytes()).map_err(InputError::Write)?;
+        }
+        self.summary.entries += done.entries;
+        self.summary.events += done.events;
+        for (index, offset, error) in done.set_aside {
+            self.summary.set_aside += 1;
+            (self.on_set_aside)(&SetAside { index: first + index + 1, offset, error });
+        }
+        if let Some((index, offset, reason)) = done.error {
+            return Err(InputError::Malformed { entry: first + index + 1, offset, reason });
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), InputError> {
+        let end: &[u8] = if self.started { b"\n]\n" } else { b"[]\n" };
+        self.output.write_all(end).map_err(InputError::Write)?;
+        self.output.flush().map_err(InputError::Write)
+    }
 }

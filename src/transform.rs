@@ -1,13 +1,99 @@
-//! STUB: the pure transform (being written).
+//! The pure transform: one raw Auth0 log entry in, the RudderStack event that RudderStack's own Auth0 source
+//! would have produced out, as JSON text.
+//!
+//! It reproduces the upstream transformer rule for rule (identify for `ss`, group for the "Add members to an
+//! organization" API operation, track for everything else; every mapped field copied verbatim, `null` meaning
+//! absent) and even the key order of `JSON.stringify`, so that our output is byte-for-byte what RudderStack would
+//! store, modulo the two ids. Those two differ on purpose: upstream's `anonymousId` is random and it sets no
+//! `messageId`; ours are UUID v5 of (tenant, log_id), so a re-sent event carries the same ids and can be deduplicated.
+//! Where upstream would crash the whole webhook request (a group entry without a usable organization path, a
+//! `null` element), or silently skip an entry (no truthy `type`), we return an error for that one entry, so that
+//! the caller can dead-letter or report it instead of losing it or its neighbours.
+//!
+//! It is shaped for speed: an entry is never turned into a `serde_json::Value` tree. Its top-level keys are read
+//! as borrowed raw slices (`&RawValue`), copied into the output untouched, and only the few small values the rules
+//! look at (type, description, `details.auth.user.{email,name}`, `details.request.path`) are parsed. The output is
+//! written directly into a `String`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-/// Why an entry produced no event.
+/// Namespace of `messageId`s (`message_id`). Fixed forever: changing it would change every id already sent.
+const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1e_4c2a_9b7d_5e30_8a41_c2d9_e7b3_0f58);
+/// Namespace of `anonymousId`s (`anonymous_id`), distinct from the messageId one so the two ids differ.
+const ANONYMOUS_NAMESPACE: Uuid = Uuid::from_u128(0x2b9c_7d14_e5a6_5f81_9c03_47be_d18a_6c25);
+/// Namespace for the stand-in log_id of an entry that has none, derived from its raw bytes.
+const RAW_ENTRY_NAMESPACE: Uuid = Uuid::from_u128(0xd3a0_58f2_1c6b_5a97_b4e8_0f7c_29d1_63ae);
+
+/// The description that, with type `sapi`, makes an entry a group event.
+const ADD_MEMBERS: &str = "Add members to an organization";
+
+/// Why an entry produced no event. Each of these is a property of the entry itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransformError {
-    /// Placeholder.
-    #[error("{0}")]
-    Invalid(String),
+    /// The entry is JSON `null` (upstream crashes the whole request on it).
+    #[error("the entry is null")]
+    NullEntry,
+    /// The entry is a JSON value other than an object.
+    #[error("the entry is a JSON {kind}, not an object")]
+    NotAnObject {
+        /// `array`, `string`, `number` or `boolean`.
+        kind: &'static str,
+    },
+    /// A `{log_id, data}` wrapper whose `data` is missing or not an object.
+    #[error("{}: the wrapper has no `data` object", who(.log_id))]
+    NoData {
+        /// The wrapper's log_id, when it has a string one.
+        log_id: Option<String>,
+    },
+    /// The entry's `type` is missing, null, `""`, `0` or `false` (upstream skips such entries silently).
+    #[error("{}: no `type` (missing, null, empty, 0 or false), so no event can be named", who(.log_id))]
+    NoType {
+        /// The entry's log_id, when it has a string one.
+        log_id: Option<String>,
+    },
+    /// A group entry (`sapi`, "Add members to an organization") whose `details.request.path` yields no
+    /// organization id (upstream crashes the whole request on it).
+    #[error(
+        "{}: group event (sapi, \"{ADD_MEMBERS}\") but details.request.path {} gives no organization id \
+         (expected /api/v2/organizations/{{id}}/members)",
+        who(.log_id),
+        .path.as_deref().map_or_else(|| "is missing".to_owned(), |p| format!("{p:?}"))
+    )]
+    GroupWithoutGroupId {
+        /// The entry's log_id, when it has a string one.
+        log_id: Option<String>,
+        /// The path found, when it is a string.
+        path: Option<String>,
+    },
+    /// A group entry whose `details.request.path` is not a string (upstream crashes on `path.split`).
+    #[error("{}: group event but details.request.path is not a string: {path}", who(.log_id))]
+    NonStringPath {
+        /// The entry's log_id, when it has a string one.
+        log_id: Option<String>,
+        /// The path's JSON text.
+        path: String,
+    },
+    /// The entry could not be read although it is valid JSON (should not happen; kept so it is never a panic).
+    #[error("{}: unreadable entry: {reason}", who(.log_id))]
+    Unreadable {
+        /// The entry's log_id, when known.
+        log_id: Option<String>,
+        /// What the JSON reader said.
+        reason: String,
+    },
+}
+
+/// Name an entry in a message.
+fn who(log_id: &Option<String>) -> String {
+    match log_id {
+        Some(id) => format!("entry with log_id {id:?}"),
+        None => "entry without a log_id".to_owned(),
+    }
 }
 
 impl TransformError {
@@ -15,38 +101,694 @@ impl TransformError {
     pub fn is_transient(&self) -> bool {
         false
     }
+
+    /// The log_id of the entry this error is about, when it has a string one.
+    pub fn log_id(&self) -> Option<&str> {
+        match self {
+            TransformError::NullEntry | TransformError::NotAnObject { .. } => None,
+            TransformError::NoData { log_id }
+            | TransformError::NoType { log_id }
+            | TransformError::GroupWithoutGroupId { log_id, .. }
+            | TransformError::NonStringPath { log_id, .. }
+            | TransformError::Unreadable { log_id, .. } => log_id.as_deref(),
+        }
+    }
 }
 
 /// One RudderStack event, serialized.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// The deterministic messageId.
+    /// The deterministic messageId (also present in `json`).
     pub message_id: Uuid,
-    /// The event as JSON text.
+    /// The event as JSON text: upstream's key order, then `anonymousId` and `messageId`.
     pub json: String,
 }
 
 /// Transform one raw Auth0 log entry (as returned by `/api/v2/logs`) into its RudderStack event.
 /// It is wrapped as `{log_id: entry.log_id, data: entry}` exactly as a Log Stream would.
 pub fn transform_entry(tenant: &str, entry: &RawValue) -> Result<Event, TransformError> {
-    let _ = (tenant, entry);
-    todo!()
+    to_event(|out| write_entry(tenant, entry, out))
 }
 
 /// Transform one Log Streams wrapper `{"log_id": ..., "data": {...}}`.
 pub fn transform_wrapper(tenant: &str, wrapper: &RawValue) -> Result<Event, TransformError> {
-    let _ = (tenant, wrapper);
-    todo!()
+    to_event(|out| write_wrapper(tenant, wrapper, out))
+}
+
+/// Transform either a raw entry or a `{log_id, data}` wrapper, deciding which it is: an object that has a
+/// `data` object and no (non-null) `type` is a wrapper; anything else is an entry.
+pub fn transform_any(tenant: &str, value: &RawValue) -> Result<Event, TransformError> {
+    to_event(|out| write_any(tenant, value, out))
+}
+
+/// Run a writer into a fresh `String` sized for a typical event.
+fn to_event(
+    write: impl FnOnce(&mut String) -> Result<Uuid, TransformError>,
+) -> Result<Event, TransformError> {
+    let mut json = String::with_capacity(2048);
+    let message_id = write(&mut json)?;
+    Ok(Event { message_id, json })
 }
 
 /// The deterministic messageId of an entry.
 pub fn message_id(tenant: &str, log_id: &str) -> Uuid {
-    let _ = (tenant, log_id);
-    todo!()
+    id_in(&MESSAGE_NAMESPACE, tenant, log_id)
 }
 
 /// The deterministic anonymousId of an entry.
 pub fn anonymous_id(tenant: &str, log_id: &str) -> Uuid {
-    let _ = (tenant, log_id);
-    todo!()
+    id_in(&ANONYMOUS_NAMESPACE, tenant, log_id)
+}
+
+/// UUID v5 of `tenant/log_id`: a domain name never contains `/`, so the name is unambiguous.
+fn id_in(namespace: &Uuid, tenant: &str, log_id: &str) -> Uuid {
+    let mut name = Vec::with_capacity(tenant.len() + 1 + log_id.len());
+    name.extend_from_slice(tenant.as_bytes());
+    name.push(b'/');
+    name.extend_from_slice(log_id.as_bytes());
+    Uuid::new_v5(namespace, &name)
+}
+
+/// The event name RudderStack's Auth0 source gives a type code (its `eventMapping.json`, 92 codes, verbatim).
+/// Codes not listed keep their raw value as the event name.
+pub fn event_name(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "api_limit" => "Rate Limit on the Authentication API",
+        "cls" => "Code/Link Sent",
+        "coff" => "Connector Offline",
+        "con" => "Connector Online",
+        "cs" => "Code Sent",
+        "depnote" => "Deprecation Notice",
+        "du" => "Deleted User",
+        "f" => "Failed Login",
+        "fc" => "Failed by Connector",
+        "fce" => "Failed Change Email",
+        "fco" => "Failed by CORS",
+        "fcoa" => "Failed cross-origin authentication",
+        "fcp" => "Failed Change Password",
+        "fcph" => "Failed Post Change Password Hook",
+        "fcpn" => "Failed Change Phone Number",
+        "fcpr" => "Failed Change Password Request",
+        "fcpro" => "Failed Connector Provisioning",
+        "fcu" => "Failed Change Username",
+        "fd" => "Failed Delegation",
+        "fdeac" => "Failed Device Activation",
+        "fdeaz" => "Failed Device Authorization Request",
+        "fdecc" => "User Canceled Device Confirmation",
+        "fdu" => "Failed User Deletion",
+        "feacft" => "Failed Exchange",
+        "feccft" => "Failed Exchange",
+        "fede" => "Failed Exchange",
+        "fens" => "Failed Exchange",
+        "feoobft" => "Failed Exchange",
+        "feotpft" => "Failed Exchange",
+        "fepft" => "Failed Exchange",
+        "fercft" => "Failed Exchange",
+        "fertft" => "Failed Exchange",
+        "ferrt" => "Failed Exchange",
+        "flo" => "Failed Logout",
+        "fn" => "Failed Sending Notification",
+        "fp" => "Failed Login (Incorrect Password)",
+        "fs" => "Failed Signup",
+        "fsa" => "Failed Silent Auth",
+        "fu" => "Failed Login (Invalid Email/Username)",
+        "fui" => "Failed users import",
+        "fv" => "Failed Verification Email",
+        "fvr" => "Failed Verification Email Request",
+        "gd_auth_failed" => "MFA Auth failed",
+        "gd_auth_rejected" => "MFA Auth rejected",
+        "gd_auth_succeed" => "MFA Auth success",
+        "gd_enrollment_complete" => "MFA enrollment complete",
+        "gd_otp_rate_limit_exceed" => "Too many failures",
+        "gd_recovery_failed" => "Recovery failed",
+        "gd_recovery_rate_limit_exceed" => "Too many failures",
+        "gd_recovery_succeed" => "Recovery success",
+        "gd_send_pn" => "Push notification sent",
+        "gd_send_sms" => "SMS sent",
+        "gd_send_sms_failure" => "SMS sent failures",
+        "gd_send_voice" => "Voice call made",
+        "gd_send_voice_failure" => "Voice call failure",
+        "gd_start_auth" => "Second factor started",
+        "gd_start_enroll" => "Enroll started",
+        "gd_tenant_update" => "Guardian tenant update",
+        "gd_unenroll" => "Unenroll device account",
+        "gd_update_device_account" => "Update device account",
+        "limit_delegation" => "Too Many Calls to /delegation",
+        "limit_mu" => "Blocked IP Address",
+        "limit_wc" => "Blocked Account",
+        "pwd_leak" => "Breached password",
+        "s" => "Success Login",
+        "sapi" => "Success API Operation",
+        "sce" => "Success Change Email",
+        "scoa" => "Success cross-origin authentication",
+        "scp" => "Success Change Password",
+        "scph" => "Success Post Change Password Hook",
+        "scpn" => "Success Change Phone Number",
+        "scpr" => "Success Change Password Request",
+        "scu" => "Success Change Username",
+        "sd" => "Success Delegation",
+        "sdu" => "Success User Deletion",
+        "seacft" => "Success Exchange",
+        "seccft" => "Success Exchange",
+        "sede" => "Success Exchange",
+        "sens" => "Success Exchange",
+        "seoobft" => "Success Exchange",
+        "seotpft" => "Success Exchange",
+        "sepft" => "Success Exchange",
+        "sercft" => "Success Exchange",
+        "sertft" => "Success Exchange",
+        "slo" => "Success Logout",
+        "ss" => "Success Signup",
+        "ssa" => "Success Silent Auth",
+        "sui" => "Success users import",
+        "sv" => "Success Verification Email",
+        "svr" => "Success Verification Email Request",
+        "ublkdu" => "User login block released",
+        "w" => "Warnings During Login",
+        _ => return None,
+    })
+}
+
+/// Why an entry's text produced no event: not JSON at all, or an entry the transform refuses.
+#[derive(Debug)]
+pub(crate) enum EntryError {
+    /// The text is not valid JSON.
+    Json(serde_json::Error),
+    /// Valid JSON, but no event (see `TransformError`).
+    Transform(TransformError),
+}
+
+impl From<TransformError> for EntryError {
+    fn from(e: TransformError) -> Self {
+        EntryError::Transform(e)
+    }
+}
+
+/// Adapt an `EntryError` on text that is known to be valid JSON (a `RawValue`).
+fn known_json(e: EntryError) -> TransformError {
+    match e {
+        EntryError::Transform(e) => e,
+        EntryError::Json(e) => TransformError::Unreadable { log_id: None, reason: e.to_string() },
+    }
+}
+
+/// Append the event of a raw entry to `out`; on error `out` is left as it was.
+fn write_entry(tenant: &str, entry: &RawValue, out: &mut String) -> Result<Uuid, TransformError> {
+    let text = entry.get();
+    let data = Fields::read(text).map_err(known_json)?;
+    // The Log Stream wrapper's log_id is the entry's own, null and absent included.
+    write_event(tenant, data.get(LOG_ID), &data, text, out)
+}
+
+/// Append the event of a `{log_id, data}` wrapper to `out`; on error `out` is left as it was.
+fn write_wrapper(tenant: &str, wrapper: &RawValue, out: &mut String) -> Result<Uuid, TransformError> {
+    let text = wrapper.get();
+    let outer = Fields::read(text).map_err(known_json)?;
+    write_wrapped(tenant, &outer, text, out)
+}
+
+/// Append the event of an entry or wrapper (see `transform_any`) to `out`; on error `out` is left as it was.
+fn write_any(tenant: &str, value: &RawValue, out: &mut String) -> Result<Uuid, TransformError> {
+    write_any_text(tenant, value.get(), out).map_err(known_json)
+}
+
+/// `transform_any` on text that may not even be JSON, appending to `out` (left as it was on error). This is
+/// the entry point of the stream reader: it validates and reads the entry in one pass.
+pub(crate) fn write_any_text(tenant: &str, text: &str, out: &mut String) -> Result<Uuid, EntryError> {
+    let fields = Fields::read(text)?;
+    if fields.present(TYPE).is_none() && fields.present(DATA).is_some_and(is_object) {
+        Ok(write_wrapped(tenant, &fields, text, out)?)
+    } else {
+        Ok(write_event(tenant, fields.get(LOG_ID), &fields, text, out)?)
+    }
+}
+
+/// The wrapper half of `write_wrapper`, once its keys are read.
+fn write_wrapped(
+    tenant: &str,
+    outer: &Fields<'_>,
+    whole: &str,
+    out: &mut String,
+) -> Result<Uuid, TransformError> {
+    let Some(data) = outer.present(DATA).filter(|d| is_object(d)) else {
+        return Err(TransformError::NoData {
+            log_id: outer.get(LOG_ID).and_then(json_str).map(Cow::into_owned),
+        });
+    };
+    let inner = Fields::read(data.get()).map_err(known_json)?;
+    write_event(tenant, outer.get(LOG_ID), &inner, whole, out)
+}
+
+/// What kind of event an entry becomes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Identify,
+    Group,
+    Track,
+}
+
+/// Append one event. `wrapper_log_id` is the wrapper's `log_id` as written (`None` when the wrapper has none,
+/// the text `null` when it is null); `whole` is what the caller was given, used only for the stand-in id.
+fn write_event(
+    tenant: &str,
+    wrapper_log_id: Option<&RawValue>,
+    d: &Fields<'_>,
+    whole: &str,
+    out: &mut String,
+) -> Result<Uuid, TransformError> {
+    // Everything that can fail happens before the first byte is written.
+    let named_log_id = wrapper_log_id.and_then(json_str).or_else(|| d.present(LOG_ID).and_then(json_str));
+    let ty = match d.present(TYPE) {
+        Some(t) if is_truthy(t) => t,
+        _ => {
+            return Err(TransformError::NoType { log_id: named_log_id.map(Cow::into_owned) });
+        }
+    };
+    let ty_str = json_str(ty);
+    let kind = match ty_str.as_deref() {
+        Some("ss") => Kind::Identify,
+        Some("sapi") if d.present(DESCRIPTION).and_then(json_str).as_deref() == Some(ADD_MEMBERS) => {
+            Kind::Group
+        }
+        _ => Kind::Track,
+    };
+    let details = d.present(DETAILS);
+    let group_id = if kind == Kind::Group {
+        Some(group_id(details).map_err(|e| e.with_log_id(named_log_id.as_deref()))?)
+    } else {
+        None
+    };
+    let [email, name] = match details.and_then(|det| nested(det, &["auth", "user"])) {
+        Some(user) => {
+            let [email, name] = pick(user, &["email", "name"]).unwrap_or_default();
+            [email.filter(|v| !is_null(v)), name.filter(|v| !is_null(v))]
+        }
+        None => [None, None],
+    };
+    let id_source: Cow<'_, str> = match named_log_id {
+        Some(id) => id,
+        None => Cow::Owned(Uuid::new_v5(&RAW_ENTRY_NAMESPACE, whole.as_bytes()).hyphenated().to_string()),
+    };
+    let message = message_id(tenant, &id_source);
+    let anonymous = anonymous_id(tenant, &id_source);
+
+    let ip = d.present(IP);
+    let user_name = d.present(USER_NAME);
+    let user_agent = d.present(USER_AGENT);
+    let user_id = d.present(USER_ID);
+
+    out.push_str(
+        r#"{"context":{"library":{"name":"unknown","version":"unknown"},"integration":{"name":"Auth0"}"#,
+    );
+    if let Some(ip) = ip {
+        put(out, ",\"ip\":", ip);
+        put(out, ",\"request_ip\":", ip);
+    }
+    // context.traits is created by the first of email/name/user_name/user_id present, and userAgent sits
+    // between those: so traits comes before userAgent unless only user_id feeds it.
+    let early_traits = email.is_some() || name.is_some() || user_name.is_some();
+    let context_traits = |out: &mut String| {
+        let mut obj = Obj::open(out, ",\"traits\":");
+        obj.field(out, "email", email);
+        obj.field(out, "name", name);
+        obj.field(out, "user_name", user_name);
+        obj.field(out, "userId", user_id);
+        obj.close(out);
+    };
+    if early_traits {
+        context_traits(out);
+    }
+    if let Some(ua) = user_agent {
+        put(out, ",\"userAgent\":", ua);
+    }
+    if !early_traits && user_id.is_some() {
+        context_traits(out);
+    }
+    out.push_str(r#"},"integrations":{"Auth0":false},"type":"#);
+    out.push_str(match kind {
+        Kind::Identify => "\"identify\"",
+        Kind::Group => "\"group\"",
+        Kind::Track => "\"track\"",
+    });
+    if kind == Kind::Track {
+        out.push_str(",\"event\":");
+        let known = match &ty_str {
+            Some(code) => event_name(code),
+            None => array_event_name(ty),
+        };
+        match known {
+            Some(name) => {
+                // The table's names need no escaping.
+                out.push('"');
+                out.push_str(name);
+                out.push('"');
+            }
+            None => out.push_str(ty.get()),
+        }
+    }
+    // `properties` is created by the first of its rows present; when only `type` feeds it, it comes after
+    // the timestamps.
+    let early_properties = [CLIENT_ID, CLIENT_NAME, DETAILS, AUTH0_CLIENT, LOG_ID, IS_MOBILE, DESCRIPTION]
+        .iter()
+        .any(|&k| d.present(k).is_some());
+    let properties = |out: &mut String| {
+        let mut obj = Obj::open(out, ",\"properties\":");
+        obj.field(out, "client_id", d.present(CLIENT_ID));
+        obj.field(out, "client_name", d.present(CLIENT_NAME));
+        obj.field(out, "details", details);
+        obj.field(out, "auth0_client", d.present(AUTH0_CLIENT));
+        // log_id is reassigned to the wrapper's value: it keeps the slot of data.log_id if that existed,
+        // else it is appended; a wrapper without log_id makes it disappear altogether.
+        let data_log_id = d.present(LOG_ID).is_some();
+        if data_log_id {
+            obj.field(out, "log_id", wrapper_log_id);
+        }
+        obj.field(out, "is_mobile", d.present(IS_MOBILE));
+        obj.field(out, "description", d.present(DESCRIPTION));
+        obj.field(out, "source_type", Some(ty));
+        if !data_log_id {
+            obj.field(out, "log_id", wrapper_log_id);
+        }
+        obj.close(out);
+    };
+    if early_properties {
+        properties(out);
+    }
+    if let Some(uid) = user_id {
+        put(out, ",\"userId\":", uid);
+    }
+    let connection = d.present(CONNECTION);
+    let connection_id = d.present(CONNECTION_ID);
+    if connection.is_some() || connection_id.is_some() {
+        let mut obj = Obj::open(out, ",\"traits\":");
+        obj.field(out, "connection", connection);
+        obj.field(out, "connection_id", connection_id);
+        obj.close(out);
+    }
+    if let Some(date) = d.present(DATE) {
+        put(out, ",\"originalTimestamp\":", date);
+        put(out, ",\"sentAt\":", date);
+    }
+    if !early_properties {
+        properties(out);
+    }
+    if let Some(group_id) = group_id {
+        out.push_str(",\"groupId\":");
+        push_json_str(out, &group_id);
+    }
+    out.push_str(",\"anonymousId\":\"");
+    out.push_str(anonymous.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    out.push_str("\",\"messageId\":\"");
+    out.push_str(message.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    out.push_str("\"}");
+    Ok(message)
+}
+
+/// Why `group_id` failed, before the log_id is attached.
+enum GroupIdError {
+    Missing(Option<String>),
+    NotAString(String),
+}
+
+impl GroupIdError {
+    fn with_log_id(self, log_id: Option<&str>) -> TransformError {
+        let log_id = log_id.map(str::to_owned);
+        match self {
+            GroupIdError::Missing(path) => TransformError::GroupWithoutGroupId { log_id, path },
+            GroupIdError::NotAString(path) => TransformError::NonStringPath { log_id, path },
+        }
+    }
+}
+
+/// Upstream's `getGroupId`: the second-to-last `/` segment of `details.request.path`, which must be non-empty.
+fn group_id(details: Option<&RawValue>) -> Result<String, GroupIdError> {
+    let path = details
+        .and_then(|det| nested(det, &["request"]))
+        .and_then(|req| pick(req, &["path"]).ok())
+        .and_then(|[p]| p)
+        .filter(|p| is_truthy(p));
+    let Some(path) = path else {
+        return Err(GroupIdError::Missing(None));
+    };
+    let Some(text) = json_str(path) else {
+        return Err(GroupIdError::NotAString(path.get().to_owned()));
+    };
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts.len().checked_sub(2).map(|i| parts[i]) {
+        Some(segment) if !segment.is_empty() => Ok(segment.to_owned()),
+        _ => Err(GroupIdError::Missing(Some(text.into_owned()))),
+    }
+}
+
+/// For a `type` that is an array: JS indexes the name table with the array's string form, so `["s"]` (and
+/// `[["s"]]`) finds "Success Login". No other array can stringify to a code (codes have no digits or commas).
+fn array_event_name(ty: &RawValue) -> Option<&'static str> {
+    if !ty.get().starts_with('[') {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_str(ty.get()).ok()?;
+    loop {
+        match value {
+            serde_json::Value::Array(mut items) if items.len() == 1 => value = items.pop()?,
+            serde_json::Value::String(s) => return event_name(&s),
+            _ => return None,
+        }
+    }
+}
+
+/// Append `,"key":value` style text: `prefix` then the raw value.
+fn put(out: &mut String, prefix: &str, value: &RawValue) {
+    out.push_str(prefix);
+    out.push_str(value.get());
+}
+
+/// Append a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    // Serializing a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+/// An object being written whose keys are all optional.
+struct Obj {
+    first: bool,
+}
+
+impl Obj {
+    fn open(out: &mut String, prefix: &str) -> Obj {
+        out.push_str(prefix);
+        out.push('{');
+        Obj { first: true }
+    }
+    fn field(&mut self, out: &mut String, key: &str, value: Option<&RawValue>) {
+        if let Some(value) = value {
+            if !self.first {
+                out.push(',');
+            }
+            self.first = false;
+            out.push('"');
+            out.push_str(key);
+            out.push_str("\":");
+            out.push_str(value.get());
+        }
+    }
+    fn close(self, out: &mut String) {
+        out.push('}');
+    }
+}
+
+/// Whether a raw value is JSON null.
+fn is_null(v: &RawValue) -> bool {
+    v.get() == "null"
+}
+
+/// Whether a raw value is an object.
+fn is_object(v: &RawValue) -> bool {
+    v.get().starts_with('{')
+}
+
+/// JS truthiness of a (non-null) JSON value: false, 0 (any spelling) and "" are falsy.
+fn is_truthy(v: &RawValue) -> bool {
+    let text = v.get();
+    match text.as_bytes().first() {
+        Some(b'f') | Some(b'n') | None => false,
+        Some(b'"') => text != "\"\"",
+        Some(b'-' | b'0'..=b'9') => !matches!(text.parse::<f64>(), Ok(n) if n == 0.0),
+        _ => true,
+    }
+}
+
+/// The text of a raw value when it is a JSON string.
+fn json_str(v: &RawValue) -> Option<Cow<'_, str>> {
+    let text = v.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// Walk `path` through nested objects; `None` when a step is missing, null or not an object.
+fn nested<'a>(mut value: &'a RawValue, path: &[&str]) -> Option<&'a RawValue> {
+    for key in path {
+        if !is_object(value) {
+            return None;
+        }
+        // Cheap pre-check before parsing a possibly large object: the key can only be spelled without
+        // `\u` escapes when the text has none.
+        let text = value.get();
+        if !text.contains("\\u") && !contains_key(text, key) {
+            return None;
+        }
+        let [found] = pick(value, &[key]).ok()?;
+        value = found.filter(|v| !is_null(v))?;
+    }
+    Some(value)
+}
+
+/// Whether `"key"` occurs in `text` at all.
+fn contains_key(text: &str, key: &str) -> bool {
+    let mut needle = String::with_capacity(key.len() + 2);
+    needle.push('"');
+    needle.push_str(key);
+    needle.push('"');
+    text.contains(needle.as_str())
+}
+
+/// Read the values of `keys` from a JSON object (last duplicate wins, like `JSON.parse`).
+fn pick<'a, const N: usize>(
+    object: &'a RawValue,
+    keys: &[&str; N],
+) -> Result<[Option<&'a RawValue>; N], serde_json::Error> {
+    pick_text(object.get(), keys)
+}
+
+/// `pick` on text, which must be exactly one JSON object.
+fn pick_text<'a, const N: usize>(
+    text: &'a str,
+    keys: &[&str; N],
+) -> Result<[Option<&'a RawValue>; N], serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let found = de.deserialize_map(Pick { keys })?;
+    de.end()?;
+    Ok(found)
+}
+
+/// Visitor of `pick`.
+struct Pick<'k, const N: usize> {
+    keys: &'k [&'k str; N],
+}
+
+impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
+    type Value = [Option<&'de RawValue>; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = [None; N];
+        while let Some(index) = map.next_key_seed(KeyIndex { keys: self.keys })? {
+            match index {
+                Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Reads an object key as its index in `keys` without allocating (unless the key has escapes).
+struct KeyIndex<'k> {
+    keys: &'k [&'k str],
+}
+
+impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.keys.iter().position(|k| *k == key))
+    }
+}
+
+// Indices into `Fields`, in the order of `FIELD_KEYS`.
+const CLIENT_ID: usize = 0;
+const CLIENT_NAME: usize = 1;
+const DETAILS: usize = 2;
+const AUTH0_CLIENT: usize = 3;
+const LOG_ID: usize = 4;
+const IS_MOBILE: usize = 5;
+const DESCRIPTION: usize = 6;
+const IP: usize = 7;
+const USER_NAME: usize = 8;
+const USER_AGENT: usize = 9;
+const USER_ID: usize = 10;
+const CONNECTION: usize = 11;
+const CONNECTION_ID: usize = 12;
+const DATE: usize = 13;
+const TYPE: usize = 14;
+const DATA: usize = 15;
+/// Every top-level key the transform reads (of an entry, or of a wrapper: `log_id` and `data`).
+const FIELD_KEYS: [&str; 16] = [
+    "client_id",
+    "client_name",
+    "details",
+    "auth0_client",
+    "log_id",
+    "isMobile",
+    "description",
+    "ip",
+    "user_name",
+    "user_agent",
+    "user_id",
+    "connection",
+    "connection_id",
+    "date",
+    "type",
+    "data",
+];
+
+/// The top-level keys of an entry or wrapper, as raw slices of its text (`null` kept as the text `null`).
+struct Fields<'a> {
+    values: [Option<&'a RawValue>; 16],
+}
+
+impl<'a> Fields<'a> {
+    /// Read an object's keys, refusing anything that is not an object.
+    fn read(text: &'a str) -> Result<Fields<'a>, EntryError> {
+        if text.starts_with('{') {
+            let values = pick_text(text, &FIELD_KEYS).map_err(EntryError::Json)?;
+            return Ok(Fields { values });
+        }
+        // Not an object: say what it is, but only once it is known to be JSON at all.
+        serde_json::from_str::<IgnoredAny>(text).map_err(EntryError::Json)?;
+        Err(EntryError::Transform(match text.as_bytes().first() {
+            Some(b'n') => TransformError::NullEntry,
+            Some(b'[') => TransformError::NotAnObject { kind: "array" },
+            Some(b'"') => TransformError::NotAnObject { kind: "string" },
+            Some(b't' | b'f') => TransformError::NotAnObject { kind: "boolean" },
+            _ => TransformError::NotAnObject { kind: "number" },
+        }))
+    }
+
+    /// The raw value as written, `null` included.
+    fn get(&self, key: usize) -> Option<&'a RawValue> {
+        self.values[key]
+    }
+
+    /// The value when it is present and not null: upstream's "null means absent".
+    fn present(&self, key: usize) -> Option<&'a RawValue> {
+        self.values[key].filter(|v| !is_null(v))
+    }
 }

@@ -8,3 +8,4 @@ mod store;
 mod support;
 mod sync;
 mod faults;
+mod transform;

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod fake_auth0;
 pub mod fake_rudderstack;
+pub mod fixtures;
 pub mod http;
 
 use std::path::PathBuf;

@@ -1,0 +1,391 @@
+//! The transform against RudderStack's own output: every fixture entry, every webhook edge case, and the
+//! deliberate differences (deterministic ids, per-entry errors instead of whole-request crashes, NDJSON).
+
+use std::collections::{HashMap, HashSet};
+
+use assert_cmd::Command;
+use auth0_rudderstack::input::{SetAside, transform_stream};
+use auth0_rudderstack::transform::{TransformError, transform_any, transform_entry, transform_wrapper};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::support::fixtures::{self, TENANT};
+
+/// Parse JSON text into a `RawValue` for the transform.
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned()).expect("valid JSON")
+}
+
+/// Remove and return the two ids we set, checking they are UUIDs.
+fn take_ids(event: &mut Value) -> (Uuid, Uuid) {
+    let obj = event.as_object_mut().expect("event is an object");
+    let message = obj.shift_remove("messageId").expect("messageId present");
+    let anonymous = obj.shift_remove("anonymousId").expect("anonymousId present");
+    let parse = |v: Value| Uuid::parse_str(v.as_str().expect("id is a string")).expect("id is a UUID");
+    (parse(message), parse(anonymous))
+}
+
+/// Upstream parses the entry with `JSON.parse` and re-serializes with `JSON.stringify`, so every number
+/// comes out as a JS double (`1.7E12` becomes `1700000000000`); we copy the number's text verbatim. Compare
+/// numbers as doubles on both sides so that only a real difference in value fails.
+fn normalise_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            let f = n.as_f64().expect("finite number");
+            *value = serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalise_numbers),
+        Value::Object(map) => map.values_mut().for_each(normalise_numbers),
+        _ => {}
+    }
+}
+
+/// Our event with the ids removed and numbers normalised, plus the ids.
+fn comparable(json: &str) -> (Value, (Uuid, Uuid)) {
+    let mut event: Value = serde_json::from_str(json).expect("event is JSON");
+    let ids = take_ids(&mut event);
+    normalise_numbers(&mut event);
+    (event, ids)
+}
+
+/// An upstream event with its (pinned, random upstream) anonymousId removed and numbers normalised.
+fn upstream(expected: &Value) -> Value {
+    let mut expected = expected.clone();
+    let obj = expected.as_object_mut().expect("expected event is an object");
+    obj.shift_remove("anonymousId");
+    assert!(!obj.contains_key("messageId"), "upstream sets no messageId");
+    normalise_numbers(&mut expected);
+    expected
+}
+
+/// Every fixture entry gives exactly RudderStack's event, with stable UUID ids, distinct per log_id.
+#[test]
+fn every_fixture_entry_transforms_to_exactly_the_upstream_event_with_deterministic_ids() {
+    let mut compared = 0;
+    let mut message_ids = HashSet::new();
+    let mut anonymous_ids = HashSet::new();
+    let mut by_log_id = HashMap::new();
+    for (name, file) in fixtures::transform_files() {
+        let inputs = file["input"].as_array().expect("input");
+        let expected = file["expected"].as_array().expect("expected");
+        assert_eq!(inputs.len(), expected.len(), "{name}");
+        for (i, (input, expected)) in inputs.iter().zip(expected).enumerate() {
+            let entry = raw(&serde_json::to_string(input).expect("serialize"));
+            let first = transform_entry(TENANT, &entry).unwrap_or_else(|e| panic!("{name}[{i}]: {e}"));
+            let again = transform_entry(TENANT, &entry).expect("second run");
+            assert_eq!(first.json, again.json, "{name}[{i}]: not deterministic");
+            let (ours, (message, anonymous)) = comparable(&first.json);
+            assert_eq!(message, first.message_id, "{name}[{i}]: Event.message_id");
+            assert_ne!(message, anonymous, "{name}[{i}]: messageId == anonymousId");
+            // The ids derive from the log_id, and the fixtures reuse some log_ids (sample data): entries that
+            // share a log_id share ids, entries that do not never do. Entries without a string log_id get ids
+            // derived from their bytes.
+            let key = match &input["log_id"] {
+                Value::String(id) => id.clone(),
+                _ => serde_json::to_string(input).expect("serialize"),
+            };
+            match by_log_id.get(&key) {
+                Some(&ids) => assert_eq!(ids, (message, anonymous), "{name}[{i}]: same log_id, other ids"),
+                None => {
+                    by_log_id.insert(key, (message, anonymous));
+                    assert!(message_ids.insert(message), "{name}[{i}]: messageId repeated");
+                    assert!(anonymous_ids.insert(anonymous), "{name}[{i}]: anonymousId repeated");
+                }
+            }
+            assert_eq!(ours, upstream(expected), "{name}[{i}]");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 142);
+}
+
+/// Our key order is `JSON.stringify`'s: after removing our ids, the events' key sequences match upstream's
+/// at every level (the fixtures keep upstream's order).
+#[test]
+fn fixture_events_keep_the_upstream_key_order_at_every_level() {
+    fn keys(v: &Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let p = format!("{path}.{k}");
+                    out.push(p.clone());
+                    if k != "details" && k != "auth0_client" {
+                        keys(v, &p, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| keys(v, path, out)),
+            _ => {}
+        }
+    }
+    let mut compared = 0;
+    for (name, file) in fixtures::transform_files() {
+        let inputs = file["input"].as_array().expect("input");
+        for (i, (input, expected)) in
+            inputs.iter().zip(file["expected"].as_array().expect("expected")).enumerate()
+        {
+            let entry = raw(&serde_json::to_string(input).expect("serialize"));
+            let (ours, _) = comparable(&transform_entry(TENANT, &entry).expect("transforms").json);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            keys(&ours, "", &mut a);
+            keys(&upstream(expected), "", &mut b);
+            assert_eq!(a, b, "{name}[{i}]");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 142);
+}
+
+/// The entries of one webhook body, split the way upstream does (array, `{logs}`, single object).
+/// `None` when the body is not JSON (upstream: 400 Malformed JSON).
+fn webhook_entries(body: &str) -> Option<Vec<Box<RawValue>>> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    let list = match value {
+        Value::Array(items) => items,
+        Value::Object(ref map) => match map.get("logs") {
+            Some(Value::Array(items)) => items.clone(),
+            _ => vec![value],
+        },
+        other => vec![other],
+    };
+    Some(list.iter().map(|v| raw(&serde_json::to_string(v).expect("serialize"))).collect())
+}
+
+/// Every edge case upstream answers with a batch gives the same batch from us; entries upstream skipped are
+/// per-entry errors (no type, or no `data`) here, never silently dropped.
+#[test]
+fn every_webhook_edge_case_with_an_upstream_batch_gives_the_same_events() {
+    let mut requests = 0;
+    for (name, file) in fixtures::edge_case_files() {
+        for (r, (input, output)) in file["input"]
+            .as_array()
+            .expect("input")
+            .iter()
+            .zip(file["output"].as_array().expect("output"))
+            .enumerate()
+        {
+            let Some(batch) = output.pointer("/output/batch").and_then(Value::as_array) else {
+                continue; // whole-request failures have their own tests below
+            };
+            let body = input.pointer("/request/body").and_then(Value::as_str).expect("body");
+            let entries = webhook_entries(body).expect("body is JSON");
+            let mut ours = Vec::new();
+            for entry in &entries {
+                match transform_wrapper(TENANT, entry) {
+                    Ok(event) => ours.push(comparable(&event.json).0),
+                    Err(TransformError::NoType { .. } | TransformError::NoData { .. }) => {}
+                    Err(e) => panic!("{name} request {r}: unexpected error {e}"),
+                }
+            }
+            let theirs: Vec<Value> = batch.iter().map(upstream).collect();
+            assert_eq!(ours, theirs, "{name} request {r}");
+            requests += 1;
+        }
+    }
+    assert!(requests >= 20, "only {requests} requests compared");
+}
+
+/// Where upstream loses a whole request to a group entry without a path, only that entry fails here.
+#[test]
+fn a_group_entry_without_a_path_fails_alone_and_names_its_log_id() {
+    let file = fixtures::edge_case("05_group_without_path_crashes_request.json");
+    let body = file.pointer("/input/0/request/body").and_then(Value::as_str).expect("body");
+    let entries = webhook_entries(body).expect("JSON");
+    assert_eq!(entries.len(), 2);
+    let err = transform_wrapper(TENANT, &entries[0]).expect_err("group without path");
+    assert!(matches!(err, TransformError::GroupWithoutGroupId { .. }), "{err:?}");
+    assert_eq!(err.log_id(), Some("G1"));
+    let text = err.to_string();
+    assert!(text.contains("\"G1\"") && text.contains("details.request.path"), "{text}");
+    let neighbour: Value =
+        serde_json::from_str(&transform_wrapper(TENANT, &entries[1]).expect("neighbour").json).expect("json");
+    assert_eq!(neighbour["event"], "Success Login");
+    assert_eq!(neighbour["properties"]["log_id"], "G2");
+}
+
+/// Where upstream loses a whole request to a `null` element, only that element fails here.
+#[test]
+fn a_null_element_fails_alone_and_its_neighbours_are_transformed() {
+    let file = fixtures::edge_case("13_null_element_crashes_request.json");
+    let body = file.pointer("/input/0/request/body").and_then(Value::as_str).expect("body");
+    let entries = webhook_entries(body).expect("JSON");
+    let results: Vec<_> = entries.iter().map(|e| transform_wrapper(TENANT, e)).collect();
+    let nulls = results.iter().filter(|r| matches!(r, Err(TransformError::NullEntry))).count();
+    assert_eq!(nulls, 1, "{results:?}");
+    assert!(results.iter().filter(|r| r.is_ok()).count() >= 1, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(TransformError::NullEntry))), "{results:?}");
+}
+
+/// Entries upstream drops silently for lacking a type are errors here that say so and name the log_id.
+#[test]
+fn entries_without_a_truthy_type_are_errors_naming_their_log_id() {
+    let file = fixtures::edge_case("03_missing_type_dropped.json");
+    let body = file.pointer("/input/0/request/body").and_then(Value::as_str).expect("body");
+    let entries = webhook_entries(body).expect("JSON");
+    assert!(!entries.is_empty());
+    for entry in &entries {
+        let err = transform_wrapper(TENANT, entry).expect_err("no type");
+        assert!(matches!(err, TransformError::NoType { .. } | TransformError::NoData { .. }), "{err:?}");
+        if let Some(id) = err.log_id() {
+            assert!(err.to_string().contains(id), "{err}");
+        }
+    }
+    for ty in ["null", "\"\"", "0", "false", "-0.0"] {
+        let entry = raw(&format!(r#"{{"log_id":"L","type":{ty},"date":"d"}}"#));
+        let err = transform_entry(TENANT, &entry).expect_err(ty);
+        assert_eq!(err, TransformError::NoType { log_id: Some("L".into()) });
+        assert!(err.to_string().contains("\"L\"") && err.to_string().contains("type"), "{err}");
+    }
+}
+
+/// A JSON Lines body, which upstream rejects as malformed, is read entry by entry by `transform_stream`.
+#[test]
+fn a_json_lines_body_is_accepted_by_the_stream_reader() {
+    let file = fixtures::edge_case("14_json_lines_body_rejected.json");
+    let body = file.pointer("/input/0/request/body").and_then(Value::as_str).expect("body");
+    let mut out = Vec::new();
+    let mut set_aside = Vec::new();
+    let summary = transform_stream(TENANT, body.as_bytes(), &mut out, &mut |m: &SetAside| {
+        set_aside.push(m.to_string())
+    })
+    .expect("NDJSON is accepted");
+    assert!(set_aside.is_empty(), "{set_aside:?}");
+    assert_eq!((summary.entries, summary.events), (2, 2));
+    let events: Vec<Value> = serde_json::from_slice(&out).expect("output is a JSON array");
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().expect("event")).collect();
+    assert_eq!(names, ["Success Login", "Failed Login"]);
+    assert_eq!(events[0]["properties"]["log_id"], "J1");
+    assert_eq!(events[1]["properties"]["log_id"], "J2");
+}
+
+/// The same entry gives the same ids whether it comes raw or in a wrapper with the same log_id.
+#[test]
+fn a_raw_entry_and_its_wrapper_give_the_same_event() {
+    let entry = with_log_ids(4).swap_remove(3);
+    let log_id: Value = serde_json::from_str::<Value>(&entry).expect("json")["log_id"].clone();
+    let wrapper = format!(r#"{{"log_id":{log_id},"data":{entry}}}"#);
+    let a = transform_entry(TENANT, &raw(&entry)).expect("entry");
+    let b = transform_wrapper(TENANT, &raw(&wrapper)).expect("wrapper");
+    let c = transform_any(TENANT, &raw(&wrapper)).expect("any");
+    assert_eq!(a.json, b.json);
+    assert_eq!(b.json, c.json);
+}
+
+/// The first `n` fixture entries that have a string log_id.
+fn with_log_ids(n: usize) -> Vec<String> {
+    fixtures::corpus_entries()
+        .into_iter()
+        .filter(|e| serde_json::from_str::<Value>(e).expect("json")["log_id"].is_string())
+        .take(n)
+        .collect()
+}
+
+/// Run the binary's `transform` on `input`, via a file or stdin; returns (status, stdout, stderr).
+fn run_cli(input: &[u8], via_stdin: bool) -> (i32, Vec<u8>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_auth0-rudderstack"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = if via_stdin {
+        cmd.arg("transform").write_stdin(input.to_vec()).output()
+    } else {
+        let path = dir.path().join("input.json");
+        std::fs::write(&path, input).expect("write input");
+        cmd.arg("transform").arg(&path).output()
+    }
+    .expect("run binary");
+    (output.status.code().unwrap_or(-1), output.stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Every input shape the binary accepts (array, one object, NDJSON, wrappers, `{logs}`), from a file or stdin,
+/// yields the same events.
+#[test]
+fn the_binary_gives_the_same_events_for_every_input_shape_from_a_file_or_stdin() {
+    // Entries with a log_id: without one, the ids derive from the bytes given, which differ between shapes.
+    let entries = with_log_ids(20);
+    let wrap = |e: &String| {
+        let id = serde_json::from_str::<Value>(e).expect("json")["log_id"].clone();
+        format!(r#"{{"log_id":{id},"data":{e}}}"#)
+    };
+    let array = format!("[{}]", entries.join(",\n"));
+    let ndjson = entries.iter().map(|e| format!("{e}\n")).collect::<String>();
+    let wrappers = format!("[{}]", entries.iter().map(wrap).collect::<Vec<_>>().join(","));
+    let wrapper_lines = entries.iter().map(|e| wrap(e) + "\n").collect::<String>();
+    let logs = format!(r#"{{"logs":{wrappers}}}"#);
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&array).expect("json")).expect("pretty");
+
+    let (code, reference, stderr) = run_cli(array.as_bytes(), false);
+    assert_eq!(code, 0, "{stderr}");
+    let reference: Vec<Value> = serde_json::from_slice(&reference).expect("JSON array out");
+    assert_eq!(reference.len(), 20);
+    for (shape, input) in [
+        ("array", &array),
+        ("pretty array", &pretty),
+        ("ndjson", &ndjson),
+        ("wrappers", &wrappers),
+        ("wrapper lines", &wrapper_lines),
+        ("logs object", &logs),
+    ] {
+        for via_stdin in [false, true] {
+            let (code, out, stderr) = run_cli(input.as_bytes(), via_stdin);
+            assert_eq!(code, 0, "{shape} (stdin: {via_stdin}): {stderr}");
+            let events: Vec<Value> = serde_json::from_slice(&out).expect("JSON array out");
+            assert_eq!(events, reference, "{shape} (stdin: {via_stdin})");
+        }
+    }
+    let (code, out, stderr) = run_cli(entries[0].as_bytes(), true);
+    assert_eq!(code, 0, "{stderr}");
+    let one: Vec<Value> = serde_json::from_slice(&out).expect("JSON array out");
+    assert_eq!(one, reference[..1]);
+}
+
+/// Malformed JSON stops the run with a non-zero exit and a message that says where it went wrong.
+#[test]
+fn a_malformed_file_exits_non_zero_naming_the_position() {
+    let entries: Vec<String> = fixtures::corpus_entries().into_iter().take(3).collect();
+    let broken = format!("[{},{},{{\"type\":\"s\",\"date\": oops}}]", entries[0], entries[1]);
+    let (code, _, stderr) = run_cli(broken.as_bytes(), false);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("entry 3") && stderr.contains("byte"), "{stderr}");
+    let (code, _, stderr) = run_cli(format!("[{}", entries[0]).as_bytes(), true);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("byte") && stderr.contains("end"), "{stderr}");
+}
+
+/// An entry that produces no event is reported on stderr by its log_id, and the others still come out.
+#[test]
+fn a_set_aside_entry_is_reported_on_stderr_by_log_id_and_the_run_goes_on() {
+    let entries: Vec<String> = fixtures::corpus_entries().into_iter().take(2).collect();
+    let bad = r#"{"log_id":"BAD-1","type":"sapi","description":"Add members to an organization","date":"x"}"#;
+    let input = format!("{}\n{bad}\nnull\n{}\n", entries[0], entries[1]);
+    let (code, out, stderr) = run_cli(input.as_bytes(), true);
+    assert_eq!(code, 0, "{stderr}");
+    let events: Vec<Value> = serde_json::from_slice(&out).expect("JSON array out");
+    assert_eq!(events.len(), 2);
+    assert!(stderr.contains("BAD-1") && stderr.contains("details.request.path"), "{stderr}");
+    assert!(stderr.contains("entry 3") && stderr.contains("null"), "{stderr}");
+}
+
+/// A stream larger than one read buffer, with entries straddling buffer edges, comes out complete and in order.
+#[test]
+fn a_large_stream_comes_out_complete_and_in_order() {
+    let n = 3000;
+    let mut input = Vec::new();
+    input.extend_from_slice(b"[");
+    for (i, e) in fixtures::synthetic_entries(n).enumerate() {
+        if i > 0 {
+            input.extend_from_slice(b" ,\n\t");
+        }
+        input.extend_from_slice(e.as_bytes());
+    }
+    input.extend_from_slice(b"]");
+    let mut out = Vec::new();
+    let summary =
+        transform_stream(TENANT, &input[..], &mut out, &mut |m: &SetAside| panic!("set aside: {m}"))
+            .expect("transforms");
+    assert_eq!((summary.entries, summary.events, summary.set_aside), (n as u64, n as u64, 0));
+    let events: Vec<Value> = serde_json::from_slice(&out).expect("JSON array");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["properties"]["log_id"], fixtures::synthetic_log_id(i).as_str(), "event {i}");
+    }
+}
