@@ -340,8 +340,11 @@ impl Config {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(Config, Vec<String>), Error> {
-        let parse_err =
-            |key: String, message: String| Error::Parse { path: path.to_path_buf(), key, message };
+        let parse_err = |key: String, message: String| Error::Parse {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
         let de = toml::Deserializer::parse(text)
             .map_err(|e| parse_err("(file)".into(), one_line(&e.to_string())))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -400,7 +403,8 @@ impl Config {
         };
         let base_url = match a.base_url {
             Some(s) => parse_http_url(&s).map_err(|m| invalid("auth0.base_url", m))?,
-            None => parse_http_url(&format!("https://{domain}")).map_err(|m| invalid("auth0.domain", m))?,
+            None => parse_http_url(&format!("https://{domain}"))
+                .map_err(|m| invalid("auth0.domain", m))?,
         };
         let audience = a.audience.unwrap_or_else(|| format!("https://{domain}/api/v2/"));
         let start = parse_start(&a.start).map_err(|m| invalid("auth0.start", m))?;
@@ -470,8 +474,11 @@ impl Config {
         if s.path.as_os_str().is_empty() {
             return Err(invalid("state.path", "must not be empty".into()));
         }
-        let state_path =
-            if s.path.is_absolute() { s.path } else { path.parent().unwrap_or(Path::new(".")).join(s.path) };
+        let state_path = if s.path.is_absolute() {
+            s.path
+        } else {
+            path.parent().unwrap_or(Path::new(".")).join(s.path)
+        };
         if s.max_outbox_entries < u64::from(a.page_size) {
             return Err(invalid(
                 "state.max_outbox_entries",
@@ -484,10 +491,7 @@ impl Config {
             return Err(invalid("retry.initial_backoff", "must be longer than zero".into()));
         }
         if t.max_backoff < t.initial_backoff {
-            return Err(invalid(
-                "retry.max_backoff",
-                "must not be shorter than retry.initial_backoff".into(),
-            ));
+            return Err(invalid("retry.max_backoff", "must not be shorter than retry.initial_backoff".into()));
         }
 
         if a.timeout > a.poll_interval * 10 {
@@ -651,10 +655,9 @@ write_key = "wkey"
 
     #[test]
     fn a_bad_duration_names_its_key() {
-        let err =
-            parse(&MINIMAL.replace("client_id = \"cid\"", "client_id = \"cid\"\npoll_interval = \"soon\""))
-                .unwrap_err()
-                .to_string();
+        let err = parse(&MINIMAL.replace("client_id = \"cid\"", "client_id = \"cid\"\npoll_interval = \"soon\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("auth0.poll_interval"), "{err}");
     }
 
