@@ -200,7 +200,7 @@ fn transform(file: Option<&Path>, domain: Option<String>, config_path: &Path) ->
     let stdout = std::io::stdout();
     let out = BufWriter::with_capacity(1 << 20, stdout.lock());
     let name = file.map(|f| f.display().to_string()).unwrap_or_else(|| "stdin".into());
-    let mut set_aside = |msg: &str| {
+    let mut set_aside = |msg: &input::SetAside| {
         let _ = writeln!(std::io::stderr(), "warning: {name}: {msg}");
     };
     let summary = input::transform_stream(&domain, input, out, &mut set_aside)

@@ -199,8 +199,9 @@ impl Client {
         let shown = url.to_string();
         let mut reauthenticated = false;
         loop {
-            let bearer = inner.token.get().await?;
+            // Pace first: a token fetched before a long hold (remaining = 0, a 429) could expire meanwhile.
             inner.pacer.wait().await;
+            let bearer = inner.token.get().await?;
             let response =
                 inner.http.get(url.clone()).header(AUTHORIZATION, bearer.header()).send().await.map_err(
                     |e| Error::Transport { url: shown.clone(), message: super::chain(&e.without_url()) },

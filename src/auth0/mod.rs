@@ -13,7 +13,7 @@ pub mod token;
 
 use std::time::Duration;
 
-pub use logs::{Bootstrap, Client, Page};
+pub use logs::{Bootstrap, Client, Page, log_id_of};
 
 /// A failed call to Auth0.
 #[derive(Debug, thiserror::Error)]

@@ -532,3 +532,48 @@ fn error_classes_are_exclusive() {
     let e = Error::ExpiredCheckpoint { from: "1".into(), message: "gone".into() };
     assert!(e.is_expired_checkpoint() && !e.is_transient() && !e.is_fatal() && e.retry_after().is_none());
 }
+
+/// The fake's bucket answers an unpaced caller with Auth0's 429 body, rate-limit headers and Retry-After
+/// (and its token endpoint takes a JSON body), so later tests can rely on it.
+#[tokio::test]
+async fn the_fake_bucket_refuses_an_unpaced_caller_like_auth0() {
+    let fake = FakeAuth0::start(FakeOptions {
+        bucket: Some(Bucket { burst: 2, per_second: 0.5 }),
+        retry_after_header: true,
+        ..FakeOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/oauth/token", fake.url()))
+        .json(&json!({
+            "grant_type": "client_credentials", "client_id": fake.client_id,
+            "client_secret": fake.client_secret, "audience": fake.config().audience
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = http
+            .get(format!("{}/api/v2/logs?sort=date:-1&per_page=1&page=0", fake.url()))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        assert_eq!(r.headers()["x-ratelimit-limit"], "2");
+        if r.status() == 429 {
+            assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+            assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["errorCode"], "too_many_requests");
+        }
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+    assert_eq!(fake.rate_limited(), 1);
+}
