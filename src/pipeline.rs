@@ -332,17 +332,21 @@ fn parse_date(d: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(d).ok().map(|t| t.with_timezone(&Utc))
 }
 
-/// The cursor's entry is older than the plan's retention, so everything between it and what Auth0 returned
-/// first may be gone. Returns the gap to report, if any.
+/// Auth0 answered with an entry inside the retention window right after a cursor that lies outside it, and
+/// the two are far apart in time: the entries logged between them have most likely expired unread. (A
+/// catch-up that is merely old has cursor and first entry on the same side of the window, or close together.)
 fn detect_gap(
     cursor: &Cursor,
     page: &PageCommit,
     first: Option<&Cursor>,
     retention: Duration,
 ) -> Option<Gap> {
+    const MIN_JUMP: chrono::Duration = chrono::Duration::minutes(1);
     let cursor_date = parse_date(cursor.date.as_deref()?)?;
     let retention = chrono::Duration::from_std(retention).ok()?;
-    if Utc::now() - cursor_date <= retention {
+    let window_start = Utc::now() - retention;
+    let first_date = parse_date(first.or(page.cursor.as_ref())?.date.as_deref()?)?;
+    if cursor_date >= window_start || first_date < window_start || first_date - cursor_date <= MIN_JUMP {
         return None;
     }
     let first = first.or(page.cursor.as_ref())?;

@@ -17,7 +17,11 @@ use crate::support::http::{Reply, Request};
 use crate::support::start_fakes;
 
 fn delivered_log_ids(rudder: &FakeRudderStack) -> Vec<String> {
-    rudder.events().iter().map(|e| e["properties"]["log_id"].as_str().unwrap_or_default().to_string()).collect()
+    rudder
+        .events()
+        .iter()
+        .map(|e| e["properties"]["log_id"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 fn log_ids(entries: &[Value]) -> Vec<String> {
@@ -27,7 +31,8 @@ fn log_ids(entries: &[Value]) -> Vec<String> {
 /// Every entry delivered at least once, and in first-delivery order equal to the log order.
 fn assert_all_delivered_in_order(rudder: &FakeRudderStack, entries: &[Value]) {
     let mut seen = HashSet::new();
-    let firsts: Vec<String> = delivered_log_ids(rudder).into_iter().filter(|id| seen.insert(id.clone())).collect();
+    let firsts: Vec<String> =
+        delivered_log_ids(rudder).into_iter().filter(|id| seen.insert(id.clone())).collect();
     assert_eq!(firsts, log_ids(entries), "every entry must reach RudderStack, in log order");
 }
 
@@ -39,13 +44,17 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-async fn sigterm_and_wait(mut child: tokio::process::Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+async fn sigterm_and_wait(
+    mut child: tokio::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
     let pid = child.id().expect("child pid") as i32;
     let started = Instant::now();
     // The crate forbids unsafe code, so the signal goes through kill(1) rather than libc.
     let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     assert!(status.success());
-    let status = tokio::time::timeout(limit, child.wait()).await.expect("the daemon did not stop in time").unwrap();
+    let status =
+        tokio::time::timeout(limit, child.wait()).await.expect("the daemon did not stop in time").unwrap();
     (status, started.elapsed())
 }
 
@@ -200,7 +209,11 @@ async fn a_token_expiring_every_two_seconds_causes_no_error() {
     let out = app.sync().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_all_delivered_in_order(&rudder, &entries);
-    assert!(auth0.tokens_minted() >= 3, "a 10 s sync with 2 s tokens needs several: {}", auth0.tokens_minted());
+    assert!(
+        auth0.tokens_minted() >= 3,
+        "a 10 s sync with 2 s tokens needs several: {}",
+        auth0.tokens_minted()
+    );
     assert_eq!(auth0.log_requests_with(401), 0, "no request may carry an expired token");
     assert!(!stderr(&out).contains("ERROR"), "{}", text(&out));
 }
@@ -248,10 +261,16 @@ async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
         match n {
             4 => Some(Reply::new(200, "[]").delayed(Duration::from_secs(3))),
             7 => Some(Reply::Reset),
-            9 => Some(Reply::Truncate { status: 200, headers: vec![], body: page.clone(), keep: page.len() / 2 }),
-            _ if fastrand::u8(0..100) < 20 => {
-                Some(Reply::text([500, 502, 503][fastrand::usize(0..3)], "Logs Service server responded with an internal error"))
-            }
+            9 => Some(Reply::Truncate {
+                status: 200,
+                headers: vec![],
+                body: page.clone(),
+                keep: page.len() / 2,
+            }),
+            _ if fastrand::u8(0..100) < 20 => Some(Reply::text(
+                [500, 502, 503][fastrand::usize(0..3)],
+                "Logs Service server responded with an internal error",
+            )),
             _ => None,
         }
     });
@@ -270,7 +289,9 @@ async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
 async fn failures_back_off_exponentially_up_to_the_cap() {
     let (auth0, rudder) = start_fakes().await;
     auth0.push_synthetic(10);
-    auth0.set_hook(|req: &Request, _| (req.path == "/api/v2/logs").then(|| Reply::text(503, "Service Unavailable")));
+    auth0.set_hook(|req: &Request, _| {
+        (req.path == "/api/v2/logs").then(|| Reply::text(503, "Service Unavailable"))
+    });
     let mut app = App::new(&auth0, &rudder);
     app.set("retry", "initial_backoff", "50ms").set("retry", "max_backoff", "400ms");
     app.set("retry", "sync_give_up_after", "4s");
@@ -329,9 +350,7 @@ async fn a_rudderstack_outage_fills_the_outbox_to_its_cap_then_everything_arrive
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let db = app.db_path();
-    let depth = || {
-        Store::open_existing(&db, DOMAIN).and_then(|s| s.outbox_depth()).unwrap_or(0)
-    };
+    let depth = || Store::open_existing(&db, DOMAIN).and_then(|s| s.outbox_depth()).unwrap_or(0);
     assert!(wait_until(Duration::from_secs(20), || depth() >= 500).await, "outbox never filled");
     // Still more arrive, but the outbox stays capped (one page may overshoot the check).
     auth0.push_synthetic(400);
@@ -363,7 +382,11 @@ async fn an_expired_checkpoint_is_reported_and_fetching_goes_on_from_the_oldest(
     let err = stderr(&out);
     assert!(err.contains("gap"), "{err}");
     let got: Vec<String> = delivered_log_ids(&rudder)[50..].to_vec();
-    assert_eq!(got, log_ids(&fresh[10..]), "continues from the oldest retained entry, the first one included");
+    assert_eq!(
+        got,
+        log_ids(&fresh[10..]),
+        "continues from the oldest retained entry, the first one included"
+    );
     let s = app.status().await;
     assert_eq!(s["last_gap"]["from_log_id"], Value::String(auth0.log_id(49)), "{s}");
     assert!(s["warnings"].to_string().contains("gap"), "{s}");
@@ -413,8 +436,11 @@ async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
     })
     .await;
     let (_unused, rudder) = start_fakes().await;
-    let old: Vec<Value> =
-        (1..=5).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::hours(3) + chrono::Duration::seconds(i as i64))).collect();
+    let old: Vec<Value> = (1..=5)
+        .map(|i| {
+            synthetic_entry(i, Utc::now() - chrono::Duration::hours(3) + chrono::Duration::seconds(i as i64))
+        })
+        .collect();
     auth0.push(old.clone());
     let mut app = App::new(&auth0, &rudder);
     app.set("auth0", "retention", "1h");
@@ -422,7 +448,8 @@ async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
     let s = app.status().await;
     assert!(s["warnings"].to_string().contains("half of auth0.retention"), "{s}");
 
-    let new: Vec<Value> = (6..=8).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::minutes(1))).collect();
+    let new: Vec<Value> =
+        (6..=8).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::minutes(1))).collect();
     auth0.push(new.clone());
     auth0.expire_oldest(5);
     let out = app.sync().await;
@@ -472,7 +499,11 @@ async fn an_unusable_database_exits_3_and_is_never_modified() {
             let out = app.run(cmd, Duration::from_secs(30)).await;
             assert_eq!(out.status.code(), Some(3), "{name} / {cmd:?}: {}", text(&out));
             assert!(stderr(&out).contains(&app.db_path().display().to_string()), "{name}: {}", text(&out));
-            assert_eq!(std::fs::read(app.db_path()).unwrap(), bytes, "{name}: the file was modified by {cmd:?}");
+            assert_eq!(
+                std::fs::read(app.db_path()).unwrap(),
+                bytes,
+                "{name}: the file was modified by {cmd:?}"
+            );
         }
     }
 }
@@ -485,9 +516,10 @@ async fn secrets_never_appear_in_any_output() {
     let entries = auth0.push_synthetic(400);
     auth0.set_hook(|req: &Request, n| match (req.path.as_str(), n) {
         ("/api/v2/logs", 3) => Some(Reply::text(503, "Service Unavailable")),
-        ("/api/v2/logs", 5) => {
-            Some(Reply::json(401, &serde_json::json!({"statusCode":401,"error":"Unauthorized","message":"Invalid token"})))
-        }
+        ("/api/v2/logs", 5) => Some(Reply::json(
+            401,
+            &serde_json::json!({"statusCode":401,"error":"Unauthorized","message":"Invalid token"}),
+        )),
         _ => None,
     });
     rudder.hook(|_, n| (n == 1).then(|| Reply::text(500, "gateway error")));

@@ -1,11 +1,11 @@
 //! The integration tests: one binary, one module per feature. Auth0 and RudderStack are faked by HTTP servers
 //! on 127.0.0.1 (`support/`), written from the reference documentation of both services.
 
-mod cli;
 mod auth0;
+mod cli;
+mod faults;
 mod rudderstack;
 mod store;
 mod support;
 mod sync;
-mod faults;
 mod transform;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::app::{App, text};
-use crate::support::{fixture_pairs_rekeyed, strip_ids, start_fakes};
+use crate::support::{fixture_pairs_rekeyed, start_fakes, strip_ids};
 
 /// With `start = "oldest"`, `sync` delivers every fixture entry once, exactly as RudderStack's transformer
 /// would; new entries then arrive and a second `sync` delivers only those, resuming from the cursor.
@@ -39,7 +39,8 @@ async fn sync_delivers_every_fixture_entry_once_then_only_the_new_ones() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let events = rudder.events();
     assert_eq!(events.len(), 142 + 37, "{}", text(&out));
-    let new_ids: Vec<&str> = events[142..].iter().map(|e| e["properties"]["log_id"].as_str().unwrap()).collect();
+    let new_ids: Vec<&str> =
+        events[142..].iter().map(|e| e["properties"]["log_id"].as_str().unwrap()).collect();
     let fresh_ids: Vec<&str> = fresh.iter().map(|e| e["log_id"].as_str().unwrap()).collect();
     assert_eq!(new_ids, fresh_ids);
     // The restart resumed from the cursor: its first read asked for entries after the last delivered one.
@@ -167,20 +168,31 @@ async fn webhook_mode_posts_log_stream_wrappers() {
 async fn status_reports_cursor_outbox_dead_letters_and_times() {
     let (auth0, rudder) = start_fakes().await;
     let mut entries = auth0.make_entries(20);
-    // Two entries RudderStack can never accept: no type (we refuse to drop it silently) and not an object.
+    // Three entries RudderStack can never accept: no type (we refuse to drop it silently), not an object, and
+    // an object without a log_id. A real tenant does not serve the last two, so a hook injects them into the
+    // page after entry 0.
     entries[3].as_object_mut().unwrap().remove("type");
     auth0.push(entries.clone());
-    auth0.push([Value::from(42)]);
     let tail = auth0.push_synthetic(1);
-    let app = App::new(&auth0, &rudder);
+    let mut page: Vec<Value> = entries[1..].to_vec();
+    page.push(Value::from(42));
+    page.push(serde_json::json!({"type": "s", "date": "2026-01-01T00:00:00.000Z"}));
+    page.push(tail[0].clone());
+    let first_from = entries[0]["log_id"].as_str().unwrap().to_string();
+    auth0.set_hook(move |req, _| {
+        (req.query("from") == Some(first_from.as_str()))
+            .then(|| crate::support::http::Reply::json(200, &Value::Array(page.clone())))
+    });
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "start", entries[0]["log_id"].as_str().unwrap());
     let before = chrono::Utc::now();
     let out = app.sync().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let s = app.status().await;
     assert_eq!(s["cursor"], tail[0]["log_id"]);
     assert_eq!(s["outbox_depth"], 0);
-    assert_eq!(s["dead_letters"], 2);
-    assert_eq!(s["delivered_total"], 19 + 1);
+    assert_eq!(s["dead_letters"], 3, "{s}");
+    assert_eq!(s["delivered_total"], 18 + 1);
     for key in ["last_fetch_at", "last_delivery_at"] {
         let t = s[key].as_str().unwrap_or_else(|| panic!("{key} missing: {s}"));
         let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
@@ -191,6 +203,7 @@ async fn status_reports_cursor_outbox_dead_letters_and_times() {
     let reasons: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["reason"].as_str().unwrap()).collect();
     assert!(reasons.iter().any(|r| r.contains("not a JSON object")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("type")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("no string log_id")), "{reasons:?}");
 }
 
 /// `check` passes against healthy fakes and names each failed check otherwise.
@@ -216,4 +229,3 @@ async fn check_names_each_failed_check() {
     assert!(stdout.contains("FAILED  auth0 token"), "{stdout}");
     assert!(!stdout.contains("wrong-secret"), "{stdout}");
 }
-

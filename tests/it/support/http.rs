@@ -148,7 +148,8 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler) {
                     tokio::time::sleep(d).await;
                 }
                 let head = head(status, &headers, body.len());
-                if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
+                if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err()
+                {
                     return;
                 }
             }
@@ -198,11 +199,8 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Reque
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
+    let len: usize =
+        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let body_start = header_end + 4;
     while buf.len() < body_start + len {
         let mut chunk = vec![0u8; (body_start + len - buf.len()).min(1 << 20)];

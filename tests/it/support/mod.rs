@@ -57,7 +57,10 @@ pub fn fixture_pairs() -> Vec<(Value, Value)> {
 /// The fixture entries as a real tenant would serve them: each given a fresh, increasing `log_id` (some
 /// fixtures share ids or predate `log_id`), with the expected event's `properties.log_id` to match.
 pub fn fixture_pairs_rekeyed(auth0: &FakeAuth0) -> (Vec<Value>, Vec<Value>) {
-    let pairs = fixture_pairs();
+    let mut pairs = fixture_pairs();
+    // A real tenant's log_id order follows the log's time; keep it so, or a date-sorted bootstrap query
+    // would start in the middle.
+    pairs.sort_by_key(|(entry, _)| entry["date"].as_str().unwrap_or_default().to_string());
     let fresh = auth0.make_entries(pairs.len());
     let mut entries = Vec::new();
     let mut expected = Vec::new();
