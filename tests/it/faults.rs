@@ -158,10 +158,14 @@ async fn a_long_catch_up_stays_within_the_rate_limit_and_uses_it() {
     let limited = reqs.iter().filter(|r| r.status == 429).count();
     assert!(limited * 100 <= reqs.len(), "{limited} of {} requests got a 429", reqs.len());
     let span = reqs.last().unwrap().at.duration_since(reqs[0].at).as_secs_f64();
-    // Burst 10 plus 10 a second over the span is what the bucket allows.
-    let allowed = 10.0 + 10.0 * span;
-    let used = reqs.len() as f64 / allowed;
-    eprintln!("requests {} in {span:.2}s, 429s {limited}, budget used {:.1}%", reqs.len(), used * 100.0);
+    // The sustained rate between the first and the last request, against the bucket's refill rate.
+    let rate = (reqs.len() - 1) as f64 / span;
+    let used = rate / 10.0;
+    eprintln!(
+        "requests {} in {span:.2}s ({rate:.2}/s), 429s {limited}, rate used {:.1}%",
+        reqs.len(),
+        used * 100.0
+    );
     assert!(used >= 0.90, "used only {:.1}% of the allowed rate", used * 100.0);
 }
 
@@ -238,9 +242,10 @@ async fn wrong_credentials_exit_1_naming_the_rejected_credential() {
     let err = stderr(&out);
     assert!(err.contains("write key"), "{err}");
     assert!(!err.contains("not-the-write-key"), "{err}");
-    // The fetched entries wait in the outbox for a corrected key.
+    // What was fetched before the sender hit the rejection waits in the outbox for a corrected key.
     let s = app.status().await;
-    assert_eq!(s["outbox_depth"], 10, "{s}");
+    assert!(s["outbox_depth"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["delivered_total"], 0, "{s}");
     app.set("rudderstack", "write_key", WRITE_KEY);
     let out = app.sync().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -471,9 +476,9 @@ async fn an_unusable_database_exits_3_and_is_never_modified() {
     assert_eq!(app.sync().await.status.code(), Some(0));
     let good = std::fs::read(app.db_path()).unwrap();
 
+    // Keep the 100-byte file header (it is still "an SQLite file") but wreck the schema page after it.
     let mut corrupt = good.clone();
-    let mid = corrupt.len() / 2;
-    for b in &mut corrupt[mid..mid + 4096.min(good.len() - mid)] {
+    for b in &mut corrupt[100..4096] {
         *b = 0x5a;
     }
     let mut newer = None;
@@ -565,7 +570,14 @@ async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
     rudder.hook(|_, _| Some(Reply::text(200, "ok").delayed(Duration::from_secs(60))));
     let app = App::new(&auth0, &rudder);
     let child = app.command(&["run"]).spawn().unwrap();
+    // The first POST hangs; meanwhile the fetcher fills the outbox with the rest.
     rudder.wait_for_requests(1, Duration::from_secs(20)).await;
+    let db = app.db_path();
+    let depth = || Store::open_existing(&db, DOMAIN).and_then(|s| s.outbox_depth()).unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(20), || depth() == 250).await,
+        "the fetcher did not fill the outbox"
+    );
     let (status, took) = sigterm_and_wait(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(10), "took {took:?}");
