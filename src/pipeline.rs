@@ -740,14 +740,22 @@ mod tests {
     }
 
     #[test]
-    fn a_cursor_older_than_retention_is_a_gap() {
-        let old = Cursor { log_id: "1".into(), date: Some("2000-01-01T00:00:00.000Z".into()) };
-        let fresh = Cursor { log_id: "1".into(), date: Some(now_rfc3339()) };
-        let page =
-            classify_page(&[raw(r#"{"log_id":"9","type":"s","date":"2026-01-01T00:00:00.000Z"}"#)], &[]);
+    fn a_jump_from_outside_the_retention_window_into_it_is_a_gap() {
+        let ago = |days: i64| {
+            (Utc::now() - chrono::Duration::days(days)).to_rfc3339_opts(SecondsFormat::Millis, true)
+        };
+        let entry =
+            |id: &str, date: String| raw(&format!(r#"{{"log_id":"{id}","type":"s","date":"{date}"}}"#));
+        let cursor = |date: String| Cursor { log_id: "1".into(), date: Some(date) };
         let ten_days = Duration::from_secs(10 * 86400);
-        let gap = detect_gap(&old, &page, None, ten_days).expect("gap");
+        // Cursor outside the window, first entry inside it: a gap.
+        let page = classify_page(&[entry("9", ago(2))], &[]);
+        let gap = detect_gap(&cursor(ago(20)), &page, None, ten_days).expect("gap");
         assert_eq!(gap.to_log_id.as_deref(), Some("9"));
-        assert!(detect_gap(&fresh, &page, None, ten_days).is_none());
+        // Both inside the window: an ordinary quiet period.
+        assert!(detect_gap(&cursor(ago(5)), &page, None, ten_days).is_none());
+        // Both outside: an old but continuous catch-up.
+        let old_page = classify_page(&[entry("9", ago(15))], &[]);
+        assert!(detect_gap(&cursor(ago(20)), &old_page, None, ten_days).is_none());
     }
 }
