@@ -229,3 +229,57 @@ async fn check_names_each_failed_check() {
     assert!(stdout.contains("FAILED  auth0 token"), "{stdout}");
     assert!(!stdout.contains("wrong-secret"), "{stdout}");
 }
+
+/// RudderStack rejects two events on their own: bisection sets exactly those aside with the gateway's reason,
+/// everything else arrives in order, and `dead-letter retry` re-queues them for a later sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_events_become_dead_letters_and_retry_requeues_them() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(120);
+    let bad: Vec<Value> = vec![entries[17]["log_id"].clone(), entries[88]["log_id"].clone()];
+    let bad_for_fake = bad.clone();
+    rudder.reject_events("request neither has anonymousId nor userId", move |e| {
+        bad_for_fake.contains(&e["properties"]["log_id"])
+    });
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    let want: Vec<Value> =
+        entries.iter().map(|e| e["log_id"].clone()).filter(|id| !bad.contains(id)).collect();
+    assert_eq!(got, want);
+    let list = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    for d in list {
+        assert!(bad.contains(&Value::String(d["log_id"].as_str().unwrap().into())));
+        assert!(d["reason"].as_str().unwrap().contains("neither has anonymousId nor userId"), "{d}");
+    }
+
+    rudder.clear_reject();
+    let out = app.run(&["dead-letter", "retry"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let late: Vec<Value> = rudder.events()[118..].iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    assert_eq!(late, bad);
+    assert_eq!(app.status().await["dead_letters"], 0);
+}
+
+/// An event larger than `rudderstack.max_event_bytes` is set aside without being sent, with its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_max_event_bytes_is_a_dead_letter() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut entries = auth0.make_entries(10);
+    entries[4]["details"] = serde_json::json!({ "blob": "x".repeat(40_000) });
+    auth0.push(entries.clone());
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 9);
+    let list = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["log_id"], entries[4]["log_id"]);
+    assert!(list[0]["reason"].as_str().unwrap().contains("32000"), "{list}");
+}
