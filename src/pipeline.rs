@@ -391,6 +391,8 @@ async fn fetch_loop(
     let mut store = Owned(Some(store));
     let mut retry = Retrier::new(cfg, mode);
     let mut paused_for_space = false;
+    // Fetched-entry count at the last "caught up" report, so a quiet daemon logs nothing at info level.
+    let mut reported = 0;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -440,6 +442,15 @@ async fn fetch_loop(
             Ok(Progress::More) => retry.succeeded(),
             Ok(Progress::CaughtUp) => {
                 retry.succeeded();
+                let fetched = shared.counters.fetched.load(Ordering::Relaxed);
+                if fetched != reported && mode == RunMode::Daemon {
+                    tracing::info!(
+                        fetched = fetched - reported,
+                        delivered_total = shared.counters.delivered.load(Ordering::Relaxed),
+                        "caught up with Auth0"
+                    );
+                    reported = fetched;
+                }
                 if mode == RunMode::Sync {
                     return Ok(());
                 }
