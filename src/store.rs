@@ -780,6 +780,13 @@ mod tests {
         assert_eq!((v, app), (SCHEMA_VERSION, APPLICATION_ID));
     }
 
+    /// A `Store` can be moved into a blocking task.
+    #[test]
+    fn a_store_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Store>();
+    }
+
     /// Only busy and locked databases are worth retrying.
     #[test]
     fn only_busy_and_locked_errors_are_transient() {
