@@ -167,6 +167,8 @@ pub struct State {
     pub path: PathBuf,
     /// The fetcher pauses while the outbox holds this many entries.
     pub max_outbox_entries: u64,
+    /// How hard each commit waits for the disk.
+    pub synchronous: crate::store::Synchronous,
 }
 
 /// `[retry]`: backoff after transient failures.
@@ -241,11 +243,17 @@ struct RawState {
     path: PathBuf,
     #[serde(default = "default_max_outbox")]
     max_outbox_entries: u64,
+    #[serde(default)]
+    synchronous: crate::store::Synchronous,
 }
 
 impl Default for RawState {
     fn default() -> Self {
-        RawState { path: default_state_path(), max_outbox_entries: default_max_outbox() }
+        RawState {
+            path: default_state_path(),
+            max_outbox_entries: default_max_outbox(),
+            synchronous: crate::store::Synchronous::default(),
+        }
     }
 }
 
@@ -533,7 +541,11 @@ impl Config {
                 max_event_bytes: r.max_event_bytes,
                 timeout: r.timeout,
             },
-            state: State { path: state_path, max_outbox_entries: s.max_outbox_entries },
+            state: State {
+                path: state_path,
+                max_outbox_entries: s.max_outbox_entries,
+                synchronous: s.synchronous,
+            },
             retry: Retry {
                 initial_backoff: t.initial_backoff,
                 max_backoff: t.max_backoff,

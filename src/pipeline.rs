@@ -135,12 +135,16 @@ pub async fn run_with(
 ) -> Result<Summary, Error> {
     let tenant = config.auth0.domain.clone();
     let path = config.state.path.clone();
-    let fetch_store = blocking({
-        let (p, t) = (path.clone(), tenant.clone());
-        move || Store::open(&p, &t)
-    })
-    .await??;
-    let send_store = blocking(move || Store::open(&path, &tenant)).await??;
+    let sync = config.state.synchronous;
+    let open = move |p: std::path::PathBuf, t: String| {
+        blocking(move || {
+            let store = Store::open(&p, &t)?;
+            store.set_synchronous(sync)?;
+            Ok::<_, StoreError>(store)
+        })
+    };
+    let fetch_store = open(path.clone(), tenant.clone()).await??;
+    let send_store = open(path, tenant).await??;
 
     let shared = Arc::new(Shared {
         config,

@@ -3,8 +3,16 @@
 //!
 //! The delivery promise rests on this module: the cursor moves only in the same transaction that appends the
 //! page to the outbox, and an outbox row disappears only in the transaction that records its delivery or moves
-//! it to `dead_letter`. Every commit is durable (`synchronous = FULL` in WAL mode), and counters are kept on the
-//! tenant row inside those same transactions so reading the outbox depth is O(1).
+//! it to `dead_letter`. Counters are kept on the tenant row inside those same transactions so reading the outbox
+//! depth is O(1).
+//!
+//! Durability is `synchronous = NORMAL` in WAL mode unless `state.synchronous = "full"`. A commit that returned
+//! survives the process being killed at any moment either way (it is in the WAL, in the OS's hands). What NORMAL
+//! gives up is the last few commits on a power loss or kernel crash, and that loses nothing here: the database
+//! rolls back to an earlier consistent state in which cursor and outbox still agree, so the entries after
+//! the older cursor are read from Auth0 again (which retains them for days) and rows whose delete rolled back
+//! are sent again with the same ids. FULL adds an fsync to every page commit, which on slow disks caps the
+//! catch-up rate well below Auth0's, for the benefit of fewer re-sends after a power cut.
 //!
 //! The fetcher and the sender each own a `Store` on the same file, from different threads: WAL lets one read
 //! while the other writes, the busy timeout queues writers, and every write transaction starts with
@@ -44,6 +52,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Stored when a caller supplies an empty reason: a dead letter must always say something.
 const NO_REASON: &str = "(no reason given)";
+
+/// How hard a commit waits for the disk (`state.synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Safe against process crashes; a power loss may roll back the last commits, which are then re-read.
+    #[default]
+    Normal,
+    /// An fsync per commit.
+    Full,
+}
 
 /// A state database that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -595,11 +614,19 @@ impl Store {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %self.path.display(), journal_mode = %mode, "state database is not in WAL mode");
         }
-        // FULL: a page commit that returned is on disk, which is what lets the cursor move with it.
-        self.conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         self.conn.pragma_update(None, "foreign_keys", true).map_err(err)?;
         self.conn.set_prepared_statement_cache_capacity(32);
         Ok(())
+    }
+
+    /// Choose how hard each commit waits for the disk (see the module documentation).
+    pub fn set_synchronous(&self, level: Synchronous) -> Result<(), StoreError> {
+        let value = match level {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        self.conn.pragma_update(None, "synchronous", value).map_err(|e| StoreError::sqlite(&self.path, e))
     }
 
     /// Bring the schema to `SCHEMA_VERSION`.
