@@ -142,6 +142,16 @@ pub struct Sink {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Written by hand so that the key can never be part of it.
+        f.debug_struct("Sink")
+            .field("endpoint", &self.inner.endpoint)
+            .field("mode", &self.inner.mode)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     client: reqwest::Client,
     /// `/v1/batch` or `/v1/webhook`, without the key.
@@ -530,6 +540,15 @@ mod tests {
         assert_eq!(
             sink(config::Mode::Webhook, 1, 200).inner.endpoint,
             "http://127.0.0.1:9/prefix/v1/webhook"
+        );
+    }
+
+    #[test]
+    fn debug_output_shows_the_endpoint_but_not_the_key() {
+        let debug = format!("{:?}", sink(config::Mode::Webhook, 1, 200));
+        assert!(
+            debug.contains("/prefix/v1/webhook") && !debug.contains("k&y") && !debug.contains("k%26y"),
+            "{debug}"
         );
     }
 

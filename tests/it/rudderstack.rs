@@ -571,3 +571,45 @@ async fn the_fake_gateway_answers_as_rudder_server_does() {
     }
     assert_eq!(fake.event_count(), 2, "only the two good batches are stored");
 }
+
+/// In webhook mode a 400 is bisected too, so one wrapper the source refuses does not hold back the others.
+#[tokio::test]
+async fn webhook_mode_bisects_a_400_down_to_the_refused_wrapper() {
+    let fake = FakeRudderStack::start_default().await;
+    fake.reject_events("TypeError: cannot read properties of undefined", |w| w.get("data").is_none());
+    let items: Vec<Item> = (0..6)
+        .map(|i| {
+            let w =
+                if i == 4 { json!({"log_id": "x"}) } else { json!({"log_id": format!("{i}"), "data": {}}) };
+            Item { seq: i, json: w.to_string() }
+        })
+        .collect();
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Webhook)).deliver(items).await;
+    assert_clean(&report);
+    assert_eq!(report.delivered, vec![0, 1, 2, 3, 5]);
+    assert_eq!(report.rejected.len(), 1);
+    assert!(report.rejected[0].1.contains("TypeError"), "{:?}", report.rejected);
+    let logged: Vec<_> = fake.wrappers().iter().map(|w| w["log_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(logged, vec!["0", "1", "2", "3", "5"]);
+}
+
+/// A timeout after the gateway stored the events leaves them pending: delivery is at-least-once, never lossy.
+#[tokio::test]
+async fn a_timeout_after_the_gateway_stored_the_events_leaves_them_pending() {
+    let fake = FakeRudderStack::start_default().await;
+    fake.set_delay(Some(Duration::from_secs(5)));
+    let mut c = cfg(&fake.url(), WRITE_KEY, Mode::Batch);
+    c.timeout = Duration::from_millis(200);
+    let report = sink(&c).deliver((0..3).map(event).collect()).await;
+    assert!(report.error.as_ref().is_some_and(Error::is_transient), "{report:?}");
+    assert!(report.delivered.is_empty());
+    fake.wait_for_events(3, Duration::from_secs(5)).await;
+    fake.set_delay(None);
+    let report = sink(&c).deliver((0..3).map(event).collect()).await;
+    assert_clean(&report);
+    assert_eq!(
+        fake.message_ids(),
+        [ids(0..3), ids(0..3)].concat(),
+        "the re-send carries the same messageIds"
+    );
+}
