@@ -19,10 +19,20 @@ mod fixtures;
 const BIN: &str = env!("CARGO_BIN_EXE_auth0-rudderstack");
 
 fn main() {
+    // Other work on the machine skews every figure below; say how busy it was.
+    println!("load average at start: {}", load_average());
     pure_transform();
     let dir = tempfile::tempdir().expect("temp dir");
     whole_process(dir.path());
     peak_memory(dir.path());
+    println!("load average at end: {}", load_average());
+}
+
+/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// (a) `transform_entry` over the 142 fixture entries, repeated for about two seconds.

@@ -670,16 +670,15 @@ fn logs_list(text: &str) -> Result<Option<Vec<&RawValue>>, (u64, String)> {
         logs: Option<&'a RawValue>,
     }
     let body: Body<'_> = serde_json::from_str(text).map_err(|e| (position_in(text, &e), e.to_string()))?;
-    let Some(logs) = body.logs else { return Ok(None) };
-    match logs.get().as_bytes().first() {
-        Some(b'[') => {
-            serde_json::from_str(logs.get()).map(Some).map_err(|e| (position_in(text, &e), e.to_string()))
-        }
-        Some(b'n' | b'f') | None => Ok(None),
-        Some(b'0') if logs.get() == "0" => Ok(None),
-        Some(b'"') if logs.get() == "\"\"" => Ok(None),
-        _ => Err((0, "`logs` must be an array of entries".into())),
+    // `event.logs || [event]`: a falsy `logs` (null, false, 0, "") leaves the object an entry itself.
+    let Some(logs) = body.logs.filter(|l| transform::is_truthy(l)) else {
+        return Ok(None);
+    };
+    if !logs.get().starts_with('[') {
+        return Err((0, "`logs` must be an array of entries".into()));
     }
+    let at = (logs.get().as_ptr() as usize - text.as_ptr() as usize) as u64;
+    serde_json::from_str(logs.get()).map(Some).map_err(|e| (at + position_in(logs.get(), &e), e.to_string()))
 }
 
 /// Writes finished batches in input order.

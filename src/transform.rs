@@ -607,7 +607,7 @@ fn is_object(v: &RawValue) -> bool {
 }
 
 /// JS truthiness of a (non-null) JSON value: false, 0 (any spelling) and "" are falsy.
-fn is_truthy(v: &RawValue) -> bool {
+pub(crate) fn is_truthy(v: &RawValue) -> bool {
     let text = v.get();
     match text.as_bytes().first() {
         Some(b'f') | Some(b'n') | None => false,
