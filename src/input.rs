@@ -273,7 +273,9 @@ struct Element {
 
 /// Finds where values begin and end in a byte stream, without parsing them.
 struct Scanner {
+    /// Read bytes are `buf[..filled]`; the rest is zeroed room for the next read.
     buf: Vec<u8>,
+    filled: usize,
     /// Input offset of `buf[0]`.
     base: u64,
     /// Next byte to look at.
@@ -291,6 +293,7 @@ impl Scanner {
     fn new() -> Scanner {
         Scanner {
             buf: Vec::with_capacity(CHUNK),
+            filled: 0,
             base: 0,
             pos: 0,
             expect: Expect::TopValue,
@@ -303,19 +306,19 @@ impl Scanner {
 
     /// Read up to one chunk more; returns the bytes read (0 at the end of the input).
     fn fill(&mut self, input: &mut dyn Read) -> Result<usize, InputError> {
-        let len = self.buf.len();
-        self.buf.resize(len + CHUNK, 0);
+        // Zero only memory not zeroed before: small reads (pipes) must not each pay for a whole chunk.
+        let len = self.filled;
+        if self.buf.len() < len + CHUNK {
+            self.buf.resize(len + CHUNK, 0);
+        }
         let n = loop {
             match input.read(&mut self.buf[len..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(InputError::Read(e));
-                }
+                Err(e) => return Err(InputError::Read(e)),
             }
         };
-        self.buf.truncate(len + n);
+        self.filled = len + n;
         if n == 0 {
             self.eof = true;
         }
@@ -326,9 +329,11 @@ impl Scanner {
     /// `tail` is an empty buffer to continue in (recycled when possible).
     fn take_consumed(&mut self, mut tail: Vec<u8>) -> (Vec<u8>, u64) {
         let keep = self.partial.map_or(self.pos, |p| p.start);
-        tail.reserve(self.buf.len() - keep + CHUNK);
-        tail.extend_from_slice(&self.buf[keep..]);
-        let bytes = std::mem::replace(&mut self.buf, tail);
+        tail.reserve(self.filled - keep + CHUNK);
+        tail.extend_from_slice(&self.buf[keep..self.filled]);
+        let mut bytes = std::mem::replace(&mut self.buf, tail);
+        bytes.truncate(self.filled);
+        self.filled = self.buf.len();
         let base = self.base;
         self.base += keep as u64;
         self.pos -= keep;
@@ -344,7 +349,7 @@ impl Scanner {
             return Err(InputError::UnexpectedEnd {
                 entry: self.count + 1,
                 started: self.base + p.start as u64,
-                offset: self.base + self.buf.len() as u64,
+                offset: self.base + self.filled as u64,
             });
         }
         match self.expect {
@@ -352,7 +357,7 @@ impl Scanner {
             _ => Err(InputError::UnexpectedEnd {
                 entry: self.count + 1,
                 started: self.base + self.pos as u64,
-                offset: self.base + self.buf.len() as u64,
+                offset: self.base + self.filled as u64,
             }),
         }
     }
@@ -385,10 +390,10 @@ impl Scanner {
                     }
                 }
             }
-            while self.pos < self.buf.len() && is_space(self.buf[self.pos]) {
+            while self.pos < self.filled && is_space(self.buf[self.pos]) {
                 self.pos += 1;
             }
-            if self.pos >= self.buf.len() {
+            if self.pos >= self.filled {
                 break;
             }
             let at = self.pos;
@@ -399,7 +404,7 @@ impl Scanner {
                         self.pos += 1;
                         self.expect = Expect::ArrayFirst { logs: false };
                     } else if b == b'{' {
-                        match logs_array_prefix(&self.buf[at..], self.eof) {
+                        match logs_array_prefix(&self.buf[at..self.filled], self.eof) {
                             Lookahead::NeedMore => break,
                             Lookahead::Yes(n) => {
                                 self.pos += n;
@@ -475,7 +480,7 @@ impl Scanner {
 
     /// Continue scanning `p` from `pos`; returns its end when it is complete.
     fn scan_partial(&mut self, p: &mut Partial) -> Option<usize> {
-        let buf = &self.buf[..];
+        let buf = &self.buf[..self.filled];
         let mut pos = self.pos;
         if p.shape == Shape::Scalar {
             while pos < buf.len() {
