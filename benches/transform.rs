@@ -19,10 +19,31 @@ mod fixtures;
 const BIN: &str = env!("CARGO_BIN_EXE_auth0-rudderstack");
 
 fn main() {
+    // Other work on the machine skews every figure below; say how busy it was.
+    println!("load average at start: {}", load_average());
     pure_transform();
     let dir = tempfile::tempdir().expect("temp dir");
     whole_process(dir.path());
     peak_memory(dir.path());
+    println!("load average at end: {}", load_average());
+}
+
+/// CPU seconds (user + system) of all waited-for children of this process so far: fields 16 and 17 of
+/// `/proc/self/stat`, in clock ticks (100 per second on Linux).
+fn children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // The command name (field 2) may contain spaces; fields are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime");
+    ticks as f64 / 100.0
+}
+
+/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// (a) `transform_entry` over the 142 fixture entries, repeated for about two seconds.
@@ -65,14 +86,19 @@ fn pure_transform() {
 fn whole_process(dir: &Path) {
     let n = 100_000;
     println!("(b) `auth0-rudderstack transform FILE` on {n} entries (median of 3 runs)");
-    println!("    {:<8} {:>10} {:>14} {:>10} {:>10}", "input", "MB", "entries/s", "MB/s", "seconds");
+    println!("    (CPU s = the child's user + system time, which other load on the machine barely changes)");
+    println!(
+        "    {:<8} {:>10} {:>14} {:>10} {:>10} {:>8} {:>18}",
+        "input", "MB", "entries/s", "MB/s", "seconds", "CPU s", "entries/CPU-s"
+    );
     for (shape, write) in
         [("array", fixtures::write_array as fn(&Path, usize) -> u64), ("ndjson", fixtures::write_ndjson)]
     {
         let path = dir.join(format!("bench-{n}.{shape}"));
         let bytes = write(&path, n);
-        let mut times: Vec<f64> = (0..3)
+        let mut times: Vec<(f64, f64)> = (0..3)
             .map(|_| {
+                let cpu_before = children_cpu_seconds();
                 let start = Instant::now();
                 let status = Command::new(BIN)
                     .arg("transform")
@@ -82,18 +108,20 @@ fn whole_process(dir: &Path) {
                     .status()
                     .expect("run transform");
                 assert!(status.success(), "transform failed: {status}");
-                start.elapsed().as_secs_f64()
+                (start.elapsed().as_secs_f64(), children_cpu_seconds() - cpu_before)
             })
             .collect();
-        times.sort_by(f64::total_cmp);
-        let secs = times[1];
+        times.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (secs, cpu) = times[1];
         println!(
-            "    {:<8} {:>10.1} {:>14} {:>10.1} {:>10.3}",
+            "    {:<8} {:>10.1} {:>14} {:>10.1} {:>10.3} {:>8.2} {:>18}",
             shape,
             bytes as f64 / 1e6,
             fmt_int(n as f64 / secs),
             bytes as f64 / secs / 1e6,
-            secs
+            secs,
+            cpu,
+            fmt_int(n as f64 / cpu)
         );
         std::fs::remove_file(&path).expect("remove");
     }

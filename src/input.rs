@@ -104,6 +104,36 @@ impl InputError {
     }
 }
 
+/// Buffers handed back for reuse. Each batch needs about a megabyte in and out; allocating those afresh
+/// means fresh pages from the kernel every time (large allocations are unmapped on free), which cost more than
+/// the copying itself.
+#[derive(Default)]
+struct Pools {
+    inputs: Mutex<Vec<Vec<u8>>>,
+    outputs: Mutex<Vec<String>>,
+}
+
+impl Pools {
+    fn input(&self) -> Vec<u8> {
+        self.inputs.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+    }
+    fn give_input(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if let Ok(mut p) = self.inputs.lock() {
+            p.push(buf);
+        }
+    }
+    fn output(&self) -> String {
+        self.outputs.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+    }
+    fn give_output(&self, mut text: String) {
+        text.clear();
+        if let Ok(mut p) = self.outputs.lock() {
+            p.push(text);
+        }
+    }
+}
+
 /// Read Auth0 entries (a JSON array, one object, NDJSON, or `{log_id,data}` wrappers) from `input` and write
 /// a JSON array of RudderStack events to `output`, streaming. Entries that produce no event are reported
 /// through `on_set_aside` with a message that names the entry.
@@ -117,6 +147,8 @@ pub fn transform_stream(
     let (work_tx, work_rx) = mpsc::channel::<Batch>();
     let work_rx = Arc::new(Mutex::new(work_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let pools = Pools::default();
+    let pools = &pools;
 
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -127,7 +159,7 @@ pub fn transform_stream(
                     // Hold the lock only to take a batch, not while transforming it.
                     let next = work_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok(batch)) = next else { break };
-                    if done_tx.send(transform_batch(tenant, batch)).is_err() {
+                    if done_tx.send(transform_batch(tenant, batch, pools)).is_err() {
                         break;
                     }
                 }
@@ -141,8 +173,9 @@ pub fn transform_stream(
             pending: BTreeMap::new(),
             next_seq: 0,
             started: false,
+            pools,
         };
-        let result = drive(&mut input, &work_tx, &done_rx, &mut writer);
+        let result = drive(&mut input, &work_tx, &done_rx, &mut writer, pools);
         // Dropping the sender ends the workers, whatever happened.
         drop(work_tx);
         result.map(|()| writer.summary)
@@ -155,6 +188,7 @@ fn drive(
     work_tx: &mpsc::Sender<Batch>,
     done_rx: &mpsc::Receiver<Done>,
     writer: &mut Writer<'_>,
+    pools: &Pools,
 ) -> Result<(), InputError> {
     let mut scanner = Scanner::new();
     let mut seq = 0u64;
@@ -162,7 +196,7 @@ fn drive(
         let n = scanner.fill(input)?;
         let elements = scanner.scan()?;
         if !elements.is_empty() {
-            let (bytes, base) = scanner.take_consumed();
+            let (bytes, base) = scanner.take_consumed(pools.input());
             let batch = Batch { seq, bytes, base, elements };
             seq += 1;
             // Bound the batches in flight by writing finished ones before handing out more.
@@ -239,7 +273,9 @@ struct Element {
 
 /// Finds where values begin and end in a byte stream, without parsing them.
 struct Scanner {
+    /// Read bytes are `buf[..filled]`; the rest is zeroed room for the next read.
     buf: Vec<u8>,
+    filled: usize,
     /// Input offset of `buf[0]`.
     base: u64,
     /// Next byte to look at.
@@ -257,6 +293,7 @@ impl Scanner {
     fn new() -> Scanner {
         Scanner {
             buf: Vec::with_capacity(CHUNK),
+            filled: 0,
             base: 0,
             pos: 0,
             expect: Expect::TopValue,
@@ -269,19 +306,19 @@ impl Scanner {
 
     /// Read up to one chunk more; returns the bytes read (0 at the end of the input).
     fn fill(&mut self, input: &mut dyn Read) -> Result<usize, InputError> {
-        let len = self.buf.len();
-        self.buf.resize(len + CHUNK, 0);
+        // Zero only memory not zeroed before: small reads (pipes) must not each pay for a whole chunk.
+        let len = self.filled;
+        if self.buf.len() < len + CHUNK {
+            self.buf.resize(len + CHUNK, 0);
+        }
         let n = loop {
             match input.read(&mut self.buf[len..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(InputError::Read(e));
-                }
+                Err(e) => return Err(InputError::Read(e)),
             }
         };
-        self.buf.truncate(len + n);
+        self.filled = len + n;
         if n == 0 {
             self.eof = true;
         }
@@ -289,11 +326,14 @@ impl Scanner {
     }
 
     /// Hand over the bytes holding the values found so far, keeping the unconsumed tail.
-    fn take_consumed(&mut self) -> (Vec<u8>, u64) {
+    /// `tail` is an empty buffer to continue in (recycled when possible).
+    fn take_consumed(&mut self, mut tail: Vec<u8>) -> (Vec<u8>, u64) {
         let keep = self.partial.map_or(self.pos, |p| p.start);
-        let mut tail = Vec::with_capacity(CHUNK.max(self.buf.len() - keep) + CHUNK);
-        tail.extend_from_slice(&self.buf[keep..]);
-        let bytes = std::mem::replace(&mut self.buf, tail);
+        tail.reserve(self.filled - keep + CHUNK);
+        tail.extend_from_slice(&self.buf[keep..self.filled]);
+        let mut bytes = std::mem::replace(&mut self.buf, tail);
+        bytes.truncate(self.filled);
+        self.filled = self.buf.len();
         let base = self.base;
         self.base += keep as u64;
         self.pos -= keep;
@@ -309,7 +349,7 @@ impl Scanner {
             return Err(InputError::UnexpectedEnd {
                 entry: self.count + 1,
                 started: self.base + p.start as u64,
-                offset: self.base + self.buf.len() as u64,
+                offset: self.base + self.filled as u64,
             });
         }
         match self.expect {
@@ -317,7 +357,7 @@ impl Scanner {
             _ => Err(InputError::UnexpectedEnd {
                 entry: self.count + 1,
                 started: self.base + self.pos as u64,
-                offset: self.base + self.buf.len() as u64,
+                offset: self.base + self.filled as u64,
             }),
         }
     }
@@ -350,10 +390,10 @@ impl Scanner {
                     }
                 }
             }
-            while self.pos < self.buf.len() && is_space(self.buf[self.pos]) {
+            while self.pos < self.filled && is_space(self.buf[self.pos]) {
                 self.pos += 1;
             }
-            if self.pos >= self.buf.len() {
+            if self.pos >= self.filled {
                 break;
             }
             let at = self.pos;
@@ -364,7 +404,7 @@ impl Scanner {
                         self.pos += 1;
                         self.expect = Expect::ArrayFirst { logs: false };
                     } else if b == b'{' {
-                        match logs_array_prefix(&self.buf[at..], self.eof) {
+                        match logs_array_prefix(&self.buf[at..self.filled], self.eof) {
                             Lookahead::NeedMore => break,
                             Lookahead::Yes(n) => {
                                 self.pos += n;
@@ -440,7 +480,7 @@ impl Scanner {
 
     /// Continue scanning `p` from `pos`; returns its end when it is complete.
     fn scan_partial(&mut self, p: &mut Partial) -> Option<usize> {
-        let buf = &self.buf[..];
+        let buf = &self.buf[..self.filled];
         let mut pos = self.pos;
         if p.shape == Shape::Scalar {
             while pos < buf.len() {
@@ -585,15 +625,17 @@ struct Done {
 }
 
 /// Transform every value of a batch (on a worker thread).
-fn transform_batch(tenant: &str, batch: Batch) -> Done {
-    let mut done = Done {
-        seq: batch.seq,
-        text: String::with_capacity(batch.bytes.len() + batch.bytes.len() / 4),
-        entries: 0,
-        events: 0,
-        set_aside: Vec::new(),
-        error: None,
-    };
+fn transform_batch(tenant: &str, batch: Batch, pools: &Pools) -> Done {
+    let mut text = pools.output();
+    text.reserve(batch.bytes.len() + batch.bytes.len() / 4);
+    let done = transform_elements(tenant, &batch, text);
+    pools.give_input(batch.bytes);
+    done
+}
+
+/// The body of `transform_batch`: stops at the first malformed value.
+fn transform_elements(tenant: &str, batch: &Batch, text: String) -> Done {
+    let mut done = Done { seq: batch.seq, text, entries: 0, events: 0, set_aside: Vec::new(), error: None };
     for element in &batch.elements {
         let offset = batch.base + element.start as u64;
         let text = match std::str::from_utf8(&batch.bytes[element.start..element.end]) {
@@ -670,16 +712,15 @@ fn logs_list(text: &str) -> Result<Option<Vec<&RawValue>>, (u64, String)> {
         logs: Option<&'a RawValue>,
     }
     let body: Body<'_> = serde_json::from_str(text).map_err(|e| (position_in(text, &e), e.to_string()))?;
-    let Some(logs) = body.logs else { return Ok(None) };
-    match logs.get().as_bytes().first() {
-        Some(b'[') => {
-            serde_json::from_str(logs.get()).map(Some).map_err(|e| (position_in(text, &e), e.to_string()))
-        }
-        Some(b'n' | b'f') | None => Ok(None),
-        Some(b'0') if logs.get() == "0" => Ok(None),
-        Some(b'"') if logs.get() == "\"\"" => Ok(None),
-        _ => Err((0, "`logs` must be an array of entries".into())),
+    // `event.logs || [event]`: a falsy `logs` (null, false, 0, "") leaves the object an entry itself.
+    let Some(logs) = body.logs.filter(|l| transform::is_truthy(l)) else {
+        return Ok(None);
+    };
+    if !logs.get().starts_with('[') {
+        return Err((0, "`logs` must be an array of entries".into()));
     }
+    let at = (logs.get().as_ptr() as usize - text.as_ptr() as usize) as u64;
+    serde_json::from_str(logs.get()).map(Some).map_err(|e| (at + position_in(logs.get(), &e), e.to_string()))
 }
 
 /// Writes finished batches in input order.
@@ -692,6 +733,7 @@ struct Writer<'a> {
     next_seq: u64,
     /// `[` written.
     started: bool,
+    pools: &'a Pools,
 }
 
 impl Writer<'_> {
@@ -706,24 +748,27 @@ impl Writer<'_> {
     }
 
     fn write(&mut self, done: Done) -> Result<(), InputError> {
+        let Done { text, entries, events, set_aside, error, .. } = done;
         let first = self.summary.entries;
-        if !done.text.is_empty() {
-            let text = if self.started {
-                &done.text[..]
+        if !text.is_empty() {
+            // Every event comes as `,\n{...}`; the very first one opens the array instead.
+            let events_text = if self.started {
+                &text[..]
             } else {
                 self.started = true;
                 self.output.write_all(b"[").map_err(InputError::Write)?;
-                &done.text[1..]
+                &text[1..]
             };
-            self.output.write_all(text.as_bytes()).map_err(InputError::Write)?;
+            self.output.write_all(events_text.as_bytes()).map_err(InputError::Write)?;
         }
-        self.summary.entries += done.entries;
-        self.summary.events += done.events;
-        for (index, offset, error) in done.set_aside {
+        self.pools.give_output(text);
+        self.summary.entries += entries;
+        self.summary.events += events;
+        for (index, offset, error) in set_aside {
             self.summary.set_aside += 1;
             (self.on_set_aside)(&SetAside { index: first + index + 1, offset, error });
         }
-        if let Some((index, offset, reason)) = done.error {
+        if let Some((index, offset, reason)) = error {
             return Err(InputError::Malformed { entry: first + index + 1, offset, reason });
         }
         Ok(())

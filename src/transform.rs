@@ -607,7 +607,7 @@ fn is_object(v: &RawValue) -> bool {
 }
 
 /// JS truthiness of a (non-null) JSON value: false, 0 (any spelling) and "" are falsy.
-fn is_truthy(v: &RawValue) -> bool {
+pub(crate) fn is_truthy(v: &RawValue) -> bool {
     let text = v.get();
     match text.as_bytes().first() {
         Some(b'f') | Some(b'n') | None => false,
@@ -790,5 +790,265 @@ impl<'a> Fields<'a> {
     /// The value when it is present and not null: upstream's "null means absent".
     fn present(&self, key: usize) -> Option<&'a RawValue> {
         self.values[key].filter(|v| !is_null(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const T: &str = "example-tenant.us.auth0.com";
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).expect("valid JSON")
+    }
+
+    fn entry(text: &str) -> Result<String, TransformError> {
+        transform_entry(T, &raw(text)).map(|e| e.json)
+    }
+
+    fn value(text: &str) -> Value {
+        serde_json::from_str(&entry(text).expect("transforms")).expect("output is JSON")
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().expect("object").keys().map(String::as_str).collect()
+    }
+
+    /// The table is upstream's: 92 codes, exact names, unknown codes absent.
+    #[test]
+    fn the_event_name_table_is_upstreams() {
+        // The reference table sits in `shared/reference/tables` beside the checkout (or an ancestor of it).
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = manifest
+            .ancestors()
+            .map(|d| d.join("shared/reference/tables/event-names.json"))
+            .find(|p| p.is_file())
+            .expect("shared/reference/tables/event-names.json beside the checkout");
+        let text = std::fs::read_to_string(path).expect("read the table");
+        let table: serde_json::Map<String, Value> = serde_json::from_str(&text).expect("table");
+        assert_eq!(table.len(), 92);
+        for (code, name) in &table {
+            assert_eq!(event_name(code), name.as_str(), "{code}");
+        }
+        assert_eq!(event_name("mgmt_api_read"), None);
+        assert_eq!(event_name("toString"), None);
+    }
+
+    /// With only type, user_id, date and connection the keys come in JSON.stringify's insertion order.
+    #[test]
+    fn keys_follow_upstream_insertion_order_when_properties_come_last() {
+        let v = value(r#"{"type":"s","user_id":"u","date":"d","connection":"c"}"#);
+        assert_eq!(
+            keys(&v),
+            [
+                "context",
+                "integrations",
+                "type",
+                "event",
+                "userId",
+                "traits",
+                "originalTimestamp",
+                "sentAt",
+                "properties",
+                "anonymousId",
+                "messageId"
+            ]
+        );
+        assert_eq!(keys(&v["context"]), ["library", "integration", "traits"]);
+        assert_eq!(keys(&v["properties"]), ["source_type"]);
+    }
+
+    /// context.traits comes after userAgent when only user_id feeds it, before it otherwise.
+    #[test]
+    fn context_traits_sit_after_user_agent_only_when_fed_by_user_id_alone() {
+        let v = value(r#"{"type":"s","user_id":"u","user_agent":"ua","ip":"1.2.3.4"}"#);
+        assert_eq!(
+            keys(&v["context"]),
+            ["library", "integration", "ip", "request_ip", "userAgent", "traits"]
+        );
+        let v = value(r#"{"type":"s","user_id":"u","user_agent":"ua","user_name":"n"}"#);
+        assert_eq!(keys(&v["context"]), ["library", "integration", "traits", "userAgent"]);
+        assert_eq!(keys(&v["context"]["traits"]), ["user_name", "userId"]);
+    }
+
+    /// null is absent, everything else is copied as written (no coercion, numbers keep their spelling).
+    #[test]
+    fn values_are_copied_verbatim_and_null_means_absent() {
+        let json = entry(
+            r#"{"type":"s","user_id":"","date":1.7E12,"client_name":{"a":[1,2]},"ip":null,"isMobile":false}"#,
+        )
+        .expect("transforms");
+        assert!(json.contains(r#""originalTimestamp":1.7E12,"sentAt":1.7E12"#), "{json}");
+        assert!(json.contains(r#""client_name":{"a":[1,2]}"#), "{json}");
+        assert!(json.contains(r#""is_mobile":false"#), "{json}");
+        assert!(json.contains(r#""userId":"""#), "{json}");
+        assert!(!json.contains("\"ip\""), "{json}");
+    }
+
+    /// properties.log_id is the wrapper's: absent without one (even if data has one), null when null.
+    #[test]
+    fn properties_log_id_is_always_the_wrappers() {
+        let w = |t: &str| -> Value {
+            serde_json::from_str(&transform_wrapper(T, &raw(t)).expect("transforms").json).expect("JSON")
+        };
+        let v = w(r#"{"data":{"type":"s","log_id":"inner"}}"#);
+        assert!(v["properties"].get("log_id").is_none(), "{v}");
+        let v = w(r#"{"log_id":null,"data":{"type":"s"}}"#);
+        assert_eq!(v["properties"]["log_id"], Value::Null);
+        assert_eq!(keys(&v["properties"]), ["source_type", "log_id"]);
+        let v = w(r#"{"log_id":42,"data":{"type":"s","log_id":"inner","client_id":"c"}}"#);
+        assert_eq!(v["properties"]["log_id"], 42);
+        assert_eq!(keys(&v["properties"]), ["client_id", "log_id", "source_type"]);
+    }
+
+    /// ss always identifies; sapi + the description groups with the second-to-last path segment.
+    #[test]
+    fn identify_and_group_follow_upstreams_rules() {
+        let v = value(r#"{"type":"ss","description":"Add members to an organization"}"#);
+        assert_eq!(v["type"], "identify");
+        assert!(v.get("event").is_none());
+        let group = r#"{"type":"sapi","description":"Add members to an organization","details":{"request":{"path":PATH}}}"#;
+        let v = value(&group.replace("PATH", r#""/api/v2/organizations/org_1/members""#));
+        assert_eq!((v["type"].as_str(), v["groupId"].as_str()), (Some("group"), Some("org_1")));
+        let v = value(&group.replace("PATH", r#""/api/v2/organizations/org_1/members/""#));
+        assert_eq!(v["groupId"], "members");
+        for bad in [r#""members""#, r#""""#, "null", r#""/x//y""#] {
+            let err = entry(&group.replace("PATH", bad)).expect_err(bad);
+            assert!(matches!(err, TransformError::GroupWithoutGroupId { .. }), "{bad}: {err:?}");
+        }
+        let err = entry(&group.replace("PATH", "5")).expect_err("number path");
+        assert!(matches!(err, TransformError::NonStringPath { .. }), "{err:?}");
+        let v = value(r#"{"type":"sapi","description":"Update a client"}"#);
+        assert_eq!(v["event"], "Success API Operation");
+    }
+
+    /// Truthy non-string types are tracked under their raw value, and an array indexes the table as JS does.
+    #[test]
+    fn non_string_types_follow_js_semantics() {
+        assert_eq!(value(r#"{"type":5}"#)["event"], 5);
+        assert_eq!(value(r#"{"type":true}"#)["event"], true);
+        assert_eq!(value(r#"{"type":["s"]}"#)["event"], "Success Login");
+        assert_eq!(value(r#"{"type":["ss"]}"#)["type"], "track");
+        assert_eq!(value(r#"{"type":{}}"#)["event"], serde_json::json!({}));
+        assert_eq!(value(r#"{"type":"brand_new"}"#)["event"], "brand_new");
+    }
+
+    /// Email and name come only from details.auth.user, never from details.request.auth.user.
+    #[test]
+    fn traits_come_from_details_auth_user_only() {
+        let v = value(r#"{"type":"s","details":{"auth":{"user":{"email":"e","name":null}}}}"#);
+        assert_eq!(v["context"]["traits"], serde_json::json!({"email": "e"}));
+        let v = value(r#"{"type":"sapi","details":{"request":{"auth":{"user":{"email":"e"}}}}}"#);
+        assert!(v["context"].get("traits").is_none(), "{v}");
+        let v = value(r#"{"type":"s","details":{"\u0061uth":{"user":{"name":"n"}}}}"#);
+        assert_eq!(v["context"]["traits"]["name"], "n");
+    }
+
+    /// A repeated key takes its last value, as JSON.parse does.
+    #[test]
+    fn the_last_of_duplicate_keys_wins() {
+        let v = value(r#"{"type":"f","type":"s","user_id":"a","user_id":null}"#);
+        assert_eq!(v["event"], "Success Login");
+        assert!(v.get("userId").is_none());
+        assert!(entry(r#"{"type":"s","type":null}"#).is_err());
+        assert_eq!(value(r#"{"\u0074ype":"s"}"#)["event"], "Success Login");
+    }
+
+    /// The ids are stable, differ from each other, by log_id and by tenant; without a log_id they still exist.
+    #[test]
+    fn ids_are_deterministic_v5_uuids_per_tenant_and_log_id() {
+        assert_ne!(message_id(T, "a"), anonymous_id(T, "a"));
+        assert_ne!(message_id(T, "a"), message_id(T, "b"));
+        assert_ne!(message_id(T, "a"), message_id("other.auth0.com", "a"));
+        assert_eq!(message_id(T, "a").get_version_num(), 5);
+        let e = transform_entry(T, &raw(r#"{"type":"s","log_id":"L"}"#)).expect("ok");
+        assert_eq!(e.message_id, message_id(T, "L"));
+        assert!(e.json.ends_with(&format!(
+            r#""anonymousId":"{}","messageId":"{}"}}"#,
+            anonymous_id(T, "L"),
+            message_id(T, "L")
+        )));
+        let a = transform_entry(T, &raw(r#"{"type":"s"}"#)).expect("ok");
+        let b = transform_entry(T, &raw(r#"{"type":"f"}"#)).expect("ok");
+        assert_ne!(a.message_id, b.message_id);
+        assert_eq!(a.message_id, transform_entry(T, &raw(r#"{"type":"s"}"#)).expect("ok").message_id);
+    }
+
+    /// Non-objects and type-less entries are errors that say what is wrong.
+    #[test]
+    fn unusable_entries_are_errors_with_reasons() {
+        assert_eq!(entry("null"), Err(TransformError::NullEntry));
+        assert_eq!(entry("[1]"), Err(TransformError::NotAnObject { kind: "array" }));
+        assert_eq!(entry("\"s\""), Err(TransformError::NotAnObject { kind: "string" }));
+        let err = entry(r#"{"log_id":"L1","date":"d"}"#).expect_err("no type");
+        assert_eq!(err.log_id(), Some("L1"));
+        assert!(err.to_string().contains("\"L1\""), "{err}");
+        let err = transform_wrapper(T, &raw(r#"{"log_id":"W","data":"x"}"#)).expect_err("no data");
+        assert_eq!(err, TransformError::NoData { log_id: Some("W".into()) });
+    }
+
+    /// Any JSON value.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+            prop_oneof![
+                Just("ss"),
+                Just("sapi"),
+                Just("s"),
+                Just(""),
+                Just("Add members to an organization"),
+                Just("/a/b/c")
+            ]
+            .prop_map(|s| Value::String(s.to_owned())),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Mostly keys the transform reads, sometimes anything.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(
+                FIELD_KEYS
+                    .iter()
+                    .chain(["auth", "user", "email", "name", "request", "path", "logs"].iter())
+                    .copied()
+                    .collect::<Vec<_>>()
+            )
+            .prop_map(str::to_owned),
+            1 => "[a-z_]{0,6}",
+        ]
+    }
+
+    proptest! {
+        /// Whatever the JSON, the transform never panics, and every event it returns is a JSON object with
+        /// the keys every event has.
+        #[test]
+        fn any_json_either_transforms_to_a_complete_event_or_errs(v in any_json()) {
+            let text = serde_json::to_string(&v).expect("serialize");
+            let raw = raw(&text);
+            let results = [transform_entry(T, &raw), transform_wrapper(T, &raw), transform_any(T, &raw)];
+            for event in results.into_iter().flatten() {
+                let out: Value = serde_json::from_str(&event.json).expect("event is JSON");
+                for k in ["context", "integrations", "type", "properties", "anonymousId", "messageId"] {
+                    prop_assert!(out.get(k).is_some(), "{} missing in {}", k, event.json);
+                }
+                let id = event.message_id.to_string();
+                prop_assert_eq!(out["messageId"].as_str(), Some(id.as_str()));
+                prop_assert!(out["properties"].get("source_type").is_some());
+            }
+        }
     }
 }

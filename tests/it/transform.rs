@@ -389,3 +389,55 @@ fn a_large_stream_comes_out_complete_and_in_order() {
         assert_eq!(e["properties"]["log_id"], fixtures::synthetic_log_id(i).as_str(), "event {i}");
     }
 }
+
+/// A reader that hands out at most `step` bytes per read, so every scanner state meets a buffer edge.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Strings with escaped quotes and backslashes, nesting, `{logs}` bodies and stray scalars read the same
+/// whether the input arrives whole or a few bytes at a time.
+#[test]
+fn input_split_at_every_possible_point_reads_the_same() {
+    let input = concat!(
+        r#"{"logs": [{"log_id":"A","data":{"type":"s","description":"q\"uo]te}\\","details":{"a":[1,{"b":"\\\\"}]}}}], "x": {"y": "]"}}"#,
+        "\n",
+        r#"[ {"type":"f","log_id":"B","user_agent":"ends with backslash \\"} , 7 ,"str", null ]"#,
+        "\n",
+        r#"{"type":"s","log_id":"C"}{"type":"s","log_id":"D"}"#,
+        "\n  true\n",
+    );
+    let run = |step: usize| {
+        let mut out = Vec::new();
+        let mut set_aside = Vec::new();
+        let summary = transform_stream(
+            TENANT,
+            Trickle { data: input.as_bytes(), step },
+            &mut out,
+            &mut |s: &SetAside| set_aside.push((s.index, s.error.clone())),
+        )
+        .expect("reads");
+        (summary, String::from_utf8(out).expect("UTF-8"), set_aside)
+    };
+    let whole = run(usize::MAX);
+    let events: Vec<Value> = serde_json::from_str(&whole.1).expect("JSON array");
+    let ids: Vec<&str> = events.iter().map(|e| e["properties"]["log_id"].as_str().expect("log_id")).collect();
+    assert_eq!(ids, ["A", "B", "C", "D"]);
+    assert_eq!(events[0]["properties"]["description"], "q\"uo]te}\\");
+    assert_eq!((whole.0.entries, whole.0.events, whole.0.set_aside), (8, 4, 4));
+    let kinds: Vec<u64> = whole.2.iter().map(|(i, _)| *i).collect();
+    assert_eq!(kinds, [3, 4, 5, 8]);
+    for step in [1, 2, 3, 5, 7, 64] {
+        assert_eq!(run(step), whole, "step {step}");
+    }
+}
