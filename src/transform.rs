@@ -820,13 +820,8 @@ mod tests {
     /// The table is upstream's: 92 codes, exact names, unknown codes absent.
     #[test]
     fn the_event_name_table_is_upstreams() {
-        // The reference table sits in `shared/reference/tables` beside the checkout (or an ancestor of it).
-        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let path = manifest
-            .ancestors()
-            .map(|d| d.join("shared/reference/tables/event-names.json"))
-            .find(|p| p.is_file())
-            .expect("shared/reference/tables/event-names.json beside the checkout");
+        // A verbatim copy of upstream's eventMapping.json.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/event-names.json");
         let text = std::fs::read_to_string(path).expect("read the table");
         let table: serde_json::Map<String, Value> = serde_json::from_str(&text).expect("table");
         assert_eq!(table.len(), 92);

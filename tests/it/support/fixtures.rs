@@ -17,16 +17,9 @@ use serde_json::Value;
 /// The tenant domain the tests transform for.
 pub const TENANT: &str = "example-tenant.us.auth0.com";
 
-/// The directory of the shared fixtures: `shared/fixtures` beside the checkout, or beside the nearest
-/// ancestor directory that has one (a checkout may sit one level deeper than its siblings).
+/// The fixture directory shipped with the tests (`tests/fixtures`).
 pub fn fixtures_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .skip(1)
-        .map(|dir| dir.join("shared/fixtures"))
-        .find(|dir| dir.is_dir())
-        .unwrap_or_else(|| manifest.join("../shared/fixtures"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// Every `*.json` file of a fixture subdirectory, sorted by name, as `(file name, parsed content)`.

@@ -14,11 +14,6 @@ use serde_json::Value;
 use fake_auth0::{FakeAuth0, FakeOptions};
 use fake_rudderstack::FakeRudderStack;
 
-/// The fixture directory shipped with the tests.
-pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 /// A fake Auth0 (with the credentials of [`app::App`]) and a fake RudderStack.
 pub async fn start_fakes() -> (FakeAuth0, FakeRudderStack) {
     let auth0 = FakeAuth0::start(FakeOptions {
@@ -37,7 +32,7 @@ pub async fn start_fakes() -> (FakeAuth0, FakeRudderStack) {
 
 /// Every (entry, expected event) pair of `tests/fixtures/transform`, in file order.
 pub fn fixture_pairs() -> Vec<(Value, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir().join("transform"))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures::fixtures_dir().join("transform"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
