@@ -330,7 +330,7 @@ async fn sync_gives_up_after_the_configured_wait_but_run_keeps_going() {
     let err = stderr(&out);
     assert!(err.contains("gave up") && err.contains("502"), "{err}");
 
-    let mut child = app.command(&["run"]).spawn().unwrap();
+    let mut child = app.spawn_run();
     let still = tokio::time::timeout(Duration::from_secs(4), child.wait()).await;
     assert!(still.is_err(), "run exited under transient faults: {still:?}");
     auth0.clear_hook();
@@ -348,7 +348,7 @@ async fn a_rudderstack_outage_fills_the_outbox_to_its_cap_then_everything_arrive
     auth0.push_synthetic(300);
     let mut app = App::new(&auth0, &rudder);
     app.set("state", "max_outbox_entries", 500);
-    let child = app.command(&["run"]).spawn().unwrap();
+    let child = app.spawn_run();
     // Entries keep arriving during the outage.
     for _ in 0..5 {
         auth0.push_synthetic(100);
@@ -363,6 +363,8 @@ async fn a_rudderstack_outage_fills_the_outbox_to_its_cap_then_everything_arrive
     let capped = depth();
     assert!((500..600).contains(&capped), "outbox depth {capped} is not held at the cap");
     assert!(rudder.count(503) > 0, "the sender kept trying");
+
+    assert!(app.run_log().contains("outbox is full, pausing fetching"), "{}", app.run_log());
 
     rudder.set_outage(false);
     let total = auth0.entries().len();
@@ -569,7 +571,7 @@ async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
     auth0.push_synthetic(250);
     rudder.hook(|_, _| Some(Reply::text(200, "ok").delayed(Duration::from_secs(60))));
     let app = App::new(&auth0, &rudder);
-    let child = app.command(&["run"]).spawn().unwrap();
+    let child = app.spawn_run();
     // The first POST hangs; meanwhile the fetcher fills the outbox with the rest.
     rudder.wait_for_requests(1, Duration::from_secs(20)).await;
     let db = app.db_path();

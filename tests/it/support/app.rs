@@ -122,6 +122,20 @@ sync_give_up_after = "20s"
         cmd
     }
 
+    /// Start `run` in the background with its output going to `run.log` in the app's directory, so that a
+    /// long-running daemon can never block on a full pipe.
+    pub fn spawn_run(&self) -> tokio::process::Child {
+        let log = std::fs::File::create(self.dir.path().join("run.log")).unwrap();
+        let mut cmd = self.command(&["run"]);
+        cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
+        cmd.spawn().expect("spawn run")
+    }
+
+    /// What `spawn_run` wrote so far.
+    pub fn run_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("run.log")).unwrap_or_default()
+    }
+
     /// Run a command to completion, failing the test if it takes longer than `limit`.
     pub async fn run(&self, args: &[&str], limit: Duration) -> Output {
         run_bounded(self.command(args), limit).await
