@@ -36,6 +36,11 @@ pub struct Options {
     pub disabled_keys: Vec<String>,
     /// `Gateway.maxReqSizeInKB` × 1024.
     pub max_request_bytes: usize,
+    /// Keep every accepted event (`events()`). When false, only each event's `properties.log_id` and arrival
+    /// time are kept (`arrivals()`), so a long benchmark's own memory and CPU stay small: a well-formed batch
+    /// is then checked by a quick typed parse, and anything that parse does not accept goes through the full
+    /// one, so every refusal is the same as with `keep_events`.
+    pub keep_events: bool,
 }
 
 impl Default for Options {
@@ -45,6 +50,7 @@ impl Default for Options {
             http_source_keys: vec![HTTP_SOURCE_KEY.to_string()],
             disabled_keys: vec![DISABLED_KEY.to_string()],
             max_request_bytes: 4000 * 1024,
+            keep_events: true,
         }
     }
 }
@@ -88,11 +94,23 @@ pub type Hook = Arc<dyn Fn(&Request, usize) -> Option<Reply> + Send + Sync>;
 /// A predicate over one event (or webhook wrapper); a match refuses the whole request.
 pub type Predicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
+/// One event accepted through `/v1/batch`, as remembered without `keep_events`.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// The event's `properties.log_id` (empty when it has none).
+    pub log_id: String,
+    /// When the request carrying it was received in full.
+    pub at: Instant,
+}
+
 #[derive(Default)]
 struct State {
     n: usize,
     requests: Vec<Recorded>,
+    /// Events accepted through `/v1/batch`, kept or not.
+    accepted: usize,
     events: Vec<Value>,
+    arrivals: Vec<Arrival>,
     wrappers: Vec<Value>,
     outage: bool,
     redirect: Option<(u16, String)>,
@@ -187,9 +205,15 @@ impl FakeRudderStack {
         self.state().events.clone()
     }
 
-    /// How many events were accepted through `/v1/batch`.
+    /// How many events were accepted through `/v1/batch` (also without `keep_events`).
     pub fn event_count(&self) -> usize {
-        self.state().events.len()
+        self.state().accepted
+    }
+
+    /// The `properties.log_id` and arrival time of every event accepted through `/v1/batch`, in arrival order.
+    /// Always recorded; with `keep_events = false` it is all that is kept.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.state().arrivals.clone()
     }
 
     /// Every wrapper accepted through `/v1/webhook`, in arrival order.
@@ -218,7 +242,7 @@ impl FakeRudderStack {
 
     /// Wait until at least `n` events were accepted, polling; panics after `within`.
     pub async fn wait_for_events(&self, n: usize, within: Duration) -> Vec<Value> {
-        self.wait(n, within, |s| s.events.len(), "events").await;
+        self.wait(n, within, |s| s.accepted, "events").await;
         self.events()
     }
 
@@ -251,6 +275,7 @@ impl FakeRudderStack {
 }
 
 fn handle(shared: &Shared, req: &Request) -> Reply {
+    let received = Instant::now();
     let opts = &shared.options;
     let (n, redirect, outage, hook, reject, delay) = {
         let mut s = shared.state.lock().unwrap();
@@ -272,7 +297,7 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
     };
     let (reply, accepted) = route(opts, req, n, &mut rec, redirect, outage, hook, reject);
     let reply = match (delay, &accepted) {
-        (Some(d), Accepted::Events(_) | Accepted::Wrappers(_)) => reply.delayed(d),
+        (Some(d), Accepted::Events(_) | Accepted::LogIds(_) | Accepted::Wrappers(_)) => reply.delayed(d),
         _ => reply,
     };
     rec.status = match &reply {
@@ -281,7 +306,27 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
     };
     let mut s = shared.state.lock().unwrap();
     match accepted {
-        Accepted::Events(evs) => s.events.extend(evs),
+        Accepted::Events(evs) => {
+            s.accepted += evs.len();
+            s.arrivals.extend(evs.iter().map(|e| {
+                Arrival {
+                    log_id: e
+                        .get("properties")
+                        .and_then(|p| p.get("log_id"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    at: received,
+                }
+            }));
+            if opts.keep_events {
+                s.events.extend(evs);
+            }
+        }
+        Accepted::LogIds(ids) => {
+            s.accepted += ids.len();
+            s.arrivals.extend(ids.into_iter().map(|log_id| Arrival { log_id, at: received }));
+        }
         Accepted::Wrappers(ws) => s.wrappers.extend(ws),
         Accepted::Nothing => {}
     }
@@ -292,7 +337,54 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
 enum Accepted {
     Nothing,
     Events(Vec<Value>),
+    /// The `properties.log_id`s of a batch accepted by the quick parse.
+    LogIds(Vec<String>),
     Wrappers(Vec<Value>),
+}
+
+/// The only parts of a `/v1/batch` body the quick parse reads; everything else is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct QuickBody {
+    batch: Vec<QuickEvent>,
+}
+
+#[derive(serde::Deserialize)]
+struct QuickEvent {
+    #[serde(rename = "anonymousId")]
+    anonymous_id: Option<Value>,
+    #[serde(rename = "userId")]
+    user_id: Option<Value>,
+    properties: Option<QuickProperties>,
+}
+
+#[derive(serde::Deserialize)]
+struct QuickProperties {
+    log_id: Option<Value>,
+}
+
+/// Accept a well-formed batch without building its events: `Some` only when the full check would accept it
+/// too (valid UTF-8 JSON, a non-empty `batch` of objects that each have an id, within the size limit).
+fn quick_accept(opts: &Options, body: &[u8]) -> Option<Vec<String>> {
+    std::str::from_utf8(body).ok()?;
+    let parsed: QuickBody = serde_json::from_slice(body).ok()?;
+    let ok = !parsed.batch.is_empty()
+        && body.len() <= opts.max_request_bytes
+        && parsed
+            .batch
+            .iter()
+            .all(|e| !id_text(e.anonymous_id.as_ref()).is_empty() || !id_text(e.user_id.as_ref()).is_empty());
+    ok.then(|| {
+        parsed
+            .batch
+            .into_iter()
+            .map(|e| {
+                e.properties
+                    .and_then(|p| p.log_id)
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect()
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -357,6 +449,14 @@ fn route(
     if req.body.is_empty() {
         return (gateway_error(400, "request body is nil"), Accepted::Nothing);
     }
+    if !webhook
+        && !opts.keep_events
+        && reject.is_none()
+        && let Some(log_ids) = quick_accept(opts, &req.body)
+    {
+        rec.events = Some(log_ids.len());
+        return (ok(), Accepted::LogIds(log_ids));
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
         return (gateway_error(400, "invalid json"), Accepted::Nothing);
     };
@@ -384,8 +484,11 @@ fn route(
         return (ok(), Accepted::Wrappers(wrappers));
     }
 
-    let events = match body.get("batch") {
-        Some(Value::Array(a)) => a.clone(),
+    let events = match body {
+        Value::Object(mut o) => match o.remove("batch") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
     };
     rec.events = Some(events.len());
