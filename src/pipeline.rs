@@ -155,11 +155,12 @@ pub async fn run_with(
         fetch_done: AtomicBool::new(false),
         counters: Counters::default(),
     });
-    // A fatal error in one loop stops the other; a shutdown signal stops both.
+    // A fatal error in one loop stops the other; a shutdown signal stops both. The loops are separate tasks
+    // so that the fetcher's page parsing and the sender's transform run on both cores at once.
     let stop = shutdown.child_token();
     let fetcher = {
         let (shared, stop) = (shared.clone(), stop.clone());
-        async move {
+        tokio::spawn(async move {
             let r = fetch_loop(&shared, fetch_store, mode, &stop).await;
             shared.fetch_done.store(true, Ordering::SeqCst);
             shared.new_rows.notify_one();
@@ -167,21 +168,24 @@ pub async fn run_with(
                 stop.cancel();
             }
             r
-        }
+        })
     };
     let sender = {
         let (shared, stop) = (shared.clone(), stop.clone());
-        async move {
+        tokio::spawn(async move {
             let r = send_loop(&shared, send_store, mode, &stop, &shutdown).await;
             if r.is_err() {
                 stop.cancel();
             }
             r
-        }
+        })
     };
     let (f, s) = tokio::join!(fetcher, sender);
-    f?;
-    s?;
+    let joined = |r: Result<Result<(), Error>, tokio::task::JoinError>| {
+        r.map_err(|e| Error::Internal(format!("a pipeline task failed: {e}")))?
+    };
+    joined(f)?;
+    joined(s)?;
     let c = &shared.counters;
     Ok(Summary {
         fetched: c.fetched.load(Ordering::Relaxed),
