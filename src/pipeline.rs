@@ -401,6 +401,7 @@ async fn fetch_loop(
     let mut paused_for_space = false;
     // Fetched-entry count at the last "caught up" report, so a quiet daemon logs nothing at info level.
     let mut reported = 0;
+    let mut prefetched: Prefetched = None;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -420,6 +421,8 @@ async fn fetch_loop(
             continue;
         }
         if snapshot.outbox_depth >= cfg.state.max_outbox_entries {
+            // A page read ahead could be stale by the time there is room again.
+            prefetched = None;
             if !paused_for_space {
                 tracing::warn!(
                     outbox_depth = snapshot.outbox_depth,
@@ -443,7 +446,7 @@ async fn fetch_loop(
         let cursor = store.call(|s| s.cursor()).await?;
         let result = match &cursor {
             None => bootstrap(shared, &mut store, &cfg.auth0.start, stop).await,
-            Some(c) => fetch_after(shared, &mut store, c, stop).await,
+            Some(c) => fetch_after(shared, &mut store, c, &mut prefetched, stop).await,
         };
         match result {
             Ok(Progress::Cancelled) => return Ok(()),
@@ -526,18 +529,28 @@ async fn bootstrap(
     Ok(Progress::More)
 }
 
+/// A page read ahead while the previous one was being committed, with the `from` it was read after.
+type Prefetched = Option<(String, Result<auth0::Page, auth0::Error>)>;
+
 async fn fetch_after(
     shared: &Shared,
     store: &mut Owned,
     cursor: &Cursor,
+    prefetched: &mut Prefetched,
     stop: &CancellationToken,
 ) -> Result<Progress, Error> {
     let cfg = &shared.config.auth0;
-    let page = tokio::select! {
-        _ = stop.cancelled() => return Ok(Progress::Cancelled),
-        r = shared.auth0.page_after(&cursor.log_id, cfg.page_size) => r,
+    let page = match prefetched.take() {
+        Some((from, page)) if from == cursor.log_id => page,
+        _ => {
+            let page = tokio::select! {
+                _ = stop.cancelled() => return Ok(Progress::Cancelled),
+                r = shared.auth0.page_after(&cursor.log_id, cfg.page_size) => r,
+            };
+            shared.counters.pages.fetch_add(1, Ordering::Relaxed);
+            page
+        }
     };
-    shared.counters.pages.fetch_add(1, Ordering::Relaxed);
     let page = match page {
         Ok(p) => p,
         Err(e) if e.is_expired_checkpoint() => {
@@ -565,8 +578,28 @@ async fn fetch_after(
             return Ok(Progress::More);
         }
     }
-    commit_page(shared, store, commit).await?;
-    Ok(if n >= cfg.page_size as usize { Progress::More } else { Progress::CaughtUp })
+    let full = n >= cfg.page_size as usize;
+    match commit.cursor.as_ref().map(|c| c.log_id.clone()) {
+        Some(next) if full => {
+            // A full page means more is waiting. `from` is exclusive, so the next request needs only this
+            // page's last log_id: read it while this page commits. If the commit fails, the page read ahead
+            // is dropped with it and nothing has moved.
+            let read_ahead = async {
+                tokio::select! {
+                    _ = stop.cancelled() => None,
+                    r = shared.auth0.page_after(&next, cfg.page_size) => Some(r),
+                }
+            };
+            let (committed, ahead) = tokio::join!(commit_page(shared, store, commit), read_ahead);
+            committed?;
+            if let Some(page) = ahead {
+                shared.counters.pages.fetch_add(1, Ordering::Relaxed);
+                *prefetched = Some((next, page));
+            }
+        }
+        _ => commit_page(shared, store, commit).await?,
+    }
+    Ok(if full { Progress::More } else { Progress::CaughtUp })
 }
 
 /// Auth0 refused the cursor (a 400 on `from`): its entry has aged out of retention.
