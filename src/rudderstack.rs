@@ -90,8 +90,12 @@ pub enum Error {
         /// The `Location` header without its query string, or `(none)`.
         location: String,
     },
-    /// An answer `check` cannot interpret as either an accepted or a rejected key.
-    #[error("RudderStack answered {status} for {endpoint}: {body:?}, which says nothing about the write key")]
+    /// A status the gateway never sends (e.g. a 403 or 422 from a proxy in front of it). It is not a verdict
+    /// on any event, so nothing is set aside: delivery stops and the outbox is kept.
+    #[error(
+        "RudderStack answered {status} for {endpoint}: {body:?}; the gateway itself never sends this status, so a \
+         proxy or firewall in between may be refusing the request (check rudderstack.data_plane_url)"
+    )]
     Unexpected {
         /// The URL without any query string.
         endpoint: String,
@@ -326,7 +330,8 @@ impl Sink {
             408 | 429 | 500..=599 => {
                 Answer::Stop(Error::Unavailable { endpoint: inner.endpoint.clone(), status, body })
             }
-            400..=499 => Answer::Refused { status, body },
+            // The gateway's verdicts on the events themselves: all-or-nothing per request, so bisect.
+            400 | 413 => Answer::Refused { status, body },
             _ => Answer::Stop(Error::Unexpected { endpoint: inner.endpoint.clone(), status, body }),
         }
     }
@@ -472,9 +477,7 @@ fn refusal_reason(status: u16, body: &str) -> String {
     match status {
         400 => format!("RudderStack refused the event (400 {body:?})"),
         413 => format!("RudderStack refused the event as too large even on its own (413 {body:?})"),
-        _ => format!(
-            "RudderStack refused the event with an unexpected client error, treated as permanent ({status} {body:?})"
-        ),
+        _ => format!("RudderStack refused the event ({status} {body:?})"),
     }
 }
 

@@ -229,21 +229,19 @@ async fn a_400_is_bisected_to_reject_exactly_the_bad_events() {
     assert_eq!(report.requests, requests);
 }
 
-/// Another 4xx is bisected like a 400, and the reason says the status was unexpected.
+/// A 4xx the gateway never sends (a proxy's 403 or 422) is not a verdict on an event: delivery stops with a
+/// fatal error that says so, and nothing is set aside, so a misbehaving proxy cannot empty the outbox into
+/// dead letters.
 #[tokio::test]
-async fn an_unexpected_4xx_is_a_permanent_rejection_that_says_so() {
+async fn an_unexpected_4xx_stops_delivery_without_setting_anything_aside() {
     let fake = FakeRudderStack::start_default().await;
-    fake.hook(|req, _| req.body_text().contains("msg-2\"").then(|| Reply::text(422, "unprocessable")));
+    fake.hook(|req, _| req.body_text().contains("msg-2\"").then(|| Reply::text(403, "Forbidden by policy")));
     let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver((0..4).map(event).collect()).await;
-    assert_clean(&report);
-    assert_eq!(report.delivered, vec![0, 1, 3]);
-    assert_eq!(report.rejected.len(), 1);
-    let (seq, reason) = &report.rejected[0];
-    assert_eq!(*seq, 2);
-    assert!(
-        reason.contains("422") && reason.contains("unexpected") && reason.contains("unprocessable"),
-        "{reason}"
-    );
+    assert!(report.delivered.is_empty() && report.rejected.is_empty(), "{report:?}");
+    let err = report.error.expect("an error");
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    assert!(message.contains("403") && message.contains("proxy"), "{message}");
 }
 
 /// A redirect is not success and is not followed: the target receives nothing, and the error names both.
