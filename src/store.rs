@@ -282,6 +282,17 @@ impl Store {
     /// Open (creating and migrating if needed) the database for `tenant`.
     pub fn open(path: &Path, tenant: &str) -> Result<Store, StoreError> {
         let found = probe(path)?;
+        if found.is_none()
+            && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        {
+            // A fresh install may point at a directory nobody created yet.
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Sqlite {
+                path: path.to_path_buf(),
+                source: rusqlite::Error::InvalidPath(
+                    format!("cannot create {}: {e}", parent.display()).into(),
+                ),
+            })?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -496,3 +496,14 @@ fn another_applications_database_is_left_untouched() {
     raw(&path).pragma_update(None, "user_version", 1).expect("user_version");
     assert_refused_untouched(&path, is_corrupt);
 }
+
+/// A state path in a directory that does not exist yet is created on first open.
+#[test]
+fn a_missing_parent_directory_is_created_on_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("var/lib/a0rs/state.db");
+    let mut store = Store::open(&path, "t.example.com").expect("open creates the directory");
+    store.commit_page(&page("a", 3)).unwrap();
+    assert!(path.is_file());
+    assert_eq!(head_ids(&store).len(), 3);
+}
