@@ -391,7 +391,10 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
             Ok(()) => {
                 println!("ok      auth0 token: issued for client_id {}", config.auth0.client_id);
                 match client.probe().await {
-                    Ok(n) => println!("ok      auth0 logs: read a page of {n} entries from /api/v2/logs"),
+                    Ok(n) => println!(
+                        "ok      auth0 logs: /api/v2/logs answered with {n} entr{} (read:logs is granted)",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
                     Err(e) => {
                         println!("FAILED  auth0 logs: {e}");
                         failed.push("auth0 logs");
@@ -455,6 +458,7 @@ fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::Result<Exit
             } else if letters.is_empty() {
                 println!("no dead letters");
             } else {
+                println!("id\tcreated_at\tlog_id\treason");
                 for d in &letters {
                     println!(
                         "{}\t{}\t{}\t{}",
