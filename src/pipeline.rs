@@ -406,50 +406,10 @@ async fn fetch_loop(
         if stop.is_cancelled() {
             return Ok(());
         }
-        let snapshot = store.call(|s| s.snapshot()).await?;
-        if snapshot.stopped {
-            let detail = snapshot.last_gap.as_ref().map(|g| g.detail.clone()).unwrap_or_default();
-            if mode == RunMode::Sync {
-                return Err(Error::Stopped(format!(
-                    "{detail}; auth0.on_expired_checkpoint = \"stop\", so nothing more is fetched until `auth0-rudderstack resume` is run"
-                )));
-            }
-            tracing::error!(gap = %detail, "fetching is stopped after an expired checkpoint; run `auth0-rudderstack resume` to continue from the oldest retained entry");
-            if !pause(cfg.auth0.poll_interval, stop).await {
-                return Ok(());
-            }
-            continue;
-        }
-        if snapshot.outbox_depth >= cfg.state.max_outbox_entries {
-            // A page read ahead could be stale by the time there is room again.
-            prefetched = None;
-            if !paused_for_space {
-                tracing::warn!(
-                    outbox_depth = snapshot.outbox_depth,
-                    max_outbox_entries = cfg.state.max_outbox_entries,
-                    "outbox is full, pausing fetching until RudderStack accepts events again"
-                );
-                paused_for_space = true;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                _ = shared.space.notified() => {},
-                _ = tokio::time::sleep(cfg.auth0.poll_interval) => {},
-            }
-            continue;
-        }
-        if paused_for_space {
-            tracing::info!(outbox_depth = snapshot.outbox_depth, "outbox has room again, resuming fetching");
-            paused_for_space = false;
-        }
-
-        let cursor = store.call(|s| s.cursor()).await?;
-        let result = match &cursor {
-            None => bootstrap(shared, &mut store, &cfg.auth0.start, stop).await,
-            Some(c) => fetch_after(shared, &mut store, c, &mut prefetched, stop).await,
-        };
+        let result = fetch_step(shared, &mut store, mode, stop, &mut prefetched, &mut paused_for_space).await;
         match result {
             Ok(Progress::Cancelled) => return Ok(()),
+            Ok(Progress::Waited) => {}
             Ok(Progress::More) => retry.succeeded(),
             Ok(Progress::CaughtUp) => {
                 retry.succeeded();
@@ -488,7 +448,64 @@ async fn fetch_loop(
     }
 }
 
+/// One round of the fetcher: check that fetching may go on, then read and commit one page (or bootstrap).
+/// Every error comes back to the caller, which alone decides between retrying and stopping.
+async fn fetch_step(
+    shared: &Shared,
+    store: &mut Owned,
+    mode: RunMode,
+    stop: &CancellationToken,
+    prefetched: &mut Prefetched,
+    paused_for_space: &mut bool,
+) -> Result<Progress, Error> {
+    let cfg = &shared.config;
+    let snapshot = store.call(|s| s.snapshot()).await?;
+    if snapshot.stopped {
+        let detail = snapshot.last_gap.as_ref().map(|g| g.detail.clone()).unwrap_or_default();
+        if mode == RunMode::Sync {
+            return Err(Error::Stopped(format!(
+                "{detail}; auth0.on_expired_checkpoint = \"stop\", so nothing more is fetched until `auth0-rudderstack resume` is run"
+            )));
+        }
+        tracing::error!(gap = %detail, "fetching is stopped after an expired checkpoint; run `auth0-rudderstack resume` to continue from the oldest retained entry");
+        return Ok(if pause(cfg.auth0.poll_interval, stop).await {
+            Progress::Waited
+        } else {
+            Progress::Cancelled
+        });
+    }
+    if snapshot.outbox_depth >= cfg.state.max_outbox_entries {
+        // A page read ahead could be stale by the time there is room again.
+        *prefetched = None;
+        if !*paused_for_space {
+            tracing::warn!(
+                outbox_depth = snapshot.outbox_depth,
+                max_outbox_entries = cfg.state.max_outbox_entries,
+                "outbox is full, pausing fetching until RudderStack accepts events again"
+            );
+            *paused_for_space = true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(Progress::Cancelled),
+            _ = shared.space.notified() => {},
+            _ = tokio::time::sleep(cfg.auth0.poll_interval) => {},
+        }
+        return Ok(Progress::Waited);
+    }
+    if *paused_for_space {
+        tracing::info!(outbox_depth = snapshot.outbox_depth, "outbox has room again, resuming fetching");
+        *paused_for_space = false;
+    }
+    let cursor = store.call(|s| s.cursor()).await?;
+    match &cursor {
+        None => bootstrap(shared, store, &cfg.auth0.start, stop).await,
+        Some(c) => fetch_after(shared, store, c, prefetched, stop).await,
+    }
+}
+
 enum Progress {
+    /// Fetching is paused (outbox full, or stopped after a gap) and waited; look again.
+    Waited,
     /// A full page was read; read again at once.
     More,
     /// Auth0 has nothing newer right now.
@@ -684,12 +701,31 @@ async fn send_loop(
         if stop.is_cancelled() {
             return Ok(());
         }
-        let rows = store.call(move |s| s.outbox_head(window)).await?;
+        let rows = match store.call(move |s| s.outbox_head(window)).await {
+            Ok(rows) => rows,
+            Err(Error::Store(e)) if e.is_transient() => {
+                let wait = retry.failed(&e, None)?;
+                tracing::warn!(error = %e, retry_in = ?wait, "state database busy, will retry");
+                if !pause(wait, stop).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if rows.is_empty() {
             if shared.fetch_done.load(Ordering::SeqCst) && mode == RunMode::Sync {
                 // The fetcher may have committed between our read and its flag; look once more.
-                if store.call(|s| s.outbox_depth()).await? == 0 {
-                    return Ok(());
+                match store.call(|s| s.outbox_depth()).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(Error::Store(e)) if e.is_transient() => {
+                        let wait = retry.failed(&e, None)?;
+                        if !pause(wait, stop).await {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
                 continue;
             }
@@ -740,7 +776,19 @@ async fn send_loop(
         let (delivered_n, rejected_n) = (report.delivered.len() as u64, rejected.len() as u64);
         if delivered_n + rejected_n > 0 {
             let delivered = report.delivered;
-            store.call(move |s| s.complete(&delivered, &rejected)).await?;
+            match store.call(move |s| s.complete(&delivered, &rejected)).await {
+                Ok(()) => {}
+                // The rows stay in the outbox and go out again, with the same ids, on the next round.
+                Err(Error::Store(e)) if e.is_transient() => {
+                    let wait = retry.failed(&e, None)?;
+                    tracing::warn!(error = %e, retry_in = ?wait, "state database busy after a delivery; those events will be sent again");
+                    if !pause(wait, stop).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             shared.counters.delivered.fetch_add(delivered_n, Ordering::Relaxed);
             shared.counters.dead_lettered.fetch_add(rejected_n, Ordering::Relaxed);
             shared.space.notify_one();

@@ -587,3 +587,35 @@ async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
     assert_eq!(s["outbox_depth"], 250, "{s}");
     assert_eq!(s["delivered_total"], 0, "{s}");
 }
+
+/// Another process holds the state database's write lock for longer than the busy timeout: the daemon treats
+/// it as transient, waits, and carries on once the lock is gone, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_by_another_process_is_waited_out() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(40);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    rudder.wait_for_events(40, Duration::from_secs(20)).await;
+
+    let db = app.db_path();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let locker = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(7));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let more = auth0.push_synthetic(30);
+    locker.join().unwrap();
+    let arrived = wait_until(Duration::from_secs(30), || rudder.event_count() >= 70).await;
+    assert!(arrived, "only {} events arrived:\n{}", rudder.event_count(), app.run_log());
+    assert!(app.run_log().contains("state database busy"), "{}", app.run_log());
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    let mut all = auth0.entries();
+    all.truncate(40 + more.len());
+    assert_all_delivered_in_order(&rudder, &all);
+}
