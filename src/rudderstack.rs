@@ -188,7 +188,7 @@ impl Sink {
             .timeout(cfg.timeout)
             .user_agent(concat!("auth0-rudderstack/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::Client(error_chain(e.without_url())))?;
+            .map_err(|e| Error::Client(crate::error_chain(&e.without_url())))?;
         let path = match cfg.mode {
             config::Mode::Batch => "v1/batch",
             config::Mode::Webhook => "v1/webhook",
@@ -406,7 +406,10 @@ impl Inner {
         if e.is_timeout() {
             Error::Timeout { endpoint: self.endpoint.clone(), timeout: self.timeout }
         } else {
-            Error::Transport { endpoint: self.endpoint.clone(), message: self.redact(&error_chain(e)) }
+            Error::Transport {
+                endpoint: self.endpoint.clone(),
+                message: self.redact(&crate::error_chain(&e)),
+            }
         }
     }
 
@@ -479,21 +482,6 @@ fn refusal_reason(status: u16, body: &str) -> String {
         413 => format!("RudderStack refused the event as too large even on its own (413 {body:?})"),
         _ => format!("RudderStack refused the event ({status} {body:?})"),
     }
-}
-
-/// An error and its sources on one line; reqwest's own Display says little ("error sending request").
-fn error_chain(e: reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

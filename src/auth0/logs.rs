@@ -90,7 +90,7 @@ impl Client {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(10)))
             .build()
-            .map_err(|e| Error::Setup(super::chain(&e)))?;
+            .map_err(|e| Error::Setup(crate::error_chain(&e)))?;
         let logs_url = token::join(&cfg.base_url, "api/v2/logs")?;
         let token = TokenCache::new(cfg, http.clone())?;
         Ok(Client {
@@ -204,14 +204,17 @@ impl Client {
             let bearer = inner.token.get().await?;
             let response =
                 inner.http.get(url.clone()).header(AUTHORIZATION, bearer.header()).send().await.map_err(
-                    |e| Error::Transport { url: shown.clone(), message: super::chain(&e.without_url()) },
+                    |e| Error::Transport {
+                        url: shown.clone(),
+                        message: crate::error_chain(&e.without_url()),
+                    },
                 )?;
             let status = response.status();
             let headers = response.headers().clone();
             inner.pacer.observe(status, &headers);
             let body = response.bytes().await.map_err(|e| Error::Transport {
                 url: shown.clone(),
-                message: super::chain(&e.without_url()),
+                message: crate::error_chain(&e.without_url()),
             })?;
             if status.is_success() {
                 return Ok((headers, body.to_vec(), shown));

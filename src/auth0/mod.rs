@@ -177,22 +177,6 @@ impl Error {
     }
 }
 
-/// The error chain of a transport failure on one line (reqwest puts the useful part, such as "connection
-/// reset" or "operation timed out", in the sources).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// The human part of an Auth0 error body: `message` (Management API), `error_description`/`error` (token
 /// endpoint), or the start of the text. Bounded so a proxy's HTML page cannot flood the log.
 pub(crate) fn error_message(body: &[u8]) -> String {

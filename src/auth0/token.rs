@@ -163,10 +163,10 @@ impl TokenCache {
     ) -> Error {
         let url = self.token_url.clone();
         if let RequestTokenError::Request(e) = &e {
-            return Error::Transport { url, message: super::chain(e) };
+            return Error::Transport { url, message: crate::error_chain(e) };
         }
         let Some((status, headers, body)) = seen else {
-            return Error::Transport { url, message: super::chain(&e) };
+            return Error::Transport { url, message: crate::error_chain(&e) };
         };
         let message = error_message(&body);
         match status {
@@ -186,7 +186,9 @@ impl TokenCache {
                 }
             }
             429 => Error::RateLimited { url, message, retry_after: super::pace::retry_after(&headers) },
-            200..=299 => Error::Body { url, message: format!("not a token response: {}", super::chain(&e)) },
+            200..=299 => {
+                Error::Body { url, message: format!("not a token response: {}", crate::error_chain(&e)) }
+            }
             s if s >= 500 || s == 408 => Error::Status { url, status, message },
             _ => Error::TokenRefused { client_id: self.client_id.clone(), url, status, message },
         }
