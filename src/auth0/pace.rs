@@ -125,17 +125,18 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// How long a 429 asks us to wait: `Retry-After` (seconds), else `x-ratelimit-reset` (an absolute epoch in
-/// seconds) minus now. Values are bounded: a reset in the past waits a second, one absurdly far away (clock
-/// skew) waits at most a minute; an unreadable header counts as absent.
+/// How long a 429 asks us to wait: `Retry-After` (seconds, or an HTTP date as RFC 9110 also allows), else
+/// `x-ratelimit-reset` (an absolute epoch in seconds) minus now. Values are bounded: a reset in the past
+/// waits a second, one absurdly far away (clock skew) waits at most a minute; an unreadable header counts as
+/// absent.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(secs) = headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-    {
+    let given = headers.get("retry-after").and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(secs) = given.and_then(|v| v.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0) {
         return Some(Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER));
+    }
+    if let Some(at) = given.and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok()) {
+        let wait = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        return Some(wait.min(MAX_RETRY_AFTER));
     }
     reset_wait(headers).map(|d| d.max(MIN_429_WAIT))
 }
@@ -175,6 +176,16 @@ mod tests {
     fn retry_after_prefers_the_retry_after_header() {
         let h = headers(&[("retry-after", "7".into()), ("x-ratelimit-reset", (epoch() + 30).to_string())]);
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn retry_after_may_be_an_http_date() {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(20);
+        let h = headers(&[("retry-after", at.format("%a, %d %b %Y %H:%M:%S GMT").to_string())]);
+        let wait = retry_after(&h).expect("a wait");
+        assert!(wait > Duration::from_secs(17) && wait <= Duration::from_secs(20), "{wait:?}");
+        let past = headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".into())]);
+        assert_eq!(retry_after(&past), Some(Duration::ZERO));
     }
 
     #[test]
