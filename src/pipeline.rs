@@ -60,6 +60,16 @@ pub enum Error {
     /// Fetching is stopped because the checkpoint expired and `auth0.on_expired_checkpoint = "stop"`.
     #[error("fetching is stopped: {0}")]
     Stopped(String),
+    /// Another `run` or `sync` holds the state; two of them would fetch the same pages twice.
+    #[error(
+        "another auth0-rudderstack `run` or `sync` is already using {path} (it holds {lock}); stop it first"
+    )]
+    AlreadyRunning {
+        /// The state database.
+        path: String,
+        /// The lock file.
+        lock: String,
+    },
     /// A worker thread panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),
@@ -135,6 +145,8 @@ pub async fn run_with(
 ) -> Result<Summary, Error> {
     let tenant = config.auth0.domain.clone();
     let path = config.state.path.clone();
+    // Held until this function returns; the OS releases it if the process dies.
+    let _lock = lock_state(&path)?;
     let sync = config.state.synchronous;
     let open = move |p: std::path::PathBuf, t: String| {
         blocking(move || {
@@ -194,6 +206,29 @@ pub async fn run_with(
         dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
         pages: c.pages.load(Ordering::Relaxed),
     })
+}
+
+/// Take the exclusive lock beside the state database (`<path>.lock`), so that a second daemon on the same
+/// state refuses to start instead of fetching every page a second time.
+fn lock_state(path: &std::path::Path) -> Result<std::fs::File, Error> {
+    let lock_path = std::path::PathBuf::from(format!("{}.lock", path.display()));
+    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
+            |e| Error::Internal(format!("cannot open the lock file {}: {e}", lock_path.display())),
+        )?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::AlreadyRunning {
+            path: path.display().to_string(),
+            lock: lock_path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::Internal(format!("cannot lock {}: {e}", lock_path.display())))
+        }
+    }
 }
 
 /// Run a blocking closure (SQLite work) off the async threads.

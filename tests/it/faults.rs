@@ -619,3 +619,24 @@ async fn a_database_locked_by_another_process_is_waited_out() {
     all.truncate(40 + more.len());
     assert_all_delivered_in_order(&rudder, &all);
 }
+
+/// A second `run` or `sync` on the same state refuses to start, naming the lock, instead of fetching every
+/// page twice; once the first one stops, the state is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_refuses_to_start() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    rudder.wait_for_events(20, Duration::from_secs(20)).await;
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("already using") && err.contains(".lock"), "{err}");
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    auth0.push_synthetic(5);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 25);
+}
