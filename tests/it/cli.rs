@@ -150,3 +150,25 @@ async fn the_example_config_parses() {
     assert_eq!(config.auth0.page_size, 100);
     assert_eq!(config.rudderstack.max_batch_bytes, 4_000_000);
 }
+
+/// `--log-format json` writes one JSON object per log line, for log shippers.
+#[cfg(unix)]
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = unreachable_app();
+    // A readable secret makes the config loader log a warning.
+    std::fs::set_permissions(app.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = app.run(&["--log-format", "json", "status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    let mut messages = Vec::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["level"], "WARN", "{line}");
+        messages.push(v["fields"]["message"].as_str().unwrap().to_string());
+    }
+    assert!(messages.iter().any(|m| m.contains("holds a secret")), "{messages:?}");
+}
