@@ -494,8 +494,10 @@ async fn fetch_step(
     paused_for_space: &mut bool,
 ) -> Result<Progress, Error> {
     let cfg = &shared.config;
-    let snapshot = store.call(|s| s.snapshot()).await?;
-    if snapshot.stopped {
+    // Two O(1) reads per page; the full snapshot (which counts dead letters) only when fetching is stopped.
+    let (stopped, outbox_depth) = store.call(|s| Ok((s.fetching_stopped()?, s.outbox_depth()?))).await?;
+    if stopped {
+        let snapshot = store.call(|s| s.snapshot()).await?;
         let detail = snapshot.last_gap.as_ref().map(|g| g.detail.clone()).unwrap_or_default();
         if mode == RunMode::Sync {
             return Err(Error::Stopped(format!(
@@ -509,12 +511,12 @@ async fn fetch_step(
             Progress::Cancelled
         });
     }
-    if snapshot.outbox_depth >= cfg.state.max_outbox_entries {
+    if outbox_depth >= cfg.state.max_outbox_entries {
         // A page read ahead could be stale by the time there is room again.
         *prefetched = None;
         if !*paused_for_space {
             tracing::warn!(
-                outbox_depth = snapshot.outbox_depth,
+                outbox_depth,
                 max_outbox_entries = cfg.state.max_outbox_entries,
                 "outbox is full, pausing fetching until RudderStack accepts events again"
             );
@@ -528,7 +530,7 @@ async fn fetch_step(
         return Ok(Progress::Waited);
     }
     if *paused_for_space {
-        tracing::info!(outbox_depth = snapshot.outbox_depth, "outbox has room again, resuming fetching");
+        tracing::info!(outbox_depth, "outbox has room again, resuming fetching");
         *paused_for_space = false;
     }
     let cursor = store.call(|s| s.cursor()).await?;
