@@ -7,6 +7,7 @@
 //! `pipeline`, which owns the order "send, then delete" and all retrying.
 
 pub mod auth0;
+pub mod cli;
 pub mod config;
 pub mod input;
 pub mod pipeline;

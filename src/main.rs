@@ -6,94 +6,24 @@
 //! 3 a state database that cannot be used (it is never modified), 4 `transform` input that is not JSON.
 
 use std::io::{BufWriter, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use auth0_rudderstack::cli::{Cli, Command, DeadLetterAction, LogFormat};
 use auth0_rudderstack::config::{self, Config};
 use auth0_rudderstack::pipeline::{self, RunMode};
 use auth0_rudderstack::store::{Snapshot, Store, StoreError};
 use auth0_rudderstack::{auth0, input, rudderstack};
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_STATE: u8 = 3;
 const EXIT_INPUT: u8 = 4;
-
-/// Deliver an Auth0 tenant's logs to RudderStack, by pulling them from the Management API.
-#[derive(Parser, Debug)]
-#[command(name = "auth0-rudderstack", version, about, long_about = None)]
-struct Cli {
-    /// The TOML config file.
-    #[arg(short, long, global = true, env = "AUTH0_RUDDERSTACK_CONFIG", default_value = "config.toml")]
-    config: PathBuf,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run as a daemon: poll Auth0, deliver to RudderStack, repeat until SIGTERM or SIGINT.
-    Run,
-    /// Catch up: fetch until Auth0 has nothing newer, deliver the whole outbox, exit.
-    Sync,
-    /// Show the cursor, outbox depth, dead letters, last fetch and delivery, and checkpoint age.
-    Status {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Validate the config, get a token, read one log page, and authenticate to RudderStack.
-    Check,
-    /// Transform Auth0 log entries from FILE (or stdin) into RudderStack events on stdout. Needs no config.
-    Transform {
-        /// A JSON array, one object, NDJSON, or Log Streams `{log_id, data}` wrappers. Stdin when absent.
-        file: Option<PathBuf>,
-        /// The tenant domain the deterministic ids derive from; defaults to the config's `auth0.domain`
-        /// when a config file is readable, else empty.
-        #[arg(long)]
-        domain: Option<String>,
-    },
-    /// Inspect and re-queue entries that could not be delivered.
-    DeadLetter {
-        #[command(subcommand)]
-        action: DeadLetterAction,
-    },
-    /// After an expired checkpoint with `on_expired_checkpoint = "stop"`: continue from the oldest entry
-    /// Auth0 still retains.
-    Resume,
-}
-
-#[derive(Subcommand, Debug)]
-enum DeadLetterAction {
-    /// List dead letters, oldest first.
-    List {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-    /// Move dead letters back into the outbox (all of them when no ID is given).
-    Retry {
-        /// Dead letter ids, as `list` shows them.
-        ids: Vec<i64>,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
