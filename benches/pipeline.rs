@@ -438,10 +438,10 @@ async fn wait_for_outbox(app: &App, daemon: &Daemon, n: u64, limit: Duration) ->
     while daemon.started.elapsed() < limit {
         if store.is_none() {
             // The file appears, and is migrated, only after the daemon started.
-            store = Store::open_existing(&app.db_path(), DOMAIN).ok();
+            store = Store::open_existing(&app.db_path()).ok();
         }
         if let Some(s) = &store {
-            depth = s.outbox_depth().unwrap_or(depth);
+            depth = s.outbox_depth(DOMAIN).unwrap_or(depth);
             if depth >= n {
                 return daemon.started.elapsed().as_secs_f64();
             }

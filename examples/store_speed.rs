@@ -4,6 +4,7 @@
 //! which is dominated by `PRAGMA quick_check`.
 use std::time::Instant;
 
+use auth0_rudderstack::entry::{LogId, parse_date};
 use auth0_rudderstack::store::{Cursor, NewEntry, PageCommit, Store};
 
 const TENANT: &str = "example-tenant.us.auth0.com";
@@ -12,13 +13,14 @@ fn page(p: usize, size: usize, filler: &str) -> PageCommit {
     let entries: Vec<NewEntry> = (0..size)
         .map(|i| {
             let log_id = format!("9000000000000000000000000000{p:06}{i:03}");
-            NewEntry { raw: format!(r#"{{"log_id":"{log_id}","type":"s","details":"{filler}"}}"#), log_id }
+            let raw = format!(r#"{{"log_id":"{log_id}","type":"s","details":"{filler}"}}"#);
+            NewEntry { raw, log_id: LogId::parse(&log_id).expect("a valid id") }
         })
         .collect();
     let cursor = entries
         .last()
-        .map(|e| Cursor { log_id: e.log_id.clone(), date: Some("2026-01-01T00:00:00.000Z".into()) });
-    PageCommit { entries, dead_letters: vec![], cursor, filtered: 0 }
+        .map(|e| Cursor { log_id: e.log_id.clone(), date: parse_date("2026-01-01T00:00:00.000Z") });
+    PageCommit { entries, cursor, ..PageCommit::default() }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -48,18 +50,18 @@ fn main() {
 
     if args.get(1).map(String::as_str) == Some("quick-check") {
         let rows: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
-        let mut store = Store::open(&path, TENANT).expect("open");
+        let mut store = Store::open(&path).expect("open");
         for p in 0..rows / 1000 {
-            store.commit_page(&page(p, 1000, &filler)).expect("commit");
+            store.commit_page(TENANT, &page(p, 1000, &filler)).expect("commit");
         }
         drop(store);
         let size = std::fs::metadata(&path).expect("metadata").len();
         for _ in 0..2 {
             let t = Instant::now();
-            let store = Store::open(&path, TENANT).expect("reopen");
+            let store = Store::open(&path).expect("reopen");
             let open = t.elapsed();
             let t = Instant::now();
-            let _ = store.snapshot().expect("snapshot");
+            let _ = store.snapshot(TENANT).expect("snapshot");
             println!(
                 "open with {rows} outbox rows ({:.0} MB): {:.0} ms (snapshot {:.2} ms)",
                 size as f64 / 1e6,
@@ -70,12 +72,12 @@ fn main() {
         return;
     }
 
-    let mut store = Store::open(&path, TENANT).expect("open");
+    let mut store = Store::open(&path).expect("open");
     let pages: Vec<PageCommit> = (0..1000).map(|p| page(p, 100, &filler)).collect();
     let mut commit_ms = Vec::with_capacity(pages.len());
     for p in &pages {
         let t = Instant::now();
-        store.commit_page(p).expect("commit");
+        store.commit_page(TENANT, p).expect("commit");
         commit_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     report("commit_page (100 entries of ~1.4 KB)", commit_ms, 100_000);
@@ -84,14 +86,14 @@ fn main() {
     let mut complete_ms = Vec::new();
     for _ in 0..1000 {
         let t = Instant::now();
-        let rows = store.outbox_head(100).expect("head");
+        let rows = store.outbox_head(TENANT, 100).expect("head");
         head_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         let t = Instant::now();
-        store.complete(&seqs, &[]).expect("complete");
+        store.complete(TENANT, &seqs, &[]).expect("complete");
         complete_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     report("outbox_head(100)", head_ms, 100_000);
     report("complete (100 delivered)", complete_ms, 100_000);
-    assert_eq!(store.outbox_depth().expect("depth"), 0);
+    assert_eq!(store.outbox_depth(TENANT).expect("depth"), 0);
 }

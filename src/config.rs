@@ -1,32 +1,54 @@
-//! The TOML configuration, its defaults, and its validation.
+//! The TOML configuration: its sections, defaults, bounds and validation, with messages that name the file
+//! and the key.
 //!
-//! Operators script against these key names, so they are fixed by the design and every struct denies
+//! Operators script against these key names, so they are fixed by the design, and every section denies
 //! unknown keys: a typo must be an error that names the key and the file, never a silently ignored line.
-//! Parsing happens in two steps. `serde` reads the file into raw structs (through `serde_path_to_error`, so
-//! that a type error names its full dotted key), then [`Config::from_raw`] checks the values and derives the
-//! rest (base URL, audience, resolved paths). Secrets are held as [`SecretString`] from the first moment, so
-//! that `Debug` output and panics cannot show them, and they may come from the environment instead of the
-//! file (`AUTH0_CLIENT_SECRET`, `RUDDERSTACK_WRITE_KEY`).
+//!
+//! Each section is deserialised once, straight into its final type. Values that need checking are checked by
+//! the deserializer of their field (durations and numbers against documented ranges, URLs, the start point),
+//! so a bad value is reported with its dotted key and line; what needs more than one field (secrets from the
+//! environment or a file, the default base URL and audience, plain HTTP outside loopback, the example's
+//! placeholders) is resolved in one pass afterwards. The document is first read as a spanned TOML tree so
+//! that the two forms can be told apart before anything is typed: one tenant in `[auth0]`, or several in
+//! `[[tenant]]` tables, each of which may override the default `[rudderstack]` destination key by key and
+//! bring its own `[tenant.privacy]`.
+//!
+//! Secrets are [`SecretString`]s from the first moment, so `Debug` output and panics cannot show them, and
+//! every secret is registered with the log sanitiser as soon as it is known.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 use url::Url;
 
-/// Environment variable that may hold `auth0.client_secret`.
+use crate::entry::LogId;
+use crate::http::CaBundle;
+
+/// Environment variable that may hold `auth0.client_secret` (single-tenant form).
 pub const ENV_CLIENT_SECRET: &str = "AUTH0_CLIENT_SECRET";
-/// Environment variable that may hold `rudderstack.write_key`.
+/// Environment variable that may hold the default `rudderstack.write_key`.
 pub const ENV_WRITE_KEY: &str = "RUDDERSTACK_WRITE_KEY";
+/// Environment variable that may hold the `[privacy]` hash key.
+pub const ENV_HASH_KEY: &str = "AUTH0_RUDDERSTACK_HASH_KEY";
+
+/// The example config's values, refused so that a copied example never runs against a made-up tenant.
+const PLACEHOLDER_PREFIX: &str = "REPLACE_WITH_";
+const PLACEHOLDER_DOMAIN: &str = "example-tenant.us.auth0.com";
+const PLACEHOLDER_DATA_PLANE: &str = "example-dataplane.rudderstack.com";
 
 /// A configuration that cannot be used. Every variant is fatal: the daemon exits 2 and the operator fixes the
 /// file. The messages name the file and, where there is one, the dotted key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -34,7 +56,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file is not valid TOML, or a key is unknown, missing or of the wrong type.
-    #[error("config file {path}: {key}: {message}")]
+    #[error("config file {}: {key}: {message}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
@@ -44,7 +66,7 @@ pub enum Error {
         message: String,
     },
     /// A key parsed but its value cannot work.
-    #[error("config file {path}: {key}: {message}")]
+    #[error("config file {}: {key}: {message}", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -60,6 +82,14 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         false
     }
+
+    /// The dotted key the error is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Error::Read { .. } => "(file)",
+            Error::Parse { key, .. } | Error::Invalid { key, .. } => key,
+        }
+    }
 }
 
 /// Where a state with no cursor begins reading the tenant's log.
@@ -72,7 +102,18 @@ pub enum Start {
     /// Forward entries dated at or after this time, beginning with the first one found.
     Time(DateTime<Utc>),
     /// Forward entries after this `log_id` (exclusive, as Auth0's `from` is).
-    LogId(String),
+    LogId(LogId),
+}
+
+impl std::fmt::Display for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Start::Now => f.write_str("now"),
+            Start::Oldest => f.write_str("oldest"),
+            Start::Time(t) => write!(f, "{}", crate::entry::format_date(t)),
+            Start::LogId(id) => write!(f, "after log_id {id}"),
+        }
+    }
 }
 
 /// What to do when the cursor's entry has aged out of Auth0's retention.
@@ -86,7 +127,7 @@ pub enum OnExpiredCheckpoint {
 }
 
 /// How events reach RudderStack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Transform here and POST `{"batch": [...]}` to `/v1/batch`.
@@ -95,191 +136,319 @@ pub enum Mode {
     Webhook,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Batch => "batch",
+            Mode::Webhook => "webhook",
+        })
+    }
+}
+
+/// Which form the file is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// One tenant in `[auth0]`.
+    Single,
+    /// `[[tenant]]` tables.
+    Tenants,
+}
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from, for messages.
     pub path: PathBuf,
-    /// `[auth0]`.
-    pub auth0: Auth0,
-    /// `[rudderstack]`.
-    pub rudderstack: RudderStack,
+    /// Which form the file uses.
+    pub form: Form,
+    /// Every tenant, in file order (one in the `[auth0]` form).
+    pub tenants: Vec<Tenant>,
     /// `[state]`.
     pub state: State,
     /// `[retry]`.
     pub retry: Retry,
+    /// `[metrics]`.
+    pub metrics: Metrics,
 }
 
-/// `[auth0]`: the tenant and how to read its log.
+/// One tenant: where its log comes from, where it goes, and what is done to it on the way.
 #[derive(Debug, Clone)]
+pub struct Tenant {
+    /// How messages name its section: `auth0` or `tenant[N]` (counting from 1).
+    pub section: String,
+    /// Its Auth0 keys.
+    pub auth0: Auth0,
+    /// Its destination: the default `[rudderstack]` with the tenant's own keys laid over it.
+    pub rudderstack: RudderStack,
+    /// Its `[privacy]` rules (its own, else the global ones), when any.
+    pub privacy: Option<PrivacyKeys>,
+}
+
+impl Tenant {
+    /// The tenant's domain, which keys its state and seeds its ids.
+    pub fn domain(&self) -> &str {
+        &self.auth0.domain
+    }
+}
+
+/// `[auth0]` or one `[[tenant]]`: the tenant and how to read its log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Auth0 {
     /// The tenant's canonical domain; it keys the state and seeds the deterministic ids.
+    #[serde(deserialize_with = "domain")]
     pub domain: String,
     /// The machine-to-machine application's client id.
+    #[serde(deserialize_with = "non_empty")]
     pub client_id: String,
-    /// Its client secret.
+    #[serde(default, rename = "client_secret")]
+    client_secret_inline: Option<SecretString>,
+    /// A file holding the client secret (e.g. a systemd credential).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The client secret, from the environment, the file or the key (resolved after parsing).
+    #[serde(skip, default = "unset_secret")]
     pub client_secret: SecretString,
-    /// Where `/oauth/token` and `/api/v2/logs` are called.
+    #[serde(default, rename = "base_url", deserialize_with = "optional_url")]
+    base_url_given: Option<Url>,
+    /// Where `/oauth/token` and `/api/v2/logs` are called (`https://{domain}` unless set).
+    #[serde(skip, default = "unset_url")]
     pub base_url: Url,
-    /// The token audience.
+    #[serde(default, rename = "audience")]
+    audience_given: Option<String>,
+    /// The token audience (`https://{domain}/api/v2/` unless set).
+    #[serde(skip)]
     pub audience: String,
     /// Where a fresh state starts.
+    #[serde(default = "default_start", deserialize_with = "start")]
     pub start: Start,
     /// How long to wait after Auth0 had nothing new.
+    #[serde(default = "default_poll_interval", deserialize_with = "duration::<_, 100, 3_600_000>")]
     pub poll_interval: Duration,
-    /// Type codes to forward; empty forwards all.
+    /// Type codes to forward; empty forwards all (unless `categories` names some).
+    #[serde(default, deserialize_with = "codes")]
     pub log_types: Vec<String>,
+    /// Type codes never to forward; wins over `log_types` and `categories`.
+    #[serde(default, deserialize_with = "codes")]
+    pub exclude_types: Vec<String>,
+    /// Log Streams category names, each standing for its documented type codes.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Whether the daemon's own token exchanges (`seccft` entries with its `client_id`) are forwarded.
+    #[serde(default = "yes")]
+    pub forward_own_logs: bool,
     /// Entries per request, at most 100.
+    #[serde(default = "default_page_size", deserialize_with = "count::<_, u32, 1, 100>")]
     pub page_size: u32,
     /// The pace of Management API requests.
+    #[serde(default = "default_rps", deserialize_with = "rate")]
     pub max_requests_per_second: f64,
     /// The plan's log retention.
+    #[serde(default = "default_retention", deserialize_with = "duration::<_, 3_600_000, 34_560_000_000>")]
     pub retention: Duration,
     /// What to do when the cursor's entry is gone.
+    #[serde(default = "default_on_expired")]
     pub on_expired_checkpoint: OnExpiredCheckpoint,
-    /// The limit for one HTTP request to Auth0.
+    /// The limit for one HTTP request to Auth0, body included.
+    #[serde(default = "default_timeout", deserialize_with = "duration::<_, 100, 600_000>")]
     pub timeout: Duration,
+    /// The largest `/api/v2/logs` answer read, after decompression.
+    #[serde(
+        default = "default_max_page_bytes",
+        deserialize_with = "count::<_, usize, 1_048_576, 268_435_456>"
+    )]
+    pub max_page_bytes: usize,
+    /// Allow `http://` to a host other than this machine (the secret and tokens then travel in clear).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// A PEM bundle of extra CAs to trust, beside the system's and the web PKI roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The certificates of `tls_ca_file`.
+    #[serde(skip)]
+    pub tls_ca: Option<CaBundle>,
+    /// The compiled filter (`log_types`, `exclude_types`, `categories`, `forward_own_logs`).
+    #[serde(skip)]
+    pub filter: Filter,
 }
 
-/// `[rudderstack]`: the data plane and how to batch for it.
-#[derive(Debug, Clone)]
+/// `[rudderstack]`, or a tenant's own `[tenant.rudderstack]` laid over it: the data plane and its batching.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RudderStack {
     /// The data plane's base URL.
+    #[serde(deserialize_with = "url")]
     pub data_plane_url: Url,
-    /// The source's write key.
+    #[serde(default, rename = "write_key")]
+    write_key_inline: Option<SecretString>,
+    /// A file holding the write key (e.g. a systemd credential).
+    #[serde(default)]
+    pub write_key_file: Option<PathBuf>,
+    /// The source's write key (resolved after parsing).
+    #[serde(skip, default = "unset_secret")]
     pub write_key: SecretString,
     /// Batch or webhook delivery.
+    #[serde(default = "default_mode")]
     pub mode: Mode,
     /// Events per request.
+    #[serde(default = "default_max_batch_events", deserialize_with = "count::<_, usize, 1, 10_000>")]
     pub max_batch_events: usize,
     /// Bytes per request body.
+    #[serde(default = "default_max_batch_bytes", deserialize_with = "count::<_, usize, 1_024, 4_096_000>")]
     pub max_batch_bytes: usize,
     /// Bytes per event; a larger event is dead-lettered.
+    #[serde(default = "default_max_event_bytes", deserialize_with = "count::<_, usize, 256, 4_096_000>")]
     pub max_event_bytes: usize,
     /// The limit for one HTTP request to RudderStack.
+    #[serde(default = "default_timeout", deserialize_with = "duration::<_, 100, 600_000>")]
     pub timeout: Duration,
+    /// Allow `http://` to a host other than this machine (the write key then travels in clear).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// A PEM bundle of extra CAs to trust.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The certificates of `tls_ca_file`.
+    #[serde(skip)]
+    pub tls_ca: Option<CaBundle>,
+}
+
+/// `[privacy]` or `[tenant.privacy]`: what is hashed, masked, dropped or truncated before an entry is stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyKeys {
+    /// Keys whose values become HMAC-SHA256 hex.
+    #[serde(default, deserialize_with = "names")]
+    pub hash: Vec<String>,
+    /// Keys whose values become a fixed mask.
+    #[serde(default, deserialize_with = "names")]
+    pub mask: Vec<String>,
+    /// Keys removed.
+    #[serde(default, deserialize_with = "names")]
+    pub drop: Vec<String>,
+    /// Truncate IP addresses (IPv4 /24, IPv6 /48).
+    #[serde(default)]
+    pub truncate_ip: bool,
+    /// A file holding the hash key.
+    #[serde(default)]
+    pub hash_key_file: Option<PathBuf>,
+    /// The hash key, from the environment or the file (resolved after parsing).
+    #[serde(skip)]
+    pub hash_key: Option<std::sync::Arc<SecretBox<[u8]>>>,
+}
+
+impl PrivacyKeys {
+    /// Whether any rule is set.
+    pub fn is_active(&self) -> bool {
+        !(self.hash.is_empty() && self.mask.is_empty() && self.drop.is_empty()) || self.truncate_ip
+    }
 }
 
 /// `[state]`: the SQLite file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct State {
     /// The database file (a relative path is relative to the working directory).
+    #[serde(default = "default_state_path", deserialize_with = "non_empty_path")]
     pub path: PathBuf,
-    /// The fetcher pauses while the outbox holds this many entries.
+    /// The fetcher pauses while a tenant's outbox holds this many entries.
+    #[serde(default = "default_max_outbox", deserialize_with = "count::<_, u64, 1, 1_000_000_000>")]
     pub max_outbox_entries: u64,
     /// How hard each commit waits for the disk.
+    #[serde(default)]
     pub synchronous: crate::store::Synchronous,
 }
 
 /// `[retry]`: backoff after transient failures.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Retry {
     /// The first wait after a failure.
+    #[serde(default = "default_initial_backoff", deserialize_with = "duration::<_, 10, 3_600_000>")]
     pub initial_backoff: Duration,
     /// The longest wait between two attempts.
+    #[serde(default = "default_max_backoff", deserialize_with = "duration::<_, 10, 3_600_000>")]
     pub max_backoff: Duration,
     /// How long `sync` keeps failing before it gives up with exit 1. `run` never gives up.
+    #[serde(default = "default_give_up", deserialize_with = "duration::<_, 1_000, 604_800_000>")]
     pub sync_give_up_after: Duration,
 }
 
-#[derive(Deserialize)]
+/// `[metrics]`: the Prometheus textfile `run` keeps up to date.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    auth0: RawAuth0,
-    rudderstack: RawRudderStack,
+pub struct Metrics {
+    /// Where `run` writes the metrics (node_exporter's textfile collector); none when unset.
     #[serde(default)]
-    state: RawState,
-    #[serde(default)]
-    retry: RawRetry,
+    pub textfile: Option<PathBuf>,
+    /// How often the file is rewritten.
+    #[serde(default = "default_metrics_interval", deserialize_with = "duration::<_, 1_000, 3_600_000>")]
+    pub interval: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth0 {
-    domain: String,
-    client_id: String,
-    client_secret: Option<SecretString>,
-    base_url: Option<String>,
-    audience: Option<String>,
-    #[serde(default = "default_start")]
-    start: String,
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
-    poll_interval: Duration,
-    #[serde(default)]
-    log_types: Vec<String>,
-    #[serde(default = "default_page_size")]
-    page_size: u32,
-    #[serde(default = "default_rps")]
-    max_requests_per_second: f64,
-    #[serde(default = "default_retention", with = "humantime_serde")]
-    retention: Duration,
-    #[serde(default = "default_on_expired")]
-    on_expired_checkpoint: OnExpiredCheckpoint,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    timeout: Duration,
+/// Which entries are forwarded, compiled from `log_types`, `exclude_types`, `categories` and
+/// `forward_own_logs`. A filtered entry still moves the cursor and is counted.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include: HashSet<String>,
+    exclude: HashSet<String>,
+    own_client_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRudderStack {
-    data_plane_url: String,
-    write_key: Option<SecretString>,
-    #[serde(default = "default_mode")]
-    mode: Mode,
-    #[serde(default = "default_max_batch_events")]
-    max_batch_events: usize,
-    #[serde(default = "default_max_batch_bytes")]
-    max_batch_bytes: usize,
-    #[serde(default = "default_max_event_bytes")]
-    max_event_bytes: usize,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    timeout: Duration,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawState {
-    #[serde(default = "default_state_path")]
-    path: PathBuf,
-    #[serde(default = "default_max_outbox")]
-    max_outbox_entries: u64,
-    #[serde(default)]
-    synchronous: crate::store::Synchronous,
-}
-
-impl Default for RawState {
-    fn default() -> Self {
-        RawState {
-            path: default_state_path(),
-            max_outbox_entries: default_max_outbox(),
-            synchronous: crate::store::Synchronous::default(),
+impl Filter {
+    /// Whether an entry of this type (and `client_id`) is forwarded.
+    pub fn keeps(&self, kind: Option<&str>, client_id: Option<&str>) -> bool {
+        if let Some(k) = kind
+            && self.exclude.contains(k)
+        {
+            return false;
         }
+        if let Some(own) = &self.own_client_id
+            && kind == Some("seccft")
+            && client_id == Some(own.as_str())
+        {
+            return false;
+        }
+        self.include.is_empty() || kind.is_some_and(|k| self.include.contains(k))
+    }
+
+    /// Whether every entry is forwarded.
+    pub fn is_everything(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty() && self.own_client_id.is_none()
+    }
+
+    /// The active rules in words, for `status`.
+    pub fn describe(&self) -> String {
+        let sorted = |s: &HashSet<String>| {
+            let mut v: Vec<&str> = s.iter().map(String::as_str).collect();
+            v.sort_unstable();
+            v.join(",")
+        };
+        let mut parts = Vec::new();
+        if !self.include.is_empty() {
+            parts.push(format!("only types {}", sorted(&self.include)));
+        }
+        if !self.exclude.is_empty() {
+            parts.push(format!("never types {}", sorted(&self.exclude)));
+        }
+        if self.own_client_id.is_some() {
+            parts.push("not the daemon's own seccft entries".to_string());
+        }
+        if parts.is_empty() { "everything".into() } else { parts.join("; ") }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetry {
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
-    initial_backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    max_backoff: Duration,
-    #[serde(default = "default_give_up", with = "humantime_serde")]
-    sync_give_up_after: Duration,
+fn unset_secret() -> SecretString {
+    SecretString::from(String::new())
 }
-
-impl Default for RawRetry {
-    fn default() -> Self {
-        RawRetry {
-            initial_backoff: default_initial_backoff(),
-            max_backoff: default_max_backoff(),
-            sync_give_up_after: default_give_up(),
-        }
-    }
+fn unset_url() -> Url {
+    Url::parse("https://unset.invalid/").expect("a valid constant URL")
 }
-
-fn default_start() -> String {
-    "now".into()
+fn yes() -> bool {
+    true
+}
+fn default_start() -> Start {
+    Start::Now
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(30)
@@ -299,6 +468,10 @@ fn default_on_expired() -> OnExpiredCheckpoint {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
+}
+/// Auth0 pages hold at most 100 entries of a few KB; 32 MiB leaves room for absurdly large `details`.
+fn default_max_page_bytes() -> usize {
+    32 << 20
 }
 fn default_mode() -> Mode {
     Mode::Batch
@@ -329,231 +502,612 @@ fn default_max_backoff() -> Duration {
 fn default_give_up() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_metrics_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            path: default_state_path(),
+            max_outbox_entries: default_max_outbox(),
+            synchronous: crate::store::Synchronous::default(),
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            sync_give_up_after: default_give_up(),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { textfile: None, interval: default_metrics_interval() }
+    }
+}
+
+impl Auth0 {
+    /// An `[auth0]` section with every default, for embedding the library and for tests.
+    pub fn new(domain: &str, client_id: &str, client_secret: &str, base_url: Url) -> Result<Auth0, String> {
+        let text = format!("domain = {}\nclient_id = {}\n", toml_str(domain), toml_str(client_id));
+        let mut a: Auth0 = toml::from_str(&text).map_err(|e| e.message().to_string())?;
+        a.client_secret = SecretString::from(client_secret.to_string());
+        a.base_url_given = Some(base_url);
+        a.derive();
+        Ok(a)
+    }
+
+    /// Fill in what follows from the other keys: base URL, audience, filter.
+    fn derive(&mut self) {
+        self.base_url = self.base_url_given.clone().unwrap_or_else(|| {
+            Url::parse(&format!("https://{}", self.domain)).unwrap_or_else(|_| unset_url())
+        });
+        self.audience =
+            self.audience_given.clone().unwrap_or_else(|| format!("https://{}/api/v2/", self.domain));
+        let mut include: HashSet<String> = self.log_types.iter().cloned().collect();
+        for name in &self.categories {
+            include.extend(
+                crate::transform::category_codes(name).unwrap_or_default().iter().map(|c| c.to_string()),
+            );
+        }
+        self.filter = Filter {
+            include,
+            exclude: self.exclude_types.iter().cloned().collect(),
+            own_client_id: (!self.forward_own_logs).then(|| self.client_id.clone()),
+        };
+    }
+}
+
+impl RudderStack {
+    /// A `[rudderstack]` section with every default, for embedding the library and for tests.
+    pub fn new(data_plane_url: Url, write_key: &str, mode: Mode) -> Result<RudderStack, String> {
+        let text = format!("data_plane_url = {}\nmode = \"{mode}\"\n", toml_str(data_plane_url.as_str()));
+        let mut r: RudderStack = toml::from_str(&text).map_err(|e| e.message().to_string())?;
+        r.write_key = SecretString::from(write_key.to_string());
+        Ok(r)
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Sources of values the file does not hold: the environment, and files named by `*_file` keys.
+pub trait Environment {
+    /// An environment variable, when set and not empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+impl<F: Fn(&str) -> Option<String>> Environment for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// Resolution context: the file being read, its text (for line numbers), the environment, and warnings.
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    env: &'a dyn Environment,
+    warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, key: &str, message: impl Into<String>) -> Error {
+        Error::Invalid { path: self.path.to_path_buf(), key: key.to_string(), message: message.into() }
+    }
+
+    fn parse_error(&self, key: &str, message: impl Into<String>) -> Error {
+        Error::Parse { path: self.path.to_path_buf(), key: key.to_string(), message: message.into() }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    /// Deserialise one section, naming errors by `prefix.key` and line.
+    fn section<T: DeserializeOwned>(&self, prefix: &str, value: Spanned<DeValue<'_>>) -> Result<T, Error> {
+        let de = ValueDeserializer::from(value);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let mut key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = one_line(inner.message());
+            // A missing field is reported at its parent table, whose line says nothing useful: name the
+            // field and leave the line out.
+            if let Some(field) = missing_field(&message) {
+                key = if key == "." || key.is_empty() { field } else { format!("{key}.{field}") };
+                return self.parse_error(&join(prefix, &key), message);
+            }
+            if key == "." {
+                key.clear();
+            }
+            let message = match inner.span() {
+                Some(span) => format!("{message} (line {})", self.line(span.start)),
+                None => message,
+            };
+            self.parse_error(&join(prefix, &key), message)
+        })
+    }
+
+    /// A secret from the environment, an inline key, or a file, in that order; exactly one of key and file.
+    fn secret(
+        &mut self,
+        key: &str,
+        env_name: Option<&str>,
+        inline: Option<SecretString>,
+        file: Option<&Path>,
+    ) -> Result<Option<SecretString>, Error> {
+        if let Some(name) = env_name
+            && let Some(v) = self.env.var(name)
+        {
+            return Ok(Some(SecretString::from(v)));
+        }
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(self.invalid(key, format!("set either {key} or {key}_file, not both"))),
+            (Some(s), None) if s.expose_secret().is_empty() => Ok(None),
+            (Some(s), None) => Ok(Some(s)),
+            (None, Some(f)) => {
+                let text = read_secret_file(f).map_err(|m| self.invalid(&format!("{key}_file"), m))?;
+                self.warnings.extend(permission_warning(f, true));
+                Ok(Some(SecretString::from(text)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    match (prefix.is_empty(), key.is_empty()) {
+        (true, _) => key.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{key}"),
+    }
+}
+
+/// Read a secret file: at most 64 KiB, surrounding whitespace (a trailing newline) removed, not empty.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.len() > 64 * 1024 {
+        return Err(format!("{} is larger than 64 KiB; it is not a secret", path.display()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// The top-level keys the file may have.
+const SECTIONS: [&str; 7] = ["auth0", "tenant", "rudderstack", "privacy", "state", "retry", "metrics"];
 
 impl Config {
-    /// Read, parse and validate a config file. Warnings (doubtful but legal settings, such as a secret in a
-    /// file that others can read) are returned beside the config for the caller to log.
+    /// Read, parse and validate a config file, taking secrets from the process environment. Warnings
+    /// (doubtful but legal settings, such as a secret in a file that others can read) are returned beside the
+    /// config for the caller to log.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let (config, mut warnings) = Self::parse(&text, path, env)?;
-        warnings.extend(permission_warning(path, &text));
+        let (config, mut warnings) = Self::parse(&text, path, ProcessEnv)?;
+        warnings.extend(permission_warning(path, holds_secret(&text)));
         Ok((config, warnings))
     }
 
     /// Parse and validate config text. `env` supplies environment variables; tests pass a closure.
-    pub fn parse(
-        text: &str,
-        path: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(Config, Vec<String>), Error> {
-        let parse_err =
-            |key: String, message: String| Error::Parse { path: path.to_path_buf(), key, message };
-        let located = |e: &toml::de::Error| {
-            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    pub fn parse(text: &str, path: &Path, env: impl Environment) -> Result<(Config, Vec<String>), Error> {
+        let mut ctx = Ctx { path, text, env: &env, warnings: Vec::new() };
+        let root = DeTable::parse(text).map_err(|e| {
             let message = one_line(e.message());
-            match line {
-                Some(line) => format!("{message} (line {line})"),
+            let message = match e.span() {
+                Some(span) => format!("{message} (line {})", ctx.line(span.start)),
                 None => message,
+            };
+            ctx.parse_error("(file)", message)
+        })?;
+        let mut root = root.into_inner();
+        if let Some((key, _)) = root.iter().find(|(k, _)| !SECTIONS.contains(&k.get_ref().as_ref())) {
+            let message = format!(
+                "unknown section or key `{}` (line {}); expected one of {}",
+                key.get_ref(),
+                ctx.line(key.span().start),
+                SECTIONS.join(", ")
+            );
+            return Err(ctx.parse_error(key.get_ref(), message));
+        }
+        let auth0 = root.remove("auth0");
+        let tenant = root.remove("tenant");
+        let default_rudder = root.remove("rudderstack");
+        let global_privacy = root.remove("privacy");
+        let state: State = match root.remove("state") {
+            Some(v) => ctx.section("state", v)?,
+            None => State::default(),
+        };
+        let retry: Retry = match root.remove("retry") {
+            Some(v) => ctx.section("retry", v)?,
+            None => Retry::default(),
+        };
+        let metrics: Metrics = match root.remove("metrics") {
+            Some(v) => ctx.section("metrics", v)?,
+            None => Metrics::default(),
+        };
+        let global_privacy: Option<PrivacyKeys> = match global_privacy {
+            Some(v) => Some(ctx.privacy("privacy", v)?),
+            None => None,
+        };
+        let default_rudder = match default_rudder {
+            Some(v) => Some(table_of(&ctx, "rudderstack", v)?),
+            None => None,
+        };
+
+        let (form, sections): (Form, Vec<(String, Spanned<DeValue<'_>>)>) = match (auth0, tenant) {
+            (Some(_), Some(t)) => {
+                return Err(ctx.invalid(
+                    "tenant",
+                    format!(
+                        "use either one [auth0] section or [[tenant]] tables, not both (line {})",
+                        ctx.line(t.span().start)
+                    ),
+                ));
+            }
+            (None, None) => {
+                return Err(ctx.parse_error(
+                    "auth0",
+                    "missing: add an [auth0] section for one tenant, or a [[tenant]] table for each tenant",
+                ));
+            }
+            (Some(a), None) => (Form::Single, vec![("auth0".to_string(), a)]),
+            (None, Some(t)) => {
+                let span = t.span();
+                let DeValue::Array(items) = t.into_inner() else {
+                    return Err(ctx.parse_error(
+                        "tenant",
+                        format!("expected [[tenant]] tables (line {})", ctx.line(span.start)),
+                    ));
+                };
+                if items.is_empty() {
+                    return Err(ctx.invalid("tenant", "names no tenant"));
+                }
+                (
+                    Form::Tenants,
+                    items.into_iter().enumerate().map(|(i, v)| (format!("tenant[{}]", i + 1), v)).collect(),
+                )
             }
         };
-        let de = toml::Deserializer::parse(text).map_err(|e| parse_err("(file)".into(), located(&e)))?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let mut key = e.path().to_string();
-            let message = located(e.inner());
-            // A missing field is reported at its parent table; name the field itself.
-            if let Some(field) = missing_field(&message) {
-                key = if key == "." || key.is_empty() { field } else { format!("{key}.{field}") };
+
+        let mut tenants = Vec::with_capacity(sections.len());
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for (section, value) in sections {
+            let tenant =
+                ctx.tenant(form, &section, value, default_rudder.as_ref(), global_privacy.as_ref())?;
+            let lower = tenant.auth0.domain.to_ascii_lowercase();
+            if let Some((_, other)) = seen.iter().find(|(d, _)| *d == lower) {
+                return Err(ctx.invalid(
+                    &format!("{section}.domain"),
+                    format!(
+                        "{} is already the domain of {other}; each tenant must be named once",
+                        tenant.auth0.domain
+                    ),
+                ));
             }
-            if key == "." || key.is_empty() {
-                key = "(file)".into();
+            seen.push((lower, section.clone()));
+            tenants.push(tenant);
+        }
+
+        if retry.max_backoff < retry.initial_backoff {
+            return Err(ctx.invalid("retry.max_backoff", "must not be shorter than retry.initial_backoff"));
+        }
+        for t in &tenants {
+            if t.auth0.timeout > t.auth0.poll_interval * 10 {
+                ctx.warnings.push(format!(
+                    "config file {}: {}.timeout ({}) is much longer than its poll_interval ({})",
+                    path.display(),
+                    t.section,
+                    humantime::format_duration(t.auth0.timeout),
+                    humantime::format_duration(t.auth0.poll_interval)
+                ));
             }
-            parse_err(key, message)
-        })?;
-        Self::from_raw(raw, path, env)
+            if state.max_outbox_entries < u64::from(t.auth0.page_size) {
+                return Err(ctx.invalid(
+                    "state.max_outbox_entries",
+                    format!(
+                        "must hold at least one page ({} entries, {}.page_size)",
+                        t.auth0.page_size, t.section
+                    ),
+                ));
+            }
+        }
+        let config = Config { path: path.to_path_buf(), form, tenants, state, retry, metrics };
+        Ok((config, ctx.warnings))
     }
 
-    fn from_raw(
-        raw: RawConfig,
-        path: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(Config, Vec<String>), Error> {
-        let invalid = |key: &str, message: String| Error::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
-        let mut warnings = Vec::new();
-        let a = raw.auth0;
+    /// The tenant with this domain.
+    pub fn tenant(&self, domain: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.auth0.domain.eq_ignore_ascii_case(domain))
+    }
 
-        let domain = a.domain.trim().to_string();
-        if domain.is_empty()
-            || domain.contains("://")
-            || domain.contains('/')
-            || domain.contains(char::is_whitespace)
-        {
-            return Err(invalid(
-                "auth0.domain",
-                format!("expected a bare host name such as example-tenant.us.auth0.com, got {domain:?}"),
-            ));
+    /// The tenants a `--tenant` option selects: that one, or all when none is given.
+    pub fn select(&self, domain: Option<&str>) -> Result<Vec<&Tenant>, Error> {
+        match domain {
+            None => Ok(self.tenants.iter().collect()),
+            Some(d) => self.tenant(d).map(|t| vec![t]).ok_or_else(|| Error::Invalid {
+                path: self.path.clone(),
+                key: "--tenant".into(),
+                message: format!(
+                    "{d} is not a tenant of this config (it names {})",
+                    self.tenants.iter().map(|t| t.auth0.domain.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
         }
-        if a.client_id.trim().is_empty() {
-            return Err(invalid("auth0.client_id", "must not be empty".into()));
-        }
-        let client_secret = match env(ENV_CLIENT_SECRET) {
-            Some(v) => SecretString::from(v),
-            None => match a.client_secret {
-                Some(s) if !s.expose_secret().is_empty() => s,
-                _ => {
-                    return Err(invalid(
-                        "auth0.client_secret",
-                        format!("missing: set it in the file or in the environment as {ENV_CLIENT_SECRET}"),
-                    ));
-                }
-            },
+    }
+}
+
+impl Ctx<'_> {
+    /// One tenant: its Auth0 keys, its destination, its privacy rules, all resolved and checked.
+    fn tenant(
+        &mut self,
+        form: Form,
+        section: &str,
+        value: Spanned<DeValue<'_>>,
+        default_rudder: Option<&DeTable<'_>>,
+        global_privacy: Option<&PrivacyKeys>,
+    ) -> Result<Tenant, Error> {
+        let span = value.span();
+        let mut table = table_of(self, section, value)?;
+        // In the [auth0] form the destination and privacy are top-level sections, not subtables.
+        let own_rudder = match form {
+            Form::Tenants => table.remove("rudderstack"),
+            Form::Single => None,
         };
-        let base_url = match a.base_url {
-            Some(s) => parse_http_url(&s).map_err(|m| invalid("auth0.base_url", m))?,
-            None => parse_http_url(&format!("https://{domain}")).map_err(|m| invalid("auth0.domain", m))?,
+        let own_privacy = match form {
+            Form::Tenants => table.remove("privacy"),
+            Form::Single => None,
         };
-        let audience = a.audience.unwrap_or_else(|| format!("https://{domain}/api/v2/"));
-        let start = parse_start(&a.start).map_err(|m| invalid("auth0.start", m))?;
-        if a.poll_interval.is_zero() {
-            return Err(invalid("auth0.poll_interval", "must be longer than zero".into()));
-        }
-        for (i, t) in a.log_types.iter().enumerate() {
-            if t.trim().is_empty() {
-                return Err(invalid("auth0.log_types", format!("entry {i} is empty")));
+        let mut auth0: Auth0 = self.section(section, Spanned::new(span.clone(), DeValue::Table(table)))?;
+        let env_secret = (form == Form::Single).then_some(ENV_CLIENT_SECRET);
+        let secret = self.secret(
+            &format!("{section}.client_secret"),
+            env_secret,
+            auth0.client_secret_inline.take(),
+            auth0.client_secret_file.clone().as_deref(),
+        )?;
+        auth0.client_secret = secret.ok_or_else(|| {
+            let hint = match form {
+                Form::Single => format!("; or set {ENV_CLIENT_SECRET}"),
+                Form::Tenants => String::new(),
+            };
+            self.invalid(
+                &format!("{section}.client_secret"),
+                format!("missing: set client_secret or client_secret_file{hint}"),
+            )
+        })?;
+        auth0.derive();
+        self.check_auth0(section, &mut auth0)?;
+
+        // The destination: the default section's keys, with the tenant's own laid over them.
+        let own_rudder = match own_rudder {
+            Some(v) => Some(table_of(self, &format!("{section}.rudderstack"), v)?),
+            None => None,
+        };
+        let mut merged = default_rudder.cloned().unwrap_or_default();
+        let mut own_keys = HashSet::new();
+        if let Some(own) = own_rudder {
+            for (k, v) in own {
+                own_keys.insert(k.get_ref().to_string());
+                merged.insert(k, v);
             }
         }
-        if !(1..=100).contains(&a.page_size) {
-            return Err(invalid(
-                "auth0.page_size",
-                format!("must be between 1 and 100 (Auth0's limit), got {}", a.page_size),
-            ));
+        if own_keys.contains("write_key") || own_keys.contains("write_key_file") {
+            // A tenant's own key replaces the default's, whichever way either is given.
+            if !own_keys.contains("write_key") {
+                merged.remove("write_key");
+            }
+            if !own_keys.contains("write_key_file") {
+                merged.remove("write_key_file");
+            }
         }
-        if !(a.max_requests_per_second.is_finite() && a.max_requests_per_second > 0.0) {
-            return Err(invalid(
-                "auth0.max_requests_per_second",
-                format!("must be a positive number, got {}", a.max_requests_per_second),
-            ));
-        }
-        if a.retention.is_zero() {
-            return Err(invalid("auth0.retention", "must be longer than zero".into()));
-        }
-        if a.timeout.is_zero() {
-            return Err(invalid("auth0.timeout", "must be longer than zero".into()));
-        }
+        let rudder_section =
+            if own_keys.is_empty() { "rudderstack".to_string() } else { format!("{section}.rudderstack") };
+        let mut rudderstack: RudderStack = self
+            .section::<RudderStack>("", Spanned::new(0..0, DeValue::Table(merged)))
+            .map_err(|e| rename_rudder_key(e, section, &own_keys))?;
+        let own_key = own_keys.contains("write_key") || own_keys.contains("write_key_file");
+        let env_key = (!own_key).then_some(ENV_WRITE_KEY);
+        let key_name =
+            if own_key { format!("{section}.rudderstack.write_key") } else { "rudderstack.write_key".into() };
+        let write_key = self.secret(
+            &key_name,
+            env_key,
+            rudderstack.write_key_inline.take(),
+            rudderstack.write_key_file.clone().as_deref(),
+        )?;
+        rudderstack.write_key = write_key.ok_or_else(|| {
+            self.invalid(&key_name, format!("missing: set write_key or write_key_file, or {ENV_WRITE_KEY}"))
+        })?;
+        self.check_rudderstack(&rudder_section, &mut rudderstack)?;
 
-        let r = raw.rudderstack;
-        let data_plane_url =
-            parse_http_url(&r.data_plane_url).map_err(|m| invalid("rudderstack.data_plane_url", m))?;
-        let write_key = match env(ENV_WRITE_KEY) {
-            Some(v) => SecretString::from(v),
-            None => match r.write_key {
-                Some(s) if !s.expose_secret().is_empty() => s,
-                _ => {
-                    return Err(invalid(
-                        "rudderstack.write_key",
-                        format!("missing: set it in the file or in the environment as {ENV_WRITE_KEY}"),
-                    ));
-                }
-            },
+        let privacy = match own_privacy {
+            Some(v) => Some(self.privacy(&format!("{section}.privacy"), v)?),
+            None => global_privacy.cloned(),
         };
-        if r.max_batch_events == 0 {
-            return Err(invalid("rudderstack.max_batch_events", "must be at least 1".into()));
+        for s in [&auth0.client_secret, &rudderstack.write_key] {
+            crate::logging::register_secret(s.expose_secret());
         }
-        if r.max_event_bytes == 0 {
-            return Err(invalid("rudderstack.max_event_bytes", "must be at least 1".into()));
+        register_write_key_forms(rudderstack.write_key.expose_secret());
+        Ok(Tenant { section: section.to_string(), auth0, rudderstack, privacy })
+    }
+
+    fn check_auth0(&mut self, section: &str, a: &mut Auth0) -> Result<(), Error> {
+        let key = |k: &str| format!("{section}.{k}");
+        if a.domain == PLACEHOLDER_DOMAIN {
+            return Err(self.invalid(&key("domain"), placeholder_message(&a.domain)));
         }
-        // A batch must be able to hold at least one event of the largest allowed size plus the envelope.
+        if a.client_id.starts_with(PLACEHOLDER_PREFIX) {
+            return Err(self.invalid(&key("client_id"), placeholder_message(&a.client_id)));
+        }
+        if a.client_secret.expose_secret().starts_with(PLACEHOLDER_PREFIX) {
+            return Err(self.invalid(
+                &key("client_secret"),
+                "still the example's placeholder; put the application's client secret here",
+            ));
+        }
+        let url_key = if a.base_url_given.is_some() { key("base_url") } else { key("domain") };
+        check_transport(&a.base_url, a.allow_insecure_http).map_err(|m| {
+            self.invalid(&url_key, format!("{m}, or set {} = true", key("allow_insecure_http")))
+        })?;
+        if let Some(f) = &a.tls_ca_file {
+            a.tls_ca = Some(CaBundle::read(f).map_err(|m| self.invalid(&key("tls_ca_file"), m))?);
+        }
+        for (i, name) in a.categories.iter().enumerate() {
+            if crate::transform::category_codes(name).is_none() {
+                return Err(self.invalid(
+                    &key("categories"),
+                    format!(
+                        "entry {} ({name:?}) is not a Log Streams category; the known ones are: {}",
+                        i + 1,
+                        crate::transform::CATEGORIES
+                            .iter()
+                            .map(|(n, _)| format!("{n:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rudderstack(&mut self, section: &str, r: &mut RudderStack) -> Result<(), Error> {
+        let key = |k: &str| format!("{section}.{k}");
+        if r.data_plane_url.host_str() == Some(PLACEHOLDER_DATA_PLANE) {
+            return Err(self.invalid(
+                &key("data_plane_url"),
+                "still the example's placeholder; put your data plane URL here",
+            ));
+        }
+        if r.write_key.expose_secret().starts_with(PLACEHOLDER_PREFIX) {
+            return Err(self.invalid(
+                &key("write_key"),
+                "still the example's placeholder; put the source's write key here",
+            ));
+        }
+        check_transport(&r.data_plane_url, r.allow_insecure_http).map_err(|m| {
+            self.invalid(&key("data_plane_url"), format!("{m}, or set {} = true", key("allow_insecure_http")))
+        })?;
+        // A batch must be able to hold one event of the largest allowed size plus the envelope.
         if r.max_batch_bytes < r.max_event_bytes + 16 {
-            return Err(invalid(
-                "rudderstack.max_batch_bytes",
+            return Err(self.invalid(
+                &key("max_batch_bytes"),
                 format!(
-                    "must exceed rudderstack.max_event_bytes ({}) by the batch envelope (16 bytes), got {}",
-                    r.max_event_bytes, r.max_batch_bytes
+                    "must exceed {} ({}) by the batch envelope (16 bytes), got {}",
+                    key("max_event_bytes"),
+                    r.max_event_bytes,
+                    r.max_batch_bytes
                 ),
             ));
         }
-        if r.timeout.is_zero() {
-            return Err(invalid("rudderstack.timeout", "must be longer than zero".into()));
+        if let Some(f) = &r.tls_ca_file {
+            r.tls_ca = Some(CaBundle::read(f).map_err(|m| self.invalid(&key("tls_ca_file"), m))?);
         }
+        Ok(())
+    }
 
-        let s = raw.state;
-        if s.path.as_os_str().is_empty() {
-            return Err(invalid("state.path", "must not be empty".into()));
-        }
-        // Relative to the working directory, as operators expect; the systemd unit sets it to the
-        // StateDirectory.
-        let state_path = s.path;
-        if s.max_outbox_entries < u64::from(a.page_size) {
-            return Err(invalid(
-                "state.max_outbox_entries",
-                format!("must hold at least one page ({} entries)", a.page_size),
-            ));
-        }
-
-        let t = raw.retry;
-        if t.initial_backoff.is_zero() {
-            return Err(invalid("retry.initial_backoff", "must be longer than zero".into()));
-        }
-        if t.max_backoff < t.initial_backoff {
-            return Err(invalid(
-                "retry.max_backoff",
-                "must not be shorter than retry.initial_backoff".into(),
-            ));
-        }
-
-        if a.timeout > a.poll_interval * 10 {
-            warnings.push(format!(
-                "config file {}: auth0.timeout ({}) is much longer than auth0.poll_interval ({})",
-                path.display(),
-                humantime::format_duration(a.timeout),
-                humantime::format_duration(a.poll_interval)
-            ));
-        }
-
-        let config = Config {
-            path: path.to_path_buf(),
-            auth0: Auth0 {
-                domain,
-                client_id: a.client_id.trim().to_string(),
-                client_secret,
-                base_url,
-                audience,
-                start,
-                poll_interval: a.poll_interval,
-                log_types: a.log_types,
-                page_size: a.page_size,
-                max_requests_per_second: a.max_requests_per_second,
-                retention: a.retention,
-                on_expired_checkpoint: a.on_expired_checkpoint,
-                timeout: a.timeout,
-            },
-            rudderstack: RudderStack {
-                data_plane_url,
-                write_key,
-                mode: r.mode,
-                max_batch_events: r.max_batch_events,
-                max_batch_bytes: r.max_batch_bytes,
-                max_event_bytes: r.max_event_bytes,
-                timeout: r.timeout,
-            },
-            state: State {
-                path: state_path,
-                max_outbox_entries: s.max_outbox_entries,
-                synchronous: s.synchronous,
-            },
-            retry: Retry {
-                initial_backoff: t.initial_backoff,
-                max_backoff: t.max_backoff,
-                sync_give_up_after: t.sync_give_up_after,
+    fn privacy(&mut self, section: &str, value: Spanned<DeValue<'_>>) -> Result<PrivacyKeys, Error> {
+        let mut p: PrivacyKeys = self.section(section, value)?;
+        let key = match self.env.var(ENV_HASH_KEY) {
+            Some(v) => Some(v),
+            None => match &p.hash_key_file {
+                Some(f) => Some(
+                    read_secret_file(f).map_err(|m| self.invalid(&format!("{section}.hash_key_file"), m))?,
+                ),
+                None => None,
             },
         };
-        Ok((config, warnings))
+        if let Some(k) = &key {
+            crate::logging::register_secret(k);
+        }
+        if !p.hash.is_empty() {
+            let Some(k) = &key else {
+                return Err(self.invalid(
+                    &format!("{section}.hash_key_file"),
+                    format!("missing: `hash` needs a key: set hash_key_file, or {ENV_HASH_KEY}"),
+                ));
+            };
+            if k.len() < 16 {
+                return Err(self.invalid(
+                    &format!("{section}.hash_key_file"),
+                    format!("the hash key is {} bytes long; it must have at least 16", k.len()),
+                ));
+            }
+        }
+        p.hash_key = key.map(|k| std::sync::Arc::new(SecretBox::new(k.into_bytes().into_boxed_slice())));
+        Ok(p)
     }
+}
+
+/// Name a `[rudderstack]` key by where it came from: the tenant's own table or the default section.
+fn rename_rudder_key(e: Error, section: &str, own: &HashSet<String>) -> Error {
+    match e {
+        Error::Parse { path, key, message } => {
+            let first = key.split('.').next().unwrap_or_default();
+            let key = if own.contains(first) {
+                format!("{section}.rudderstack.{key}")
+            } else {
+                format!("rudderstack.{key}")
+            };
+            Error::Parse { path, key, message }
+        }
+        other => other,
+    }
+}
+
+/// A value a section must be a table.
+fn table_of<'i>(ctx: &Ctx<'_>, key: &str, v: Spanned<DeValue<'i>>) -> Result<DeTable<'i>, Error> {
+    let span = v.span();
+    match v.into_inner() {
+        DeValue::Table(t) => Ok(t),
+        other => Err(ctx.parse_error(
+            key,
+            format!("expected a table, found a {} (line {})", other.type_str(), ctx.line(span.start)),
+        )),
+    }
+}
+
+/// The write key travels as Basic auth (`base64(key + ":")`) and, in webhook mode, URL-encoded in the query.
+fn register_write_key_forms(key: &str) {
+    use base64::Engine as _;
+    crate::logging::register_secret(&base64::engine::general_purpose::STANDARD.encode(format!("{key}:")));
+    let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    crate::logging::register_secret(&encoded);
+}
+
+fn placeholder_message(value: &str) -> String {
+    format!("{value:?} is still the example's placeholder; put your own value here")
+}
+
+/// Plain HTTP is allowed only to this machine unless the section says otherwise.
+fn check_transport(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
+    if url.scheme() == "http" && !allow_insecure_http && !crate::http::is_loopback(url) {
+        return Err(format!(
+            "plain http:// to {} would send secrets in clear; use https://",
+            url.host_str().unwrap_or("?")
+        ));
+    }
+    Ok(())
 }
 
 /// Parse an `auth0.start` value.
@@ -570,23 +1124,26 @@ pub fn parse_start(s: &str) -> Result<Start, String> {
     // Current log ids are long decimal strings; logs from before 2020 carry 24-hex Mongo ids.
     let decimal = s.len() >= 10 && s.bytes().all(|b| b.is_ascii_digit());
     let mongo = s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if decimal || mongo {
-        return Ok(Start::LogId(s.to_string()));
+    if (decimal || mongo)
+        && let Ok(id) = LogId::parse(s)
+    {
+        return Ok(Start::LogId(id));
     }
     Err(format!(
-        "expected \"now\", \"oldest\", an RFC 3339 time (2026-01-31T00:00:00Z) or a log_id, got {s:?}"
+        "expected \"now\", \"oldest\", an RFC 3339 time (2026-01-31T00:00:00Z) or a log_id, got {:?}",
+        clip(s, 80)
     ))
 }
 
-fn parse_http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e}): {s:?}"))?;
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!("expected an http or https URL, got {s:?}"));
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
     }
-    if url.host_str().is_none() {
-        return Err(format!("the URL has no host: {s:?}"));
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    Ok(url)
+    format!("{}…", &s[..end])
 }
 
 fn missing_field(message: &str) -> Option<String> {
@@ -598,19 +1155,25 @@ fn one_line(s: &str) -> String {
     s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
 }
 
+/// Whether config text sets a secret inline.
+fn holds_secret(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        (l.starts_with("client_secret") || l.starts_with("write_key"))
+            && !l.contains("_file")
+            && l.contains('=')
+    })
+}
+
 /// Warn when a file that holds a secret can be read by its group or by others.
 #[cfg(unix)]
-fn permission_warning(path: &Path, text: &str) -> Option<String> {
+fn permission_warning(path: &Path, holds_secret: bool) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let holds_secret = text.lines().any(|l| {
-        let l = l.trim_start();
-        (l.starts_with("client_secret") || l.starts_with("write_key")) && l.contains('=')
-    });
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (holds_secret && mode & 0o044 != 0).then(|| {
         format!(
-            "config file {} holds a secret and is readable by {} (mode {:o}); run `chmod 600 {}` or move the \
-             secrets to {ENV_CLIENT_SECRET} and {ENV_WRITE_KEY}",
+            "{} holds a secret and is readable by {} (mode {:o}); run `chmod 600 {}`, or keep the secrets in \
+             files named by client_secret_file and write_key_file, or in {ENV_CLIENT_SECRET} and {ENV_WRITE_KEY}",
             path.display(),
             if mode & 0o004 != 0 { "others" } else { "its group" },
             mode & 0o777,
@@ -620,8 +1183,185 @@ fn permission_warning(path: &Path, text: &str) -> Option<String> {
 }
 
 #[cfg(not(unix))]
-fn permission_warning(_path: &Path, _text: &str) -> Option<String> {
+fn permission_warning(_path: &Path, _holds_secret: bool) -> Option<String> {
     None
+}
+
+// Field deserializers: each checks its value where it is read, so errors carry the key and the line.
+
+fn domain<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let s = s.trim().to_string();
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !s.starts_with('.')
+        && !s.ends_with('.');
+    if !ok {
+        return Err(de::Error::custom(format!(
+            "expected a bare host name such as example-tenant.us.auth0.com, got {:?}",
+            clip(&s, 80)
+        )));
+    }
+    Ok(s)
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        return Err(de::Error::custom("must not be empty"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(de::Error::custom("must not contain control characters"));
+    }
+    Ok(s)
+}
+
+fn non_empty_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let p = PathBuf::deserialize(d)?;
+    if p.as_os_str().is_empty() {
+        return Err(de::Error::custom("must not be empty"));
+    }
+    Ok(p)
+}
+
+/// Type codes: short, non-empty, no whitespace.
+fn codes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for (i, c) in v.iter().enumerate() {
+        if c.trim().is_empty() || c.len() > 64 || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return Err(de::Error::custom(format!("entry {} ({:?}) is not a type code", i + 1, clip(c, 40))));
+        }
+    }
+    Ok(v)
+}
+
+/// Field names for `[privacy]`: non-empty, and not absurdly long.
+fn names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for (i, c) in v.iter().enumerate() {
+        if c.is_empty() || c.len() > 256 {
+            return Err(de::Error::custom(format!("entry {} is not a field name", i + 1)));
+        }
+    }
+    Ok(v)
+}
+
+fn start<'de, D: Deserializer<'de>>(d: D) -> Result<Start, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_start(&s).map_err(de::Error::custom)
+}
+
+fn parse_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e}): {:?}", clip(s, 200)))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!("expected an http or https URL, got {:?}", clip(s, 200)));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("the URL has no host: {:?}", clip(s, 200)));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("the URL must not carry a user name or password".into());
+    }
+    Ok(url)
+}
+
+fn url<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_url(&s).map_err(de::Error::custom)
+}
+
+fn optional_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
+    url(d).map(Some)
+}
+
+/// A humantime duration within `[MIN_MS, MAX_MS]` milliseconds.
+fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+    d: D,
+) -> Result<Duration, D::Error> {
+    struct V<const A: u64, const B: u64>;
+    impl<'de, const A: u64, const B: u64> Visitor<'de> for V<A, B> {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a duration such as \"30s\" or \"5m\"")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+            let d = humantime::parse_duration(s.trim()).map_err(|e| {
+                E::custom(format!("not a duration ({e}): {:?}; use e.g. \"30s\" or \"5m\"", clip(s, 40)))
+            })?;
+            let (min, max) = (Duration::from_millis(A), Duration::from_millis(B));
+            if d < min || d > max {
+                return Err(E::custom(format!(
+                    "must be between {} and {}, got {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    clip(s.trim(), 40)
+                )));
+            }
+            Ok(d)
+        }
+    }
+    d.deserialize_any(V::<MIN_MS, MAX_MS>)
+}
+
+/// A whole number within `[MIN, MAX]`.
+fn count<'de, D, T, const MIN: u64, const MAX: u64>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    struct V<const A: u64, const B: u64>;
+    impl<'de, const A: u64, const B: u64> Visitor<'de> for V<A, B> {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a whole number between {A} and {B}")
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+            if n < 0 {
+                return Err(E::custom(format!("must be positive, got {n}")));
+            }
+            self.visit_u64(n as u64)
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+            if n < A || n > B {
+                return Err(E::custom(format!("must be between {A} and {B}, got {n}")));
+            }
+            Ok(n)
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
+            Err(E::custom(format!("must be a whole number between {A} and {B}, got {n}")))
+        }
+    }
+    let n = d.deserialize_any(V::<MIN, MAX>)?;
+    T::try_from(n).map_err(|_| de::Error::custom(format!("{n} is too large here")))
+}
+
+/// `max_requests_per_second`: a positive rate from 0.01 (one request in 100 s) to 1000.
+fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a number of requests per second")
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<f64, E> {
+            if !n.is_finite() || n <= 0.0 {
+                return Err(E::custom(format!("must be positive, got {n}")));
+            }
+            if !(0.01..=1000.0).contains(&n) {
+                return Err(E::custom(format!("must be between 0.01 and 1000, got {n}")));
+            }
+            Ok(n)
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<f64, E> {
+            self.visit_f64(n as f64)
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<f64, E> {
+            self.visit_f64(n as f64)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[cfg(test)]
@@ -639,54 +1379,132 @@ write_key = "wkey"
 "#;
 
     fn parse(text: &str) -> Result<Config, Error> {
-        Config::parse(text, Path::new("/etc/a0rs/config.toml"), |_| None).map(|(c, _)| c)
+        Config::parse(text, Path::new("/etc/a0rs/config.toml"), |_: &str| None).map(|(c, _)| c)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
     }
 
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.auth0.audience, "https://t.example.com/api/v2/");
-        assert_eq!(c.auth0.base_url.as_str(), "https://t.example.com/");
-        assert_eq!(c.auth0.start, Start::Now);
-        assert_eq!(c.auth0.page_size, 100);
-        assert_eq!(c.auth0.poll_interval, Duration::from_secs(30));
-        assert_eq!(c.rudderstack.mode, Mode::Batch);
+        let t = &c.tenants[0];
+        assert_eq!(c.form, Form::Single);
+        assert_eq!(t.auth0.audience, "https://t.example.com/api/v2/");
+        assert_eq!(t.auth0.base_url.as_str(), "https://t.example.com/");
+        assert_eq!(t.auth0.start, Start::Now);
+        assert_eq!(t.auth0.page_size, 100);
+        assert_eq!(t.auth0.poll_interval, Duration::from_secs(30));
+        assert_eq!(t.auth0.max_page_bytes, 32 << 20);
+        assert!(t.auth0.forward_own_logs);
+        assert_eq!(t.rudderstack.mode, Mode::Batch);
         assert_eq!(c.state.path, PathBuf::from("auth0-rudderstack.db"));
+        assert_eq!(c.metrics.interval, Duration::from_secs(15));
     }
 
     #[test]
     fn an_unknown_key_is_named_with_its_table() {
-        let err = parse(&MINIMAL.replace("client_id = \"cid\"", "client_id = \"cid\"\nclient_idd = 1"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("auth0.client_idd") || err.contains("client_idd"), "{err}");
-        assert!(err.contains("/etc/a0rs/config.toml"), "{err}");
+        let e = err(&MINIMAL.replace("client_id = \"cid\"", "client_id = \"cid\"\nclient_idd = 1"));
+        assert!(e.contains("client_idd"), "{e}");
+        assert!(e.contains("/etc/a0rs/config.toml"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[sate]\npath = \"x\""));
+        assert!(e.contains("sate") && e.contains("line"), "{e}");
     }
 
     #[test]
-    fn a_missing_key_is_named_in_full() {
-        let err = parse(&MINIMAL.replace("client_id = \"cid\"\n", "")).unwrap_err().to_string();
-        assert!(err.contains("auth0.client_id"), "{err}");
+    fn a_missing_key_is_named_in_full_without_a_line() {
+        let e = err(&MINIMAL.replace("client_id = \"cid\"\n", ""));
+        assert!(e.contains("auth0.client_id"), "{e}");
+        assert!(!e.contains("line"), "{e}");
     }
 
     #[test]
     fn a_bad_duration_names_its_key() {
-        let err =
-            parse(&MINIMAL.replace("client_id = \"cid\"", "client_id = \"cid\"\npoll_interval = \"soon\""))
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("auth0.poll_interval"), "{err}");
+        let e = err(&MINIMAL.replace("client_id = \"cid\"", "client_id = \"cid\"\npoll_interval = \"soon\""));
+        assert!(e.contains("auth0.poll_interval"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_rates_outside_their_range_name_the_key() {
+        for (key, value, words) in [
+            ("retention", "\"300000 years\"", "must be between"),
+            ("poll_interval", "\"100000000000 years\"", "auth0.poll_interval"),
+            ("max_requests_per_second", "1e-30", "must be between"),
+            ("max_requests_per_second", "-1.0", "must be positive"),
+            ("page_size", "-5", "must be positive"),
+            ("page_size", "1000", "between 1 and 100"),
+            ("timeout", "\"0s\"", "must be between"),
+        ] {
+            let e = err(
+                &MINIMAL.replace("client_id = \"cid\"", &format!("client_id = \"cid\"\n{key} = {value}"))
+            );
+            assert!(e.contains(&format!("auth0.{key}")) && e.contains(words), "{key} = {value}: {e}");
+        }
     }
 
     #[test]
     fn secrets_from_the_environment_win_and_never_show_in_debug() {
-        let (c, _) = Config::parse(MINIMAL, Path::new("c.toml"), |k| {
+        let (c, _) = Config::parse(MINIMAL, Path::new("c.toml"), |k: &str| {
             (k == ENV_CLIENT_SECRET).then(|| "from-env-secret".to_string())
         })
         .unwrap();
-        assert_eq!(c.auth0.client_secret.expose_secret(), "from-env-secret");
+        assert_eq!(c.tenants[0].auth0.client_secret.expose_secret(), "from-env-secret");
         let debug = format!("{c:?}");
         assert!(!debug.contains("from-env-secret") && !debug.contains("wkey"), "{debug}");
+    }
+
+    #[test]
+    fn plain_http_outside_loopback_needs_an_explicit_yes() {
+        let remote = MINIMAL.replace("http://127.0.0.1:9", "http://plain.example.com");
+        let e = err(&remote);
+        assert!(e.contains("rudderstack.data_plane_url") && e.contains("allow_insecure_http"), "{e}");
+        let allowed =
+            remote.replace("write_key = \"wkey\"", "write_key = \"wkey\"\nallow_insecure_http = true");
+        assert!(parse(&allowed).is_ok());
+        let auth0 = MINIMAL
+            .replace("client_id = \"cid\"", "client_id = \"cid\"\nbase_url = \"http://plain.example.com\"");
+        assert!(err(&auth0).contains("auth0.base_url"));
+    }
+
+    #[test]
+    fn the_examples_placeholders_are_refused() {
+        let e = err(&MINIMAL.replace("t.example.com", PLACEHOLDER_DOMAIN));
+        assert!(e.contains("auth0.domain") && e.contains("placeholder"), "{e}");
+        let e = err(&MINIMAL.replace("\"cid\"", "\"REPLACE_WITH_CLIENT_ID\""));
+        assert!(e.contains("auth0.client_id"), "{e}");
+        let e = err(&MINIMAL.replace("\"wkey\"", "\"REPLACE_WITH_WRITE_KEY\""));
+        assert!(e.contains("rudderstack.write_key"), "{e}");
+    }
+
+    #[test]
+    fn tenants_inherit_the_default_destination_key_by_key() {
+        let text = r#"
+[rudderstack]
+data_plane_url = "http://127.0.0.1:9"
+write_key = "default-key"
+[[tenant]]
+domain = "a.example.com"
+client_id = "a"
+client_secret = "sa"
+[[tenant]]
+domain = "b.example.com"
+client_id = "b"
+client_secret = "sb"
+[tenant.rudderstack]
+write_key = "b-key"
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.form, Form::Tenants);
+        assert_eq!(c.tenants[0].rudderstack.write_key.expose_secret(), "default-key");
+        assert_eq!(c.tenants[1].rudderstack.write_key.expose_secret(), "b-key");
+        assert_eq!(c.tenants[1].rudderstack.data_plane_url.as_str(), "http://127.0.0.1:9/");
+        assert_eq!(c.tenants[1].section, "tenant[2]");
+        let dup = text.replace("b.example.com", "A.example.com");
+        assert!(err(&dup).contains("tenant[2].domain"), "{}", err(&dup));
+        let both =
+            format!("{text}\n[auth0]\ndomain = \"c.example.com\"\nclient_id = \"c\"\nclient_secret = \"x\"");
+        assert!(err(&both).contains("not both"));
     }
 
     #[test]
@@ -699,5 +1517,26 @@ write_key = "wkey"
             Start::LogId(_)
         ));
         assert!(parse_start("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_filter_excludes_first_then_includes() {
+        let text = MINIMAL.replace(
+            "client_id = \"cid\"",
+            "client_id = \"cid\"\nlog_types = [\"s\", \"f\"]\nexclude_types = [\"f\"]\nforward_own_logs = false",
+        );
+        let c = parse(&text).unwrap();
+        let f = &c.tenants[0].auth0.filter;
+        assert!(f.keeps(Some("s"), None));
+        assert!(!f.keeps(Some("f"), None));
+        assert!(!f.keeps(Some("ss"), None));
+        assert!(!f.keeps(None, None));
+        let open =
+            parse(&MINIMAL.replace("client_id = \"cid\"", "client_id = \"cid\"\nforward_own_logs = false"))
+                .unwrap();
+        let f = &open.tenants[0].auth0.filter;
+        assert!(f.keeps(Some("seccft"), Some("other")));
+        assert!(!f.keeps(Some("seccft"), Some("cid")));
+        assert!(f.keeps(None, None));
     }
 }

@@ -9,25 +9,13 @@
 pub mod auth0;
 pub mod cli;
 pub mod config;
+pub mod entry;
+pub mod http;
 pub mod input;
+pub mod logging;
+pub mod ops;
 pub mod pipeline;
 pub mod rudderstack;
 pub mod store;
+pub mod telemetry;
 pub mod transform;
-
-/// An error and its sources on one line, without repeating a source its parent already quotes. reqwest's own
-/// Display says little ("error sending request"); the useful part ("connection reset", "operation timed
-/// out") sits in the sources.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}

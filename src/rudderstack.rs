@@ -10,6 +10,10 @@
 //! silently would hide a misconfigured URL. The sink itself never sleeps or retries; the pipeline owns
 //! backoff, so that one place decides how long a row may stay pending.
 //!
+//! This module owns the whole envelope: the `{"batch":[...]}` body, the Log Streams `{log_id, data}` wrapper
+//! of webhook mode ([`Item::webhook`]), authentication, and what an answer means. Answers are read with a
+//! limit (a 2xx counts by its status alone), and once a shutdown is asked for no new request starts.
+//!
 //! Request bodies are built by concatenating the items' JSON text into one buffer (no re-parse), because this
 //! is on the hot path. In webhook mode the write key travels in the query string, so every URL, error message
 //! and server-provided text that could carry it is redacted before it is logged or returned.
@@ -19,14 +23,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::config;
+use crate::telemetry::TenantTelemetry;
 
 /// Server-provided text quoted in errors and reasons is cut to this many bytes.
 const MAX_QUOTED_BODY: usize = 512;
 /// What replaces the write key wherever it might otherwise show.
 const REDACTED: &str = "[redacted]";
+/// The most of a 2xx answer read (only its status counts).
+const MAX_OK_BODY: usize = 64 * 1024;
+/// The longest wait a `Retry-After` may ask for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// A failed call to RudderStack. Messages never contain the write key, in any encoding we send it.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,8 @@ pub enum Error {
         status: u16,
         /// The answer's body, trimmed and redacted.
         body: String,
+        /// How long the answer's `Retry-After` asked to wait, when it did.
+        retry_after: Option<Duration>,
     },
     /// 401: the gateway does not know the write key (or, in webhook mode, it is not a webhook source's key).
     #[error(
@@ -116,6 +128,14 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         !self.is_transient()
     }
+
+    /// How long the gateway (or a proxy in front of it) asked us to wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// One thing to deliver: a transformed event (batch mode) or a Log Streams wrapper (webhook mode).
@@ -127,6 +147,20 @@ pub struct Item {
     pub json: String,
 }
 
+impl Item {
+    /// The Log Streams wrapper of a raw entry, `{"log_id": ..., "data": {...}}`, as Auth0's Custom Webhook
+    /// stream posts it and RudderStack's Auth0 source expects it. An empty `log_id` (a re-queued dead letter
+    /// that had none) is sent as `null`.
+    pub fn webhook(seq: i64, log_id: &str, raw: &str) -> Item {
+        let id = if log_id.is_empty() {
+            "null".to_string()
+        } else {
+            serde_json::to_string(log_id).unwrap_or_else(|_| "null".into())
+        };
+        Item { seq, json: format!("{{\"log_id\":{id},\"data\":{raw}}}") }
+    }
+}
+
 /// What one `deliver` call achieved.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -136,6 +170,8 @@ pub struct Report {
     pub rejected: Vec<(i64, String)>,
     /// The error that stopped delivery early; rows in neither list are still pending.
     pub error: Option<Error>,
+    /// Delivery stopped early because a shutdown was asked for; rows in neither list are still pending.
+    pub interrupted: bool,
     /// How many HTTP requests were sent.
     pub requests: usize,
 }
@@ -168,6 +204,7 @@ struct Inner {
     max_batch_bytes: usize,
     max_event_bytes: usize,
     timeout: Duration,
+    telemetry: TenantTelemetry,
 }
 
 /// How one request ended.
@@ -181,14 +218,15 @@ enum Answer {
 }
 
 impl Sink {
-    /// Build a sink from the `[rudderstack]` section.
+    /// Build a sink from the `[rudderstack]` section with an HTTP client of its own.
     pub fn new(cfg: &config::RudderStack) -> Result<Sink, Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(cfg.timeout)
-            .user_agent(concat!("auth0-rudderstack/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Client(crate::error_chain(&e.without_url())))?;
+        let client = crate::http::client(cfg.tls_ca.as_ref())
+            .map_err(|e| Error::Client(crate::logging::Chain(&e).to_string()))?;
+        Ok(Sink::with(cfg, client, TenantTelemetry::disabled()))
+    }
+
+    /// Build a sink on a shared HTTP client (tenants with the same TLS settings share one connection pool).
+    pub fn with(cfg: &config::RudderStack, client: reqwest::Client, telemetry: TenantTelemetry) -> Sink {
         let path = match cfg.mode {
             config::Mode::Batch => "v1/batch",
             config::Mode::Webhook => "v1/webhook",
@@ -200,7 +238,7 @@ impl Sink {
         let base = url.path().trim_end_matches('/').to_string();
         url.set_path(&format!("{base}/{path}"));
         let endpoint = url.to_string();
-        Ok(Sink {
+        Sink {
             inner: Arc::new(Inner {
                 client,
                 url,
@@ -211,13 +249,20 @@ impl Sink {
                 max_batch_bytes: cfg.max_batch_bytes,
                 max_event_bytes: cfg.max_event_bytes,
                 timeout: cfg.timeout,
+                telemetry,
             }),
-        })
+        }
+    }
+
+    /// The endpoint posted to (without any key).
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
     }
 
     /// Deliver items in order: pack them into requests within the limits, split on 413, bisect on 400,
-    /// reject items over `max_event_bytes`. Stops at the first transient or fatal error.
-    pub async fn deliver(&self, items: Vec<Item>) -> Report {
+    /// reject items over `max_event_bytes`. Stops at the first transient or fatal error, and starts no new
+    /// request once `stop` is cancelled (the one in flight is left to the caller's grace period).
+    pub async fn deliver(&self, items: Vec<Item>, stop: &CancellationToken) -> Report {
         let inner = &*self.inner;
         let mut report = Report::default();
         let mut sendable: Vec<Item> = Vec::with_capacity(items.len());
@@ -244,7 +289,7 @@ impl Sink {
         let mut start = 0;
         while start < sendable.len() {
             let end = start + inner.pack(&sendable[start..]);
-            if let Err(e) = self.send_range(&sendable, start..end, &mut report).await {
+            if let Err(e) = self.send_range(&sendable, start..end, &mut report, stop).await {
                 tracing::warn!(
                     endpoint = %inner.endpoint,
                     transient = e.is_transient(),
@@ -253,6 +298,9 @@ impl Sink {
                     "delivery stopped"
                 );
                 report.error = Some(e);
+                break;
+            }
+            if report.interrupted {
                 break;
             }
             start = end;
@@ -267,9 +315,14 @@ impl Sink {
         items: &[Item],
         range: Range<usize>,
         report: &mut Report,
+        stop: &CancellationToken,
     ) -> Result<(), Error> {
         let mut stack = vec![range];
         while let Some(r) = stack.pop() {
+            if stop.is_cancelled() {
+                report.interrupted = true;
+                return Ok(());
+            }
             let part = &items[r.clone()];
             let body = self.inner.body(part);
             report.requests += 1;
@@ -306,30 +359,46 @@ impl Sink {
                 inner.client.post(url)
             }
         };
-        let response =
-            request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await;
+        let response = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(inner.timeout)
+            .body(body)
+            .send()
+            .await;
+        let label = match inner.mode {
+            config::Mode::Batch => "batch",
+            config::Mode::Webhook => "webhook",
+        };
         let response = match response {
             Ok(r) => r,
-            Err(e) => return Answer::Stop(inner.transport_error(e)),
+            Err(e) => {
+                inner.telemetry.request(label, None);
+                return Answer::Stop(inner.transport_error(e));
+            }
         };
         let status = response.status().as_u16();
+        inner.telemetry.request(label, Some(status));
         tracing::debug!(endpoint = %inner.endpoint, status, events, bytes, "RudderStack answered");
         if response.status().is_success() {
             // The gateway answers only after committing, so the status alone is the commit point; the body
-            // is read just to keep the connection reusable.
-            let _ = response.bytes().await;
+            // is read (up to a limit) just to keep the connection reusable, and whatever it holds is ignored.
+            let _ = crate::http::read_limited(response, MAX_OK_BODY).await;
             return Answer::Stored;
         }
         if response.status().is_redirection() {
             return Answer::Stop(inner.redirect_error(&response));
         }
+        let retry_after = crate::http::retry_after(response.headers(), MAX_RETRY_AFTER);
         let body = inner.read_body(response).await;
         match status {
             401 => Answer::Stop(inner.key_rejected(body)),
             404 => Answer::Stop(Error::SourceDisabled { endpoint: inner.endpoint.clone(), body }),
-            408 | 429 | 500..=599 => {
-                Answer::Stop(Error::Unavailable { endpoint: inner.endpoint.clone(), status, body })
-            }
+            408 | 429 | 500..=599 => Answer::Stop(Error::Unavailable {
+                endpoint: inner.endpoint.clone(),
+                status,
+                body,
+                retry_after,
+            }),
             // The gateway's verdicts on the events themselves: all-or-nothing per request, so bisect.
             400 | 413 => Answer::Refused { status, body },
             _ => Answer::Stop(Error::Unexpected { endpoint: inner.endpoint.clone(), status, body }),
@@ -406,9 +475,11 @@ impl Inner {
         if e.is_timeout() {
             Error::Timeout { endpoint: self.endpoint.clone(), timeout: self.timeout }
         } else {
+            let message = crate::logging::Chain(&e).to_string();
+            let hint = crate::http::tls_hint(&message);
             Error::Transport {
                 endpoint: self.endpoint.clone(),
-                message: self.redact(&crate::error_chain(&e)),
+                message: format!("{}{hint}", self.redact(&message)),
             }
         }
     }
@@ -443,12 +514,12 @@ impl Inner {
         Error::WriteKeyRejected { body, hint }
     }
 
-    /// The answer's body as text, trimmed, cut, and redacted.
+    /// The answer's body as text, trimmed, cut, and redacted. At most a few chunks are read.
     async fn read_body(&self, mut response: reqwest::Response) -> String {
         let mut buf = Vec::new();
         while buf.len() < MAX_QUOTED_BODY {
             match response.chunk().await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(MAX_QUOTED_BODY)]),
                 _ => break,
             }
         }
@@ -489,16 +560,13 @@ mod tests {
     use super::*;
 
     fn sink(mode: config::Mode, events: usize, bytes: usize) -> Sink {
-        Sink::new(&config::RudderStack {
-            data_plane_url: Url::parse("http://127.0.0.1:9/prefix/").unwrap(),
-            write_key: SecretString::from("k&y"),
-            mode,
-            max_batch_events: events,
-            max_batch_bytes: bytes,
-            max_event_bytes: 100,
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap()
+        let mut cfg =
+            config::RudderStack::new(Url::parse("http://127.0.0.1:9/prefix/").unwrap(), "k&y", mode).unwrap();
+        cfg.max_batch_events = events;
+        cfg.max_batch_bytes = bytes;
+        cfg.max_event_bytes = 100;
+        cfg.timeout = Duration::from_secs(1);
+        Sink::new(&cfg).unwrap()
     }
 
     fn items(lens: &[usize]) -> Vec<Item> {
@@ -541,6 +609,12 @@ mod tests {
             debug.contains("/prefix/v1/webhook") && !debug.contains("k&y") && !debug.contains("k%26y"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn the_webhook_wrapper_quotes_the_log_id_and_keeps_the_entry_verbatim() {
+        assert_eq!(Item::webhook(1, "90", r#"{"a":1}"#).json, r#"{"log_id":"90","data":{"a":1}}"#);
+        assert_eq!(Item::webhook(1, "", "{}").json, r#"{"log_id":null,"data":{}}"#);
     }
 
     #[test]

@@ -1,44 +1,55 @@
-//! The SQLite state: the checkpoint (cursor), the outbox of fetched entries waiting for delivery, the dead
-//! letters, and the counters `status` shows, keyed by tenant domain so one file can hold several tenants.
+//! The SQLite state: for every tenant its checkpoint (cursor), the outbox of fetched entries waiting for
+//! delivery, its dead letters and gaps, its cached access token, its import progress, and the counters that
+//! `status` and the metrics show. One file holds every tenant; each row is keyed by the tenant's domain.
 //!
 //! The delivery promise rests on this module: the cursor moves only in the same transaction that appends the
 //! page to the outbox, and an outbox row disappears only in the transaction that records its delivery or moves
-//! it to `dead_letter`. Counters are kept on the tenant row inside those same transactions so reading the outbox
-//! depth is O(1).
+//! it to `dead_letter`. Counters are kept on the tenant row inside those same transactions, so reading the
+//! outbox depth is O(1).
 //!
 //! Durability is `synchronous = NORMAL` in WAL mode unless `state.synchronous = "full"`. A commit that returned
 //! survives the process being killed at any moment either way (it is in the WAL, in the OS's hands). What NORMAL
 //! gives up is the last few commits on a power loss or kernel crash, and that loses nothing here: the database
 //! rolls back to an earlier consistent state in which cursor and outbox still agree, so the entries after
 //! the older cursor are read from Auth0 again (which retains them for days) and rows whose delete rolled back
-//! are sent again with the same ids. FULL adds an fsync to every page commit, which on slow disks caps the
-//! catch-up rate well below Auth0's, for the benefit of fewer re-sends after a power cut.
+//! are sent again with the same ids.
 //!
-//! The fetcher and the sender each own a `Store` on the same file, from different threads: WAL lets one read
-//! while the other writes, the busy timeout queues writers, and every write transaction starts with
-//! `BEGIN IMMEDIATE` so two writers never deadlock upgrading a read lock.
+//! The file holds raw log entries (IP addresses, e-mail addresses) and an encrypted token, so it is created
+//! 0600 whatever the umask (SQLite gives its `-wal` and `-shm` the database file's mode), and a directory the
+//! daemon creates for it is 0700.
 //!
 //! The file may be something the operator pointed us at by mistake. Before anything is opened read-write, the
 //! file's header, schema version, application id and integrity are checked through a read-only connection; a
 //! file that is not ours, is corrupt, or was written by a newer version is refused and left byte-for-byte
 //! untouched.
+//!
+//! The daemon's tasks reach the file through [`Handle`]s: each handle is one connection owned by one thread,
+//! which runs the closures sent to it in order. Two handles (fetching and sending) let one task read while the
+//! other writes, and a hundred tenants cost no more connections than one.
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 use rusqlite_migration::{M, Migrations};
+use sha2::{Digest, Sha256};
+
+use crate::entry::{LogId, format_date, parse_date};
 
 /// The schema, one plain SQL file per version, embedded at compile time; the version lives in `user_version`.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_init.sql")),
+        M::up(include_str!("../migrations/0002_tenants_tokens_imports.sql")),
+    ])
 }
 
 /// The newest schema version this build knows (the number of migrations).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of our files ("A0RS"), set by the first migration, so a foreign SQLite database
 /// that happens to have a `user_version` is still recognised as not ours.
@@ -47,11 +58,14 @@ pub const APPLICATION_ID: i64 = 0x4130_5253;
 /// The first 16 bytes of every SQLite 3 database.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
-/// How long a writer waits for the other task's transaction before giving up with a transient error.
+/// How long a writer waits for another connection's transaction before giving up with a transient error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Stored when a caller supplies an empty reason: a dead letter must always say something.
 const NO_REASON: &str = "(no reason given)";
+
+/// The longest text kept in `stall` and `last_error`.
+const MAX_NOTE: usize = 2000;
 
 /// How hard a commit waits for the disk (`state.synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -64,12 +78,12 @@ pub enum Synchronous {
     Full,
 }
 
-/// A state database that cannot be used.
+/// A state database that cannot be used, or an operation on it that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file exists but is not an SQLite database, is corrupt, or belongs to another application.
     /// It was not modified.
-    #[error("state database {path} is not a usable SQLite database ({detail}); it was left untouched")]
+    #[error("state database {} is not a usable SQLite database ({detail}); it was left untouched", path.display())]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -78,7 +92,8 @@ pub enum StoreError {
     },
     /// The file was written by a newer version of this program. It was not modified.
     #[error(
-        "state database {path} has schema version {found}, newer than this program's {supported}; it was left untouched"
+        "state database {} has schema version {found}, newer than this program's {supported}; it was left untouched",
+        path.display()
     )]
     NewerSchema {
         /// The file.
@@ -91,7 +106,8 @@ pub enum StoreError {
     /// `status` or `dead-letter` found a database written by an older version, which only `sync` or `run`
     /// upgrade. It was not modified.
     #[error(
-        "state database {path} has schema version {found}, older than this program's {supported}; run `sync` or `run` once to upgrade it"
+        "state database {} has schema version {found}, older than this program's {supported}; run `sync` or `run` once to upgrade it",
+        path.display()
     )]
     OlderSchema {
         /// The file.
@@ -101,22 +117,54 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
-    /// `status` or `dead-letter` was asked about a database that does not exist.
-    #[error("state database {path} does not exist yet (run `sync` or `run` first)")]
+    /// A read-only command was asked about a database that does not exist.
+    #[error("state database {} does not exist yet (run `sync` or `run` first)", path.display())]
     Missing {
         /// The file.
         path: PathBuf,
     },
+    /// The file or its directory cannot be created, opened, or given private permissions.
+    #[error("cannot {what} {}", path.display())]
+    Unusable {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// Upgrading the schema failed.
-    #[error("state database {path}: schema migration failed: {detail}")]
+    #[error("state database {}: schema migration failed: {detail}", path.display())]
     Migration {
         /// The file.
         path: PathBuf,
         /// What went wrong.
         detail: String,
     },
+    /// The stored cursor is not a valid `log_id` (written by an older version that trusted Auth0's ids).
+    #[error("state database {}: the stored cursor of {tenant} is not a valid log_id", path.display())]
+    BadCursor {
+        /// The file.
+        path: PathBuf,
+        /// The tenant.
+        tenant: String,
+    },
+    /// `resume` on a tenant whose fetching is not stopped.
+    #[error(
+        "fetching of {tenant} is not stopped; `resume` only continues after an expired checkpoint with on_expired_checkpoint = \"stop\""
+    )]
+    NotStopped {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Dead letter ids that do not exist (for this tenant).
+    #[error("no dead letter with id {}", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", "))]
+    UnknownDeadLetters {
+        /// The ids.
+        ids: Vec<i64>,
+    },
     /// Any other SQLite error (disk full, locked past the busy timeout, ...).
-    #[error("state database {path}: {source}")]
+    #[error("state database {}", path.display())]
     Sqlite {
         /// The file.
         path: PathBuf,
@@ -126,15 +174,29 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A busy or locked database may clear up; everything else needs an operator.
+    /// Whether waiting can help: another process holds the database, or the disk is full or failing. A full
+    /// disk is an outage, not a verdict: once there is space again the same write succeeds.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sqlite { source, .. } => matches!(
                 source.sqlite_error_code(),
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                Some(
+                    ErrorCode::DatabaseBusy
+                        | ErrorCode::DatabaseLocked
+                        | ErrorCode::DiskFull
+                        | ErrorCode::SystemIoFailure
+                )
             ),
+            StoreError::Unusable { source, .. } => {
+                source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull
+            }
             _ => false,
         }
+    }
+
+    /// Whether the error is about what was asked (an id, a stopped flag) rather than the file itself.
+    pub fn is_request(&self) -> bool {
+        matches!(self, StoreError::NotStopped { .. } | StoreError::UnknownDeadLetters { .. })
     }
 
     fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -152,29 +214,29 @@ impl StoreError {
     }
 }
 
-/// The cursor: the last `log_id` whose page is in the outbox (or delivered).
+/// The cursor: the greatest `log_id` whose page is in the outbox (or delivered).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     /// The `log_id` to pass as `from`.
-    pub log_id: String,
+    pub log_id: LogId,
     /// The `date` of that entry, when it had one (for checkpoint age).
-    pub date: Option<String>,
+    pub date: Option<DateTime<Utc>>,
 }
 
 /// An entry bound for the outbox.
 #[derive(Debug, Clone)]
 pub struct NewEntry {
     /// Its `log_id`.
-    pub log_id: String,
-    /// The raw entry as Auth0 returned it.
+    pub log_id: LogId,
+    /// The raw entry as it will be forwarded (after the privacy rules).
     pub raw: String,
 }
 
 /// An entry or event set aside for an operator.
 #[derive(Debug, Clone)]
 pub struct NewDeadLetter {
-    /// Its `log_id`, when it had one.
-    pub log_id: Option<String>,
+    /// Its `log_id`, when it had a valid one.
+    pub log_id: Option<LogId>,
     /// The raw entry.
     pub raw: String,
     /// Why it was set aside.
@@ -190,8 +252,19 @@ pub struct PageCommit {
     pub dead_letters: Vec<NewDeadLetter>,
     /// The new cursor; `None` leaves it unchanged.
     pub cursor: Option<Cursor>,
-    /// How many entries `auth0.log_types` filtered out.
+    /// How many entries the filters kept back.
     pub filtered: u64,
+    /// How many entries were served again (equal to the cursor, or twice in the page) and skipped.
+    pub repeated: u64,
+}
+
+/// What a page commit stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Rows appended to the outbox.
+    pub entries: u64,
+    /// Dead letters added (a raw entry already set aside is not added again).
+    pub dead_letters: u64,
 }
 
 /// One outbox row.
@@ -199,7 +272,7 @@ pub struct PageCommit {
 pub struct OutboxRow {
     /// Its position; rows are delivered in this order.
     pub seq: i64,
-    /// Its `log_id`.
+    /// Its `log_id` (empty for a re-queued dead letter that had none).
     pub log_id: String,
     /// The raw entry.
     pub raw: String,
@@ -227,6 +300,8 @@ pub struct Gap {
 pub struct DeadLetter {
     /// Its id, for `dead-letter retry`.
     pub id: i64,
+    /// The tenant.
+    pub tenant: String,
     /// The entry's `log_id`, when it had one.
     pub log_id: Option<String>,
     /// Why it was set aside.
@@ -237,7 +312,7 @@ pub struct DeadLetter {
     pub raw: String,
 }
 
-/// Everything `status` reports from the database.
+/// Everything `status` and the metrics report from the database about one tenant.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Snapshot {
     /// The tenant.
@@ -254,23 +329,67 @@ pub struct Snapshot {
     pub last_fetch_at: Option<String>,
     /// Last 2xx from RudderStack (RFC 3339).
     pub last_delivery_at: Option<String>,
-    /// Entries delivered, all time.
+    /// Events delivered, all time.
     pub delivered_total: u64,
-    /// Entries filtered out by `log_types`, all time.
+    /// Entries fetched into the outbox, all time.
+    pub fetched_total: u64,
+    /// Entries filtered out, all time.
     pub filtered_total: u64,
+    /// Entries Auth0 served again and that were skipped, all time.
+    pub repeated_total: u64,
     /// The most recent gap, if any.
     pub last_gap: Option<Gap>,
     /// How many gaps were detected, all time.
     pub gaps: u64,
     /// True while fetching is stopped because of an expired checkpoint (`on_expired_checkpoint = "stop"`).
     pub stopped: bool,
+    /// Why fetching cannot advance, while it cannot.
+    pub stall: Option<String>,
+    /// The tenant's last error, until the next success.
+    pub last_error: Option<String>,
+    /// When that error happened.
+    pub last_error_at: Option<String>,
 }
 
-/// The state of one tenant in one SQLite file. Each task opens its own `Store`.
+/// A tenant the file knows, with what it still holds.
+#[derive(Debug, Clone)]
+pub struct KnownTenant {
+    /// The domain.
+    pub domain: String,
+    /// Rows waiting for delivery.
+    pub outbox: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Whether it has a cursor (it was fetched from).
+    pub has_cursor: bool,
+}
+
+/// A cached access token as stored: sealed, with its refresh time and what it was minted for.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    /// Nonce and ciphertext.
+    pub sealed: Vec<u8>,
+    /// When it must be replaced (Unix seconds).
+    pub refresh_at: i64,
+    /// Which client and audience it belongs to.
+    pub minted_for: String,
+}
+
+/// How far an import of one file got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportProgress {
+    /// Entries read and settled.
+    pub entries: u64,
+    /// Of those, enqueued.
+    pub enqueued: u64,
+    /// Whether the whole file was read.
+    pub complete: bool,
+}
+
+/// One connection to the state file. Methods name the tenant they are about.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    tenant: String,
 }
 
 /// What the read-only look at an existing file found.
@@ -279,33 +398,26 @@ struct Probe {
 }
 
 impl Store {
-    /// Open (creating and migrating if needed) the database for `tenant`.
-    pub fn open(path: &Path, tenant: &str) -> Result<Store, StoreError> {
+    /// Open the database, creating it (and its directory) with private permissions, and migrating it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
         let found = probe(path)?;
-        if found.is_none()
-            && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists())
-        {
-            // A fresh install may point at a directory nobody created yet.
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Sqlite {
-                path: path.to_path_buf(),
-                source: rusqlite::Error::InvalidPath(
-                    format!("cannot create {}: {e}", parent.display()).into(),
-                ),
-            })?;
+        if found.is_none() {
+            create_private(path)?;
+        } else {
+            make_private(path)?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::sqlite(path, e))?;
-        let mut store = Store { conn, path: path.to_path_buf(), tenant: tenant.to_owned() };
+        let mut store = Store { conn, path: path.to_path_buf() };
         store.configure()?;
         store.migrate(found.map_or(0, |p| p.user_version))?;
-        store.write(|_, _| Ok(()))?;
         Ok(store)
     }
 
     /// Open an existing database without creating or migrating anything.
-    pub fn open_existing(path: &Path, tenant: &str) -> Result<Store, StoreError> {
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
         let missing = || StoreError::Missing { path: path.to_path_buf() };
         let found = probe(path)?.ok_or_else(missing)?;
         match found.user_version {
@@ -323,7 +435,7 @@ impl Store {
         // No CREATE flag: if the file vanished since the probe, this fails instead of making a new one.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::sqlite(path, e))?;
-        let store = Store { conn, path: path.to_path_buf(), tenant: tenant.to_owned() };
+        let store = Store { conn, path: path.to_path_buf() };
         store.configure()?;
         Ok(store)
     }
@@ -333,40 +445,33 @@ impl Store {
         &self.path
     }
 
-    /// The tenant domain this store is keyed by.
-    pub fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    /// The cursor, if any.
-    pub fn cursor(&self) -> Result<Option<Cursor>, StoreError> {
-        self.read(|conn, tenant| {
-            let row = conn
-                .prepare_cached("SELECT cursor_log_id, cursor_date FROM tenant WHERE domain = ?1")?
+    /// The cursor of a tenant, if any.
+    pub fn cursor(&self, tenant: &str) -> Result<Option<Cursor>, StoreError> {
+        let row = self.read(|conn| {
+            conn.prepare_cached("SELECT cursor_log_id, cursor_date FROM tenant WHERE domain = ?1")?
                 .query_row([tenant], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)))
-                .optional()?;
-            Ok(row.and_then(|(log_id, date)| log_id.map(|log_id| Cursor { log_id, date })))
-        })
+                .optional()
+        })?;
+        let Some((Some(log_id), date)) = row else { return Ok(None) };
+        let log_id = LogId::parse(&log_id)
+            .map_err(|_| StoreError::BadCursor { path: self.path.clone(), tenant: tenant.to_string() })?;
+        Ok(Some(Cursor { log_id, date: date.as_deref().and_then(parse_date) }))
     }
 
-    /// Append a page to the outbox, set dead letters aside and move the cursor, in one transaction.
-    pub fn commit_page(&mut self, page: &PageCommit) -> Result<(), StoreError> {
+    /// Append a page to the outbox, set dead letters aside and move the cursor, in one transaction. Fetching
+    /// advanced, so any stall note is cleared.
+    pub fn commit_page(&mut self, tenant: &str, page: &PageCommit) -> Result<Committed, StoreError> {
         let now = now();
-        self.write(|tx, tenant| {
+        self.write(tenant, |tx| {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO outbox (tenant, log_id, raw, fetched_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for entry in &page.entries {
-                insert.execute(params![tenant, entry.log_id, entry.raw, now])?;
+                insert.execute(params![tenant, entry.log_id.as_str(), entry.raw, now])?;
             }
-            let mut dead = tx.prepare_cached(
-                "INSERT INTO dead_letter (tenant, log_id, raw, reason, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for letter in &page.dead_letters {
-                dead.execute(params![tenant, letter.log_id, letter.raw, reason(&letter.reason), now])?;
-            }
+            let dead_letters = insert_dead_letters(tx, tenant, &page.dead_letters, &now)?;
             let (log_id, date) = match &page.cursor {
-                Some(c) => (Some(c.log_id.as_str()), c.date.as_deref()),
+                Some(c) => (Some(c.log_id.as_str()), c.date.as_ref().map(format_date)),
                 None => (None, None),
             };
             tx.prepare_cached(
@@ -375,18 +480,29 @@ impl Store {
                     cursor_date = CASE WHEN ?2 IS NULL THEN cursor_date ELSE ?3 END,
                     filtered_total = filtered_total + ?4,
                     outbox_count = outbox_count + ?5,
-                    last_fetch_at = ?6
+                    fetched_total = fetched_total + ?5,
+                    repeated_total = repeated_total + ?6,
+                    last_fetch_at = ?7,
+                    stall = CASE WHEN ?2 IS NULL THEN stall ELSE NULL END
                  WHERE domain = ?1",
             )?
-            .execute(params![tenant, log_id, date, to_i64(page.filtered), to_i64(page.entries.len()), now])?;
-            Ok(())
+            .execute(params![
+                tenant,
+                log_id,
+                date,
+                to_i64(page.filtered),
+                to_i64(page.entries.len()),
+                to_i64(page.repeated),
+                now
+            ])?;
+            Ok(Committed { entries: page.entries.len() as u64, dead_letters })
         })
     }
 
     /// Record that Auth0 answered (even with an empty page).
-    pub fn touch_fetch(&mut self) -> Result<(), StoreError> {
+    pub fn touch_fetch(&mut self, tenant: &str) -> Result<(), StoreError> {
         let now = now();
-        self.write(|tx, tenant| {
+        self.write(tenant, |tx| {
             tx.prepare_cached("UPDATE tenant SET last_fetch_at = ?2 WHERE domain = ?1")?
                 .execute(params![tenant, now])?;
             Ok(())
@@ -394,8 +510,8 @@ impl Store {
     }
 
     /// Rows waiting for delivery.
-    pub fn outbox_depth(&self) -> Result<u64, StoreError> {
-        self.read(|conn, tenant| {
+    pub fn outbox_depth(&self, tenant: &str) -> Result<u64, StoreError> {
+        self.read(|conn| {
             let n: Option<i64> = conn
                 .prepare_cached("SELECT outbox_count FROM tenant WHERE domain = ?1")?
                 .query_row([tenant], |r| r.get(0))
@@ -404,9 +520,9 @@ impl Store {
         })
     }
 
-    /// The first `limit` outbox rows, in order.
-    pub fn outbox_head(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.read(|conn, tenant| {
+    /// The first `limit` outbox rows of a tenant, in order.
+    pub fn outbox_head(&self, tenant: &str, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, log_id, raw FROM outbox WHERE tenant = ?1 ORDER BY seq LIMIT ?2",
             )?;
@@ -421,23 +537,29 @@ impl Store {
     ///
     /// Seqs that are no longer in the outbox (a repeated completion) are ignored, and the counters move only by
     /// the rows actually deleted.
-    pub fn complete(&mut self, delivered: &[i64], rejected: &[(i64, String)]) -> Result<(), StoreError> {
+    pub fn complete(
+        &mut self,
+        tenant: &str,
+        delivered: &[i64],
+        rejected: &[(i64, String)],
+    ) -> Result<(), StoreError> {
         let now = now();
-        self.write(|tx, tenant| {
+        self.write(tenant, |tx| {
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND tenant = ?2")?;
             let mut delivered_rows = 0usize;
             for seq in delivered {
                 delivered_rows += delete.execute(params![seq, tenant])?;
             }
-            let mut set_aside = tx.prepare_cached(
-                "INSERT INTO dead_letter (tenant, log_id, raw, reason, created_at)
-                 SELECT tenant, NULLIF(log_id, ''), raw, ?3, ?4 FROM outbox WHERE seq = ?1 AND tenant = ?2",
-            )?;
             let mut rejected_rows = 0usize;
+            let mut read =
+                tx.prepare_cached("SELECT log_id, raw FROM outbox WHERE seq = ?1 AND tenant = ?2")?;
             for (seq, why) in rejected {
-                if set_aside.execute(params![seq, tenant, reason(why), now])? > 0 {
-                    rejected_rows += delete.execute(params![seq, tenant])?;
-                }
+                let row: Option<(String, String)> =
+                    read.query_row(params![seq, tenant], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                let Some((log_id, raw)) = row else { continue };
+                let letter = NewDeadLetter { log_id: LogId::parse(&log_id).ok(), raw, reason: why.clone() };
+                insert_dead_letters(tx, tenant, std::slice::from_ref(&letter), &now)?;
+                rejected_rows += delete.execute(params![seq, tenant])?;
             }
             tx.prepare_cached(
                 "UPDATE tenant SET
@@ -450,16 +572,16 @@ impl Store {
                 tenant,
                 to_i64(delivered_rows + rejected_rows),
                 to_i64(delivered_rows),
-                !delivered.is_empty(),
+                delivered_rows > 0,
                 now
             ])?;
             Ok(())
         })
     }
 
-    /// Record a gap; with `stop`, fetching stays stopped until `resume_fetching`.
-    pub fn record_gap(&mut self, gap: &Gap, stop: bool) -> Result<(), StoreError> {
-        self.write(|tx, tenant| {
+    /// Record a gap; with `stop`, fetching stays stopped until [`Store::resume`].
+    pub fn record_gap(&mut self, tenant: &str, gap: &Gap, stop: bool) -> Result<(), StoreError> {
+        self.write(tenant, |tx| {
             tx.prepare_cached(
                 "INSERT INTO gap (tenant, detected_at, from_log_id, from_date, to_log_id, to_date, detail, stopped)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -481,17 +603,58 @@ impl Store {
         })
     }
 
-    /// Clear the stopped flag.
-    pub fn resume_fetching(&mut self) -> Result<(), StoreError> {
-        self.write(|tx, tenant| {
-            tx.prepare_cached("UPDATE tenant SET stopped = 0 WHERE domain = ?1")?.execute([tenant])?;
-            Ok(())
-        })
+    /// After an expired checkpoint with `on_expired_checkpoint = "stop"`: commit the page that restarts
+    /// fetching (the oldest retained entry) and clear the stopped flag, in one transaction. Refuses, changing
+    /// nothing, when fetching is not stopped.
+    pub fn resume(&mut self, tenant: &str, page: &PageCommit) -> Result<Committed, StoreError> {
+        if !self.fetching_stopped(tenant)? {
+            return Err(StoreError::NotStopped { tenant: tenant.to_string() });
+        }
+        let now = now();
+        self.write(tenant, |tx| {
+            let stopped: bool = tx
+                .prepare_cached("SELECT stopped FROM tenant WHERE domain = ?1")?
+                .query_row([tenant], |r| r.get(0))?;
+            if !stopped {
+                return Ok(None);
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (tenant, log_id, raw, fetched_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for entry in &page.entries {
+                insert.execute(params![tenant, entry.log_id.as_str(), entry.raw, now])?;
+            }
+            let dead_letters = insert_dead_letters(tx, tenant, &page.dead_letters, &now)?;
+            let (log_id, date) = match &page.cursor {
+                Some(c) => (Some(c.log_id.as_str()), c.date.as_ref().map(format_date)),
+                None => (None, None),
+            };
+            tx.prepare_cached(
+                "UPDATE tenant SET
+                    cursor_log_id = COALESCE(?2, cursor_log_id),
+                    cursor_date = CASE WHEN ?2 IS NULL THEN cursor_date ELSE ?3 END,
+                    filtered_total = filtered_total + ?4,
+                    outbox_count = outbox_count + ?5,
+                    fetched_total = fetched_total + ?5,
+                    stopped = 0,
+                    stall = NULL
+                 WHERE domain = ?1",
+            )?
+            .execute(params![
+                tenant,
+                log_id,
+                date,
+                to_i64(page.filtered),
+                to_i64(page.entries.len())
+            ])?;
+            Ok(Some(Committed { entries: page.entries.len() as u64, dead_letters }))
+        })?
+        .ok_or_else(|| StoreError::NotStopped { tenant: tenant.to_string() })
     }
 
     /// True while fetching is stopped by an expired checkpoint (the O(1) part of `snapshot`).
-    pub fn fetching_stopped(&self) -> Result<bool, StoreError> {
-        self.read(|conn, tenant| {
+    pub fn fetching_stopped(&self, tenant: &str) -> Result<bool, StoreError> {
+        self.read(|conn| {
             let stopped: Option<bool> = conn
                 .prepare_cached("SELECT stopped FROM tenant WHERE domain = ?1")?
                 .query_row([tenant], |r| r.get(0))
@@ -500,15 +663,40 @@ impl Store {
         })
     }
 
-    /// Everything `status` shows.
-    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.read(|conn, tenant| {
-            // One read transaction, so the figures agree with each other while the other task writes.
+    /// Note why fetching cannot advance (`None` once it can).
+    pub fn set_stall(&mut self, tenant: &str, why: Option<&str>) -> Result<(), StoreError> {
+        let why = why.map(|w| clip(w, MAX_NOTE));
+        self.write(tenant, |tx| {
+            tx.prepare_cached("UPDATE tenant SET stall = ?2 WHERE domain = ?1")?
+                .execute(params![tenant, why])?;
+            Ok(())
+        })
+    }
+
+    /// Record the tenant's last error (`None` clears it after a success).
+    pub fn set_error(&mut self, tenant: &str, error: Option<&str>) -> Result<(), StoreError> {
+        let error = error.map(|w| clip(w, MAX_NOTE));
+        let now = now();
+        self.write(tenant, |tx| {
+            tx.prepare_cached(
+                "UPDATE tenant SET last_error = ?2, last_error_at = CASE WHEN ?2 IS NULL THEN NULL ELSE ?3 END
+                 WHERE domain = ?1",
+            )?
+            .execute(params![tenant, error, now])?;
+            Ok(())
+        })
+    }
+
+    /// Everything `status` shows about a tenant.
+    pub fn snapshot(&self, tenant: &str) -> Result<Snapshot, StoreError> {
+        self.read(|conn| {
+            // One read transaction, so the figures agree with each other while another connection writes.
             let tx = conn.unchecked_transaction()?;
             let mut snap = tx
                 .prepare_cached(
                     "SELECT cursor_log_id, cursor_date, outbox_count, last_fetch_at, last_delivery_at,
-                            delivered_total, filtered_total, stopped
+                            delivered_total, filtered_total, stopped, fetched_total, repeated_total, stall,
+                            last_error, last_error_at
                      FROM tenant WHERE domain = ?1",
                 )?
                 .query_row([tenant], |r| {
@@ -525,6 +713,11 @@ impl Store {
                         last_gap: None,
                         gaps: 0,
                         stopped: r.get(7)?,
+                        fetched_total: to_u64(r.get(8)?),
+                        repeated_total: to_u64(r.get(9)?),
+                        stall: r.get(10)?,
+                        last_error: r.get(11)?,
+                        last_error_at: r.get(12)?,
                     })
                 })
                 .optional()?
@@ -558,68 +751,267 @@ impl Store {
         })
     }
 
-    /// Dead letters, oldest first.
-    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.read(|conn, tenant| {
+    /// Every tenant the file knows, with what it still holds.
+    pub fn tenants(&self) -> Result<Vec<KnownTenant>, StoreError> {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, log_id, reason, created_at, raw FROM dead_letter WHERE tenant = ?1 ORDER BY id LIMIT ?2",
+                "SELECT domain, outbox_count, (SELECT count(*) FROM dead_letter d WHERE d.tenant = t.domain),
+                        cursor_log_id IS NOT NULL
+                 FROM tenant t ORDER BY domain",
             )?;
-            let rows = stmt.query_map(params![tenant, to_i64(limit)], |r| {
-                Ok(DeadLetter {
-                    id: r.get(0)?,
-                    log_id: r.get(1)?,
-                    reason: r.get(2)?,
-                    created_at: r.get(3)?,
-                    raw: r.get(4)?,
+            let rows = stmt.query_map([], |r| {
+                Ok(KnownTenant {
+                    domain: r.get(0)?,
+                    outbox: to_u64(r.get(1)?),
+                    dead_letters: to_u64(r.get(2)?),
+                    has_cursor: r.get(3)?,
                 })
             })?;
             rows.collect()
         })
     }
 
-    /// Move dead letters back into the outbox (all when `ids` is empty); returns how many moved.
+    /// Drop everything the file holds about a tenant; returns what was dropped (outbox rows, dead letters).
+    pub fn forget_tenant(&mut self, tenant: &str) -> Result<(u64, u64), StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::sqlite(&path, e))?;
+        let run = |tx: &Transaction<'_>| -> rusqlite::Result<(u64, u64)> {
+            let outbox = tx.execute("DELETE FROM outbox WHERE tenant = ?1", [tenant])?;
+            let dead = tx.execute("DELETE FROM dead_letter WHERE tenant = ?1", [tenant])?;
+            tx.execute("DELETE FROM gap WHERE tenant = ?1", [tenant])?;
+            tx.execute("DELETE FROM import_file WHERE tenant = ?1", [tenant])?;
+            tx.execute("DELETE FROM tenant WHERE domain = ?1", [tenant])?;
+            Ok((outbox as u64, dead as u64))
+        };
+        let out = run(&tx).map_err(|e| StoreError::sqlite(&path, e))?;
+        tx.commit().map_err(|e| StoreError::sqlite(&path, e))?;
+        Ok(out)
+    }
+
+    /// Dead letters, oldest first, of one tenant or of all.
+    pub fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, tenant, log_id, reason, created_at, raw FROM dead_letter
+                 WHERE ?1 IS NULL OR tenant = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![tenant, to_i64(limit)], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    log_id: r.get(2)?,
+                    reason: r.get(3)?,
+                    created_at: r.get(4)?,
+                    raw: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Move dead letters back into their tenants' outboxes: the given ids, or all of `tenant`'s (all tenants'
+    /// when `None`) when `ids` is empty. Returns how many moved. Ids that do not exist (for that tenant) are
+    /// refused, and nothing moves.
     ///
     /// They go to the end of the outbox in dead-letter order. One without a `log_id` is queued with an empty
     /// one; if it still cannot be forwarded, the sender sets it aside again.
-    pub fn retry_dead_letters(&mut self, ids: &[i64]) -> Result<u64, StoreError> {
+    pub fn retry_dead_letters(&mut self, tenant: Option<&str>, ids: &[i64]) -> Result<u64, StoreError> {
         let now = now();
-        self.write(|tx, tenant| {
-            let moved = if ids.is_empty() {
-                let moved = tx
-                    .prepare_cached(
-                        "INSERT INTO outbox (tenant, log_id, raw, fetched_at)
-                         SELECT tenant, COALESCE(log_id, ''), raw, ?2 FROM dead_letter WHERE tenant = ?1 ORDER BY id",
-                    )?
-                    .execute(params![tenant, now])?;
-                tx.prepare_cached("DELETE FROM dead_letter WHERE tenant = ?1")?.execute([tenant])?;
-                moved
-            } else {
-                let mut ids = ids.to_vec();
-                ids.sort_unstable();
-                ids.dedup();
-                let mut requeue = tx.prepare_cached(
-                    "INSERT INTO outbox (tenant, log_id, raw, fetched_at)
-                     SELECT tenant, COALESCE(log_id, ''), raw, ?3 FROM dead_letter WHERE id = ?1 AND tenant = ?2",
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::sqlite(&path, e))?;
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let run = |tx: &Transaction<'_>| -> rusqlite::Result<Result<u64, Vec<i64>>> {
+            let chosen: Vec<(i64, String)> = if ids.is_empty() {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id, tenant FROM dead_letter WHERE ?1 IS NULL OR tenant = ?1 ORDER BY id",
                 )?;
-                let mut delete = tx.prepare_cached("DELETE FROM dead_letter WHERE id = ?1 AND tenant = ?2")?;
-                let mut moved = 0;
-                for id in ids {
-                    if requeue.execute(params![id, tenant, now])? > 0 {
-                        moved += delete.execute(params![id, tenant])?;
+                stmt.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+            } else {
+                let mut found = Vec::new();
+                let mut missing = Vec::new();
+                let mut stmt = tx.prepare_cached(
+                    "SELECT tenant FROM dead_letter WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+                )?;
+                for &id in &ids {
+                    match stmt.query_row(params![id, tenant], |r| r.get::<_, String>(0)).optional()? {
+                        Some(t) => found.push((id, t)),
+                        None => missing.push(id),
                     }
                 }
-                moved
+                if !missing.is_empty() {
+                    return Ok(Err(missing));
+                }
+                found
             };
-            tx.prepare_cached("UPDATE tenant SET outbox_count = outbox_count + ?2 WHERE domain = ?1")?
-                .execute(params![tenant, to_i64(moved)])?;
-            Ok(to_u64(to_i64(moved)))
+            let mut requeue = tx.prepare_cached(
+                "INSERT INTO outbox (tenant, log_id, raw, fetched_at)
+                 SELECT tenant, COALESCE(log_id, ''), raw, ?2 FROM dead_letter WHERE id = ?1",
+            )?;
+            let mut delete = tx.prepare_cached("DELETE FROM dead_letter WHERE id = ?1")?;
+            let mut count =
+                tx.prepare_cached("UPDATE tenant SET outbox_count = outbox_count + 1 WHERE domain = ?1")?;
+            let mut moved = 0u64;
+            for (id, t) in &chosen {
+                if requeue.execute(params![id, now])? > 0 {
+                    delete.execute([id])?;
+                    count.execute([t])?;
+                    moved += 1;
+                }
+            }
+            Ok(Ok(moved))
+        };
+        match run(&tx).map_err(|e| StoreError::sqlite(&path, e))? {
+            Ok(moved) => {
+                tx.commit().map_err(|e| StoreError::sqlite(&path, e))?;
+                Ok(moved)
+            }
+            Err(missing) => Err(StoreError::UnknownDeadLetters { ids: missing }),
+        }
+    }
+
+    /// The cached token of a tenant.
+    pub fn load_token(&self, tenant: &str) -> Result<Option<StoredToken>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT token_sealed, token_refresh_at, token_for FROM tenant
+                 WHERE domain = ?1 AND token_sealed IS NOT NULL",
+            )?
+            .query_row([tenant], |r| {
+                Ok(StoredToken { sealed: r.get(0)?, refresh_at: r.get(1)?, minted_for: r.get(2)? })
+            })
+            .optional()
         })
+    }
+
+    /// Keep a tenant's token (sealed) for the next start; `None` forgets it.
+    pub fn save_token(&mut self, tenant: &str, token: Option<&StoredToken>) -> Result<(), StoreError> {
+        self.write(tenant, |tx| {
+            tx.prepare_cached(
+                "UPDATE tenant SET token_sealed = ?2, token_refresh_at = ?3, token_for = ?4 WHERE domain = ?1",
+            )?
+            .execute(params![
+                tenant,
+                token.map(|t| t.sealed.as_slice()),
+                token.map(|t| t.refresh_at),
+                token.map(|t| t.minted_for.as_str())
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// How far the import of a file (by content id) got.
+    pub fn import_progress(&self, tenant: &str, file_id: &str) -> Result<Option<ImportProgress>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT entries, enqueued, complete FROM import_file WHERE tenant = ?1 AND file_id = ?2",
+            )?
+            .query_row([tenant, file_id], |r| {
+                Ok(ImportProgress {
+                    entries: to_u64(r.get(0)?),
+                    enqueued: to_u64(r.get(1)?),
+                    complete: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    /// Enqueue a batch of imported entries and record the file's progress, in one transaction. An entry whose
+    /// `log_id` is already waiting in the outbox is not enqueued again. Returns what was stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn import_batch(
+        &mut self,
+        tenant: &str,
+        file_id: &str,
+        name: &str,
+        entries: &[NewEntry],
+        dead_letters: &[NewDeadLetter],
+        filtered: u64,
+        progress: &ImportProgress,
+    ) -> Result<Committed, StoreError> {
+        let now = now();
+        self.write(tenant, |tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (tenant, log_id, raw, fetched_at)
+                 SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE tenant = ?1 AND log_id = ?2)",
+            )?;
+            let mut stored = 0u64;
+            for entry in entries {
+                stored += insert.execute(params![tenant, entry.log_id.as_str(), entry.raw, now])? as u64;
+            }
+            let dead = insert_dead_letters(tx, tenant, dead_letters, &now)?;
+            tx.prepare_cached(
+                "UPDATE tenant SET outbox_count = outbox_count + ?2, filtered_total = filtered_total + ?3
+                 WHERE domain = ?1",
+            )?
+            .execute(params![tenant, to_i64(stored), to_i64(filtered)])?;
+            tx.prepare_cached(
+                "INSERT INTO import_file (tenant, file_id, name, entries, enqueued, complete, started_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT (tenant, file_id) DO UPDATE SET
+                    name = ?3, entries = ?4, enqueued = enqueued + ?8, complete = ?6, updated_at = ?7",
+            )?
+            .execute(params![
+                tenant,
+                file_id,
+                name,
+                to_i64(progress.entries),
+                to_i64(stored),
+                progress.complete,
+                now,
+                to_i64(stored)
+            ])?;
+            Ok(Committed { entries: stored, dead_letters: dead })
+        })
+    }
+
+    /// Forget an import's progress (for `import --force`).
+    pub fn reset_import(&mut self, tenant: &str, file_id: &str) -> Result<(), StoreError> {
+        self.write(tenant, |tx| {
+            tx.prepare_cached("DELETE FROM import_file WHERE tenant = ?1 AND file_id = ?2")?
+                .execute([tenant, file_id])?;
+            Ok(())
+        })
+    }
+
+    /// SQLite's `data_version`: it changes whenever another connection (or process) commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.read(|conn| conn.query_row("PRAGMA data_version", [], |r| r.get(0)))
+    }
+
+    /// Write a consistent copy of the whole database to `dest` (which must not exist), mode 0600. Safe while
+    /// `run` is using the file: it reads one snapshot.
+    pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
+        if dest.exists() {
+            return Err(StoreError::Unusable {
+                what: "write the backup to",
+                path: dest.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the file already exists"),
+            });
+        }
+        create_private(dest)?;
+        let target = dest.to_str().ok_or_else(|| StoreError::Unusable {
+            what: "write the backup to",
+            path: dest.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path is not UTF-8"),
+        })?;
+        // VACUUM INTO wants a file that does not exist or is empty; the empty 0600 file keeps its mode.
+        self.conn.execute("VACUUM INTO ?1", [target]).map_err(|e| StoreError::sqlite(&self.path, e))?;
+        Ok(())
     }
 
     /// Connection settings every `Store` needs, whatever opened it.
     fn configure(&self) -> Result<(), StoreError> {
         let err = |e| StoreError::sqlite(&self.path, e);
-        // The busy timeout comes first: switching to WAL itself may have to wait for the other task.
+        // The busy timeout comes first: switching to WAL itself may have to wait for another connection.
         self.conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         let mode: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(err)?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -627,7 +1019,7 @@ impl Store {
         }
         self.conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         self.conn.pragma_update(None, "foreign_keys", true).map_err(err)?;
-        self.conn.set_prepared_statement_cache_capacity(32);
+        self.conn.set_prepared_statement_cache_capacity(48);
         Ok(())
     }
 
@@ -640,22 +1032,38 @@ impl Store {
         self.conn.pragma_update(None, "synchronous", value).map_err(|e| StoreError::sqlite(&self.path, e))
     }
 
+    /// The `synchronous` setting in effect (1 NORMAL, 2 FULL).
+    pub fn synchronous(&self) -> Result<i64, StoreError> {
+        self.read(|conn| conn.query_row("PRAGMA synchronous", [], |r| r.get(0)))
+    }
+
     /// Bring the schema to `SCHEMA_VERSION`.
     fn migrate(&mut self, found: i64) -> Result<(), StoreError> {
         // IMMEDIATE, so a second `Store` opening a new file at the same moment waits for the first one's
         // migration instead of failing on a read-to-write upgrade.
         self.conn.set_transaction_behavior(TransactionBehavior::Immediate);
         if let Err(e) = migrations().to_latest(&mut self.conn) {
-            // The other task may have migrated the same file between our version read and our transaction;
+            // Another connection may have migrated the same file between our version read and our transaction;
             // then its tables are there and our attempt failed on them, which is fine.
             let now: i64 = self
                 .conn
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .map_err(|e| StoreError::sqlite(&self.path, e))?;
-            if now != SCHEMA_VERSION {
-                return Err(StoreError::Migration { path: self.path.clone(), detail: e.to_string() });
+            if now == SCHEMA_VERSION {
+                return Ok(());
             }
-        } else if found < SCHEMA_VERSION {
+            // A full disk or a busy file is an outage, not a broken file: keep the SQLite error so that it is
+            // retried instead of stopping the service for good.
+            if let rusqlite_migration::Error::RusqliteError { err, .. } = e {
+                let error = StoreError::sqlite(&self.path, err);
+                if error.is_transient() {
+                    return Err(error);
+                }
+                let detail = crate::logging::Chain(&error).to_string();
+                return Err(StoreError::Migration { path: self.path.clone(), detail });
+            }
+            return Err(StoreError::Migration { path: self.path.clone(), detail: e.to_string() });
+        } else if found < SCHEMA_VERSION && found > 0 {
             tracing::info!(path = %self.path.display(), from = found, to = SCHEMA_VERSION, "state database schema migrated");
         }
         Ok(())
@@ -664,23 +1072,155 @@ impl Store {
     /// Run `f` in a `BEGIN IMMEDIATE` transaction, after making sure the tenant row exists.
     fn write<T>(
         &mut self,
-        f: impl FnOnce(&Transaction<'_>, &str) -> rusqlite::Result<T>,
+        tenant: &str,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let path = &self.path;
-        let tenant = self.tenant.as_str();
         let err = |e| StoreError::sqlite(path, e);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         tx.prepare_cached("INSERT INTO tenant (domain) VALUES (?1) ON CONFLICT (domain) DO NOTHING")
             .and_then(|mut s| s.execute([tenant]))
             .map_err(err)?;
-        let out = f(&tx, tenant).map_err(err)?;
+        let out = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(out)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection, &str) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        f(&self.conn, &self.tenant).map_err(|e| StoreError::sqlite(&self.path, e))
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        f(&self.conn).map_err(|e| StoreError::sqlite(&self.path, e))
     }
+}
+
+/// Insert dead letters, each raw entry at most once per tenant; returns how many were new.
+fn insert_dead_letters(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    letters: &[NewDeadLetter],
+    now: &str,
+) -> rusqlite::Result<u64> {
+    let mut dead = tx.prepare_cached(
+        "INSERT INTO dead_letter (tenant, log_id, raw, reason, created_at, raw_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+    )?;
+    let mut added = 0;
+    for letter in letters {
+        let hash = Sha256::digest(letter.raw.as_bytes());
+        added += dead.execute(params![
+            tenant,
+            letter.log_id.as_ref().map(LogId::as_str),
+            letter.raw,
+            reason(&letter.reason),
+            now,
+            hash.as_slice()
+        ])? as u64;
+    }
+    Ok(added)
+}
+
+/// Check, without changing anything, that `run` could use the state at `path`: an existing file must be ours
+/// and readable and writable, and its directory (or the nearest existing ancestor, which `run` would create
+/// the rest under) must be writable for the `-wal`, `-shm` and lock files. Returns what was found.
+pub fn check_usable(path: &Path) -> Result<String, StoreError> {
+    let unusable = |what: &'static str, p: &Path, source: std::io::Error| StoreError::Unusable {
+        what,
+        path: p.to_path_buf(),
+        source,
+    };
+    let found = match Store::open_existing(path) {
+        Ok(_) => format!("{} (schema {SCHEMA_VERSION})", path.display()),
+        Err(StoreError::Missing { .. }) => format!("{} will be created on first run", path.display()),
+        Err(StoreError::OlderSchema { found, .. }) => {
+            format!("{} (schema {found}, upgraded on the next run)", path.display())
+        }
+        Err(e) => return Err(e),
+    };
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| unusable("open for writing", path, e))?;
+    }
+    let mut dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => dir = p.to_path_buf(),
+            _ => {
+                dir = PathBuf::from(".");
+                break;
+            }
+        }
+    }
+    let probe_file = dir.join(format!(".auth0-rudderstack-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe_file)
+        .map_err(|e| unusable("create files in the state directory", &dir, e))?;
+    let _ = std::fs::remove_file(&probe_file);
+    Ok(found)
+}
+
+/// Make sure the state file exists (created with private permissions, with its directory, when missing) and
+/// return its canonical path, which is what the lock is taken on: two paths to one file get one lock.
+pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
+    if !path.exists() {
+        create_private(path)?;
+    }
+    std::fs::canonicalize(path).map_err(|source| StoreError::Unusable {
+        what: "resolve the path of",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Create the state file (and any missing directories) with private permissions, before SQLite opens it:
+/// SQLite then gives the `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(parent).map_err(|source| StoreError::Unusable {
+            what: "create the state directory",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|source| StoreError::Unusable {
+        what: "create the state file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    make_private(path)
+}
+
+/// Give an existing state file (and its `-wal` and `-shm`) mode 0600 if others could read it.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [path.to_path_buf(), sidecar(path, "-wal"), sidecar(path, "-shm")] {
+            let Ok(meta) = std::fs::metadata(&p) else { continue };
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
+                    |source| StoreError::Unusable {
+                        what: "make private (chmod 600)",
+                        path: p.clone(),
+                        source,
+                    },
+                )?;
+                tracing::warn!(path = %p.display(), mode = %format!("{mode:o}"), "the state file was readable by others; it is now 0600");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Look at an existing file without changing it: `None` when there is nothing there yet.
@@ -713,9 +1253,18 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 fn probe_file(path: &Path) -> Result<Option<Probe>, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
     let len = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(corrupt("it is a directory".into()));
+        }
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(corrupt(format!("cannot read it: {e}"))),
+        Err(source) => {
+            return Err(StoreError::Unusable {
+                what: "read the state file",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     if len == 0 {
         // SQLite itself treats an empty file as an empty database.
@@ -774,15 +1323,31 @@ fn empty_snapshot(tenant: &str) -> Snapshot {
         last_fetch_at: None,
         last_delivery_at: None,
         delivered_total: 0,
+        fetched_total: 0,
         filtered_total: 0,
+        repeated_total: 0,
         last_gap: None,
         gaps: 0,
         stopped: false,
+        stall: None,
+        last_error: None,
+        last_error_at: None,
     }
 }
 
-fn reason(why: &str) -> &str {
-    if why.trim().is_empty() { NO_REASON } else { why }
+fn reason(why: &str) -> String {
+    if why.trim().is_empty() { NO_REASON.to_string() } else { clip(why, MAX_NOTE) }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// RFC 3339, UTC, milliseconds: the format every timestamp in the file uses, so they sort as text.
@@ -796,6 +1361,57 @@ fn to_i64<N: TryInto<i64>>(n: N) -> i64 {
 
 fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// One connection owned by one thread, shared by the daemon's tasks: closures sent to it run in order, off
+/// the async threads. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    jobs: std::sync::mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+impl Handle {
+    /// Move `store` onto its own thread.
+    pub fn spawn(store: Store, name: &str) -> Result<Handle, StoreError> {
+        let path = store.path.clone();
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let mut store = store;
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut store);
+                }
+            })
+            .map_err(|source| StoreError::Unusable {
+                what: "start a thread for",
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Handle { jobs, path })
+    }
+
+    /// Run `f` on the store's thread and wait for its result. If the caller stops waiting, `f` still runs to
+    /// completion, so a transaction is never cut in half.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = tx.send(f(store));
+        });
+        let gone = || StoreError::Unusable {
+            what: "reach the thread of",
+            path: self.path.clone(),
+            source: std::io::Error::other("the state database thread has stopped"),
+        };
+        self.jobs.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
 }
 
 #[cfg(test)]
@@ -818,23 +1434,24 @@ mod tests {
         assert_eq!((v, app), (SCHEMA_VERSION, APPLICATION_ID));
     }
 
-    /// A `Store` can be moved into a blocking task.
+    /// A `Store` can be moved onto its thread.
     #[test]
     fn a_store_is_send() {
         fn assert_send<T: Send>() {}
         assert_send::<Store>();
     }
 
-    /// Only busy and locked databases are worth retrying.
+    /// Busy, locked, full and failing disks are worth retrying; a corrupt file is not.
     #[test]
-    fn only_busy_and_locked_errors_are_transient() {
+    fn busy_locked_full_and_io_errors_are_transient() {
         let sqlite = |code| StoreError::Sqlite {
             path: PathBuf::from("x"),
             source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
         };
         assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_transient());
         assert!(sqlite(rusqlite::ffi::SQLITE_LOCKED).is_transient());
-        assert!(!sqlite(rusqlite::ffi::SQLITE_FULL).is_transient());
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_transient());
+        assert!(sqlite(rusqlite::ffi::SQLITE_IOERR).is_transient());
         assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_transient());
         assert!(!StoreError::Missing { path: PathBuf::from("x") }.is_transient());
         assert!(!StoreError::Corrupt { path: PathBuf::from("x"), detail: String::new() }.is_transient());

@@ -793,6 +793,14 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Log Streams category names and their type codes (filled in from Auth0's documentation).
+pub const CATEGORIES: &[(&str, &[&str])] = &[];
+
+/// The type codes of a Log Streams category.
+pub fn category_codes(name: &str) -> Option<&'static [&'static str]> {
+    CATEGORIES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

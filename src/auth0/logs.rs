@@ -4,45 +4,58 @@
 //! Entries are kept as raw JSON (`Box<RawValue>`) so that what reaches the outbox is byte-for-byte what Auth0
 //! sent, and so that an element that is not even an object is still carried to the pipeline, which
 //! dead-letters it instead of losing the whole page. Paging uses `from`/`take` only (search mode caps out at
-//! 1,000 results); the `from` of Auth0's `Link: rel="next"` is reported on the [`Page`] and cross-checked
-//! against the last entry, because Auth0 documents that link as the authoritative continuation.
+//! 1,000 results), and `from` is always a validated [`LogId`], so no request URL is ever built from an
+//! unchecked id.
 //!
-//! Every request, bootstrap included, goes through the shared pacer, carries a cached token, and on a 401
-//! re-mints the token once before giving up.
+//! Every request, bootstrap included, goes through the shared pacer, carries a cached token, has the
+//! configured timeout, reads at most `auth0.max_page_bytes` of (decoded) body, and on a 401 re-mints the
+//! token once before giving up.
 
 use std::sync::Arc;
 
 use chrono::SecondsFormat;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap, LOCATION};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::pace::{self, Pacer};
-use super::token::{self, TokenCache};
+use super::token::{self, OnMint, TokenCache};
 use super::{Error, error_message};
 use crate::config;
+use crate::entry::LogId;
+use crate::http::{BodyError, read_limited};
+use crate::store::StoredToken;
+use crate::telemetry::TenantTelemetry;
 
 /// One page of `/api/v2/logs`.
 #[derive(Debug)]
 pub struct Page {
     /// The entries, raw, in the order Auth0 returned them (`log_id` order).
     pub entries: Vec<Box<RawValue>>,
-    /// The `from` carried by the `Link: <...>; rel="next"` header, when Auth0 sent one. On a non-empty page it
-    /// is the last entry's `log_id`; on an empty page it is the `from` of the request.
-    pub next_from: Option<String>,
+    /// The `from` of the `Link: <...>; rel="next"` header, when Auth0 sent a valid one: on a non-empty page the
+    /// last entry's `log_id`, on an empty page the `from` of the request. Informative only: the cursor comes
+    /// from the entries themselves.
+    pub next_from: Option<LogId>,
 }
 
-/// The result of the bootstrap query for a state with no cursor.
+/// Where a state with no cursor begins.
 #[derive(Debug)]
-pub struct Bootstrap {
-    /// An entry that must itself be forwarded (the first found by `oldest` or a time), which also becomes the cursor.
-    pub first: Option<Box<RawValue>>,
-    /// A cursor to start after without forwarding anything (`now`, or a `log_id`).
-    pub cursor: Option<String>,
+pub enum Bootstrap {
+    /// Start after this id (`start` is a `log_id`); nothing is forwarded.
+    After(LogId),
+    /// The entry the bootstrap query found: forwarded itself (`oldest`, a time), or only started after
+    /// (`now`).
+    Found {
+        /// The raw entry.
+        entry: Box<RawValue>,
+        /// Whether it is forwarded.
+        forward: bool,
+    },
+    /// The tenant's log is empty.
+    Empty,
 }
 
-/// The Management API client: token cache, pacing, paging. Cheap to clone.
+/// The Management API client of one tenant: token cache, pacing, paging. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -52,8 +65,11 @@ struct Inner {
     http: reqwest::Client,
     logs_url: String,
     client_id: String,
+    timeout: std::time::Duration,
+    max_page_bytes: usize,
     token: TokenCache,
     pacer: Pacer,
+    telemetry: TenantTelemetry,
 }
 
 impl std::fmt::Debug for Client {
@@ -65,41 +81,35 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The identity of an entry, read from its raw JSON. Pre-2020 entries carry only `_id`.
-#[derive(Deserialize)]
-struct EntryId {
-    log_id: Option<String>,
-    #[serde(rename = "_id")]
-    id: Option<String>,
-}
-
-/// The `log_id` of a raw entry, if it is an object that has one.
-pub fn log_id_of(entry: &RawValue) -> Option<String> {
-    let id: EntryId = serde_json::from_str(entry.get()).ok()?;
-    id.log_id.or(id.id).filter(|s| !s.is_empty())
-}
-
 impl Client {
-    /// Build a client from the `[auth0]` section.
+    /// Build a client from an `[auth0]` section with a client of its own (for tests and one-shot commands).
     pub fn new(cfg: &config::Auth0) -> Result<Client, Error> {
-        // Redirects are never followed: for the token call that is an SSRF guard, and a redirect from the
-        // Management API means auth0.base_url is wrong, which the operator should see.
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("auth0-rudderstack/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(10)))
-            .build()
-            .map_err(|e| Error::Setup(crate::error_chain(&e)))?;
+        let http = crate::http::client(cfg.tls_ca.as_ref())
+            .map_err(|e| Error::Setup(crate::logging::Chain(&e).to_string()))?;
+        Client::with(cfg, http, TenantTelemetry::disabled(), None, None)
+    }
+
+    /// Build a client on a shared HTTP client, with counters, a token kept from an earlier run, and a callback
+    /// for each newly minted token.
+    pub fn with(
+        cfg: &config::Auth0,
+        http: reqwest::Client,
+        telemetry: TenantTelemetry,
+        stored: Option<StoredToken>,
+        on_mint: Option<OnMint>,
+    ) -> Result<Client, Error> {
         let logs_url = token::join(&cfg.base_url, "api/v2/logs")?;
-        let token = TokenCache::new(cfg, http.clone())?;
+        let token = TokenCache::new(cfg, http.clone(), telemetry.clone(), stored, on_mint)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
                 logs_url,
                 client_id: cfg.client_id.clone(),
+                timeout: cfg.timeout,
+                max_page_bytes: cfg.max_page_bytes,
                 token,
                 pacer: Pacer::new(cfg.max_requests_per_second),
+                telemetry,
             }),
         })
     }
@@ -110,7 +120,7 @@ impl Client {
     }
 
     /// Read the page after `from` (exclusive), at most `take` entries (Auth0 caps it at 100).
-    pub async fn page_after(&self, from: &str, take: u32) -> Result<Page, Error> {
+    pub async fn page_after(&self, from: &LogId, take: u32) -> Result<Page, Error> {
         let query = [("from", from.to_string()), ("take", take.to_string())];
         let (headers, body, url) = self.get(&query, Some(from)).await?;
         let entries = parse_array(&body, &url)?;
@@ -118,33 +128,16 @@ impl Client {
             .get_all(reqwest::header::LINK)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(next_from_link);
-        if let Some(next) = &next_from {
-            let expected = match entries.last() {
-                Some(last) => log_id_of(last),
-                None => Some(from.to_string()),
-            };
-            if let Some(expected) = expected
-                && &expected != next
-            {
-                tracing::warn!(
-                    link_from = %next,
-                    expected = %expected,
-                    entries = entries.len(),
-                    "the Link rel=\"next\" cursor disagrees with the last entry's log_id"
-                );
-            }
-        }
-        tracing::debug!(from, take, entries = entries.len(), "read a page of /api/v2/logs");
+            .find_map(next_from_link)
+            .and_then(|s| LogId::parse(&s).ok());
+        tracing::debug!(from = %from, take, entries = entries.len(), "read a page of /api/v2/logs");
         Ok(Page { entries, next_from })
     }
 
     /// Find where a fresh state begins. `LogId` needs no request; the others are one search-mode query each.
     pub async fn bootstrap(&self, start: &config::Start) -> Result<Bootstrap, Error> {
         let (sort, q) = match start {
-            config::Start::LogId(id) => {
-                return Ok(Bootstrap { first: None, cursor: Some(id.clone()) });
-            }
+            config::Start::LogId(id) => return Ok(Bootstrap::After(id.clone())),
             config::Start::Now => ("date:-1", None),
             config::Start::Oldest => ("date:1", None),
             config::Start::Time(t) => {
@@ -152,16 +145,9 @@ impl Client {
             }
         };
         let mut entries = self.search(sort, q).await?;
-        let Some(entry) = entries.drain(..).next() else {
-            tracing::info!(start = ?start, "the tenant has no log entry to start from yet");
-            return Ok(Bootstrap { first: None, cursor: None });
-        };
-        let url = self.inner.logs_url.clone();
-        let id = log_id_of(&entry)
-            .ok_or_else(|| Error::Body { url, message: "the bootstrap entry has no log_id".into() })?;
-        Ok(match start {
-            config::Start::Now => Bootstrap { first: None, cursor: Some(id) },
-            _ => Bootstrap { first: Some(entry), cursor: None },
+        Ok(match entries.drain(..).next() {
+            None => Bootstrap::Empty,
+            Some(entry) => Bootstrap::Found { entry, forward: !matches!(start, config::Start::Now) },
         })
     }
 
@@ -191,33 +177,57 @@ impl Client {
     async fn get(
         &self,
         query: &[(&str, String)],
-        from: Option<&str>,
+        from: Option<&LogId>,
     ) -> Result<(HeaderMap, Vec<u8>, String), Error> {
         let inner = &*self.inner;
         let url = reqwest::Url::parse_with_params(&inner.logs_url, query)
             .map_err(|e| Error::Setup(format!("{}: {e}", inner.logs_url)))?;
         let shown = url.to_string();
+        let transport = |e: reqwest::Error| {
+            let message = crate::logging::Chain(&e.without_url()).to_string();
+            let hint = crate::http::tls_hint(&message);
+            Error::Transport { url: shown.clone(), message: format!("{message}{hint}") }
+        };
         let mut reauthenticated = false;
         loop {
             // Pace first: a token fetched before a long hold (remaining = 0, a 429) could expire meanwhile.
             inner.pacer.wait().await;
             let bearer = inner.token.get().await?;
-            let response =
-                inner.http.get(url.clone()).header(AUTHORIZATION, bearer.header()).send().await.map_err(
-                    |e| Error::Transport {
-                        url: shown.clone(),
-                        message: crate::error_chain(&e.without_url()),
-                    },
-                )?;
+            let sent = inner
+                .http
+                .get(url.clone())
+                .header(AUTHORIZATION, bearer.header())
+                .timeout(inner.timeout)
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    inner.telemetry.request("logs", None);
+                    return Err(transport(e));
+                }
+            };
             let status = response.status();
+            inner.telemetry.request("logs", Some(status.as_u16()));
             let headers = response.headers().clone();
             inner.pacer.observe(status, &headers);
-            let body = response.bytes().await.map_err(|e| Error::Transport {
-                url: shown.clone(),
-                message: crate::error_chain(&e.without_url()),
-            })?;
+            let limit = if status.is_success() { inner.max_page_bytes } else { 64 * 1024 };
+            let body = match read_limited(response, limit).await {
+                Ok(b) => b,
+                Err(BodyError::TooLarge { limit }) if status.is_success() => {
+                    return Err(Error::Body {
+                        url: shown,
+                        message: format!(
+                            "the page is larger than auth0.max_page_bytes ({limit} bytes, after decompression)"
+                        ),
+                    });
+                }
+                // An error answer is only quoted: its start is enough.
+                Err(BodyError::TooLarge { .. }) => b"(an error answer too large to quote)".to_vec(),
+                Err(BodyError::Read(e)) => return Err(transport(e)),
+            };
             if status.is_success() {
-                return Ok((headers, body.to_vec(), shown));
+                return Ok((headers, body, shown));
             }
             let message = error_message(&body);
             tracing::warn!(status = status.as_u16(), url = %shown, message = %message, "Auth0 refused a logs request");
@@ -232,7 +242,7 @@ impl Client {
                 }
                 StatusCode::BAD_REQUEST if from.is_some() => {
                     return Err(Error::ExpiredCheckpoint {
-                        from: from.unwrap_or_default().to_string(),
+                        from: from.map(LogId::to_string).unwrap_or_default(),
                         message,
                     });
                 }
@@ -244,24 +254,20 @@ impl Client {
                     });
                 }
                 s if s.is_redirection() => {
-                    let to = headers.get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+                    let to = headers.get(LOCATION).and_then(|v| v.to_str().ok()).map(super::clip);
                     return Err(Error::Status {
                         url: shown,
                         status: s.as_u16(),
-                        message: format!("a redirect to {to}; check auth0.base_url"),
+                        message: format!(
+                            "a redirect to {}; check auth0.base_url",
+                            to.as_deref().unwrap_or("nowhere")
+                        ),
                     });
                 }
                 s => return Err(Error::Status { url: shown, status: s.as_u16(), message }),
             }
         }
     }
-}
-
-fn parse_array(body: &[u8], url: &str) -> Result<Vec<Box<RawValue>>, Error> {
-    serde_json::from_slice::<Vec<Box<RawValue>>>(body).map_err(|e| Error::Body {
-        url: url.to_string(),
-        message: format!("expected a JSON array of log entries ({} bytes): {e}", body.len()),
-    })
 }
 
 /// The `from` query parameter of the `rel="next"` link in one `Link` header value.
@@ -281,6 +287,13 @@ fn next_from_link(header: &str) -> Option<String> {
     })
 }
 
+fn parse_array(body: &[u8], url: &str) -> Result<Vec<Box<RawValue>>, Error> {
+    serde_json::from_slice::<Vec<Box<RawValue>>>(body).map_err(|e| Error::Body {
+        url: url.to_string(),
+        message: format!("expected a JSON array of log entries ({} bytes): {e}", body.len()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,15 +305,5 @@ mod tests {
         let two = "<https://x/api/v2/logs?from=1&take=1>; rel=\"prev\", <https://x/api/v2/logs?take=1&from=2>; rel=next";
         assert_eq!(next_from_link(two).as_deref(), Some("2"));
         assert_eq!(next_from_link("garbage"), None);
-    }
-
-    #[test]
-    fn a_log_id_is_read_from_log_id_or_the_legacy_id() {
-        let a = RawValue::from_string(r#"{"log_id":"9001","_id":"9001"}"#.into()).unwrap();
-        let b = RawValue::from_string(r#"{"_id":"5ef3bb0a72487a0047c32959"}"#.into()).unwrap();
-        let c = RawValue::from_string("[1,2]".into()).unwrap();
-        assert_eq!(log_id_of(&a).as_deref(), Some("9001"));
-        assert_eq!(log_id_of(&b).as_deref(), Some("5ef3bb0a72487a0047c32959"));
-        assert_eq!(log_id_of(&c), None);
     }
 }

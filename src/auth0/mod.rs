@@ -13,7 +13,8 @@ pub mod token;
 
 use std::time::Duration;
 
-pub use logs::{Bootstrap, Client, Page, log_id_of};
+pub use logs::{Bootstrap, Client, Page};
+pub use token::OnMint;
 
 /// A failed call to Auth0.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +193,7 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     if text.is_empty() { "(empty body)".into() } else { clip(text) }
 }
 
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     const MAX: usize = 300;
     if s.len() <= MAX {
         return s.to_string();

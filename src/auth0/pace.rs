@@ -89,7 +89,7 @@ impl Pacer {
         let now = Instant::now();
         let hold = if status == StatusCode::TOO_MANY_REQUESTS {
             Some(retry_after(headers).unwrap_or(MIN_429_WAIT))
-        } else if header_u64(headers, "x-ratelimit-remaining") == Some(0) {
+        } else if remaining(headers) == Some(0) {
             // Without a usable reset, one second is the granularity Auth0 refills at.
             Some(reset_wait(headers).unwrap_or(Duration::from_secs(1)))
         } else {
@@ -126,34 +126,42 @@ impl Drop for SlotGuard<'_> {
 }
 
 /// How long a 429 asks us to wait: `Retry-After` (seconds, or an HTTP date as RFC 9110 also allows), else
-/// `x-ratelimit-reset` (an absolute epoch in seconds) minus now. Values are bounded: a reset in the past
-/// waits a second, one absurdly far away (clock skew) waits at most a minute; an unreadable header counts as
-/// absent.
+/// `x-ratelimit-reset` (an absolute epoch in seconds) minus now. Every number is read into a bounded range
+/// before any arithmetic: a reset in the past waits a second, an absurd `Retry-After` (say `1e20`) waits at
+/// most [`MAX_RETRY_AFTER`] and says so at warn level; an unreadable header counts as absent.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let given = headers.get("retry-after").and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(secs) = given.and_then(|v| v.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0) {
-        return Some(Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER));
-    }
-    if let Some(at) = given.and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok()) {
-        let wait = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        return Some(wait.min(MAX_RETRY_AFTER));
+    if headers.contains_key("retry-after")
+        && let Some(wait) = crate::http::retry_after(headers, MAX_RETRY_AFTER)
+    {
+        return Some(wait);
     }
     reset_wait(headers).map(|d| d.max(MIN_429_WAIT))
 }
 
-/// `x-ratelimit-reset - now`, clamped to `[0, MAX_RESET_WAIT]`; `None` when absent or unreadable.
+/// `x-ratelimit-reset - now`, within `[0, MAX_RESET_WAIT]`; `None` when absent or unreadable.
 fn reset_wait(headers: &HeaderMap) -> Option<Duration> {
-    let reset = header_u64(headers, "x-ratelimit-reset")?;
+    let reset = header_text(headers, "x-ratelimit-reset")?
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 0.0)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    let delta = reset as f64 - now;
+    let delta = reset - now;
     if delta <= 0.0 {
         return Some(Duration::ZERO);
     }
-    Some(Duration::from_secs_f64(delta.min(MAX_RESET_WAIT.as_secs_f64())))
+    Some(crate::http::capped(delta, MAX_RESET_WAIT, "x-ratelimit-reset"))
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+/// `x-ratelimit-remaining` as a whole number, when readable.
+fn remaining(headers: &HeaderMap) -> Option<u64> {
+    let v = header_text(headers, "x-ratelimit-remaining")?.parse::<f64>().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| v.min(u64::MAX as f64) as u64)
+}
+
+/// A header's value as trimmed text, when it is short, printable ASCII.
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    (v.len() <= 64).then_some(v)
 }
 
 #[cfg(test)]

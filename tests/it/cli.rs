@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use crate::support::app::{App, CLIENT_SECRET, WRITE_KEY, text};
 
+fn text_of(out: &std::process::Output) -> String {
+    text(out)
+}
+
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn unreachable_app() -> App {
@@ -142,13 +146,48 @@ async fn status_on_a_fresh_installation_creates_nothing() {
     assert!(!app.db_path().exists());
 }
 
-/// The example config shipped in the repository parses, so it cannot rot.
+/// The example config shipped in the repository is refused as it is (its placeholders would run against a
+/// made-up tenant), naming the first placeholder's key; with real values in their place it parses, so it
+/// cannot rot.
 #[tokio::test]
-async fn the_example_config_parses() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    let (config, _) = auth0_rudderstack::config::Config::load(&path).expect("config.example.toml parses");
-    assert_eq!(config.auth0.page_size, 100);
-    assert_eq!(config.rudderstack.max_batch_bytes, 4_000_000);
+async fn the_example_config_is_refused_until_its_placeholders_are_replaced() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let app = unreachable_app();
+    let out = status_with_config(&app, &text).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text_of(&out));
+    let err = stderr(&out);
+    assert!(err.contains("auth0.domain") && err.contains("placeholder"), "{err}");
+
+    let filled = text
+        .replace("example-tenant.us.auth0.com", "acme.eu.auth0.com")
+        .replace("REPLACE_WITH_CLIENT_ID", "a-client-id")
+        .replace("REPLACE_WITH_CLIENT_SECRET", "a-client-secret")
+        .replace("REPLACE_WITH_WRITE_KEY", "a-write-key")
+        .replace("example-dataplane.rudderstack.com", "acme-dataplane.rudderstack.com");
+    let (config, _) = auth0_rudderstack::config::Config::parse(&filled, &example, |_: &str| None)
+        .expect("the example with its placeholders filled in parses");
+    assert_eq!(config.tenants[0].auth0.page_size, 100);
+    assert_eq!(config.tenants[0].rudderstack.max_batch_bytes, 4_000_000);
+    // And every placeholder on its own is caught.
+    for (placeholder, key) in [
+        ("REPLACE_WITH_CLIENT_ID", "auth0.client_id"),
+        ("REPLACE_WITH_CLIENT_SECRET", "auth0.client_secret"),
+        ("REPLACE_WITH_WRITE_KEY", "rudderstack.write_key"),
+        ("example-dataplane.rudderstack.com", "rudderstack.data_plane_url"),
+    ] {
+        let one = filled.replace(
+            match placeholder {
+                "REPLACE_WITH_CLIENT_ID" => "a-client-id",
+                "REPLACE_WITH_CLIENT_SECRET" => "a-client-secret",
+                "REPLACE_WITH_WRITE_KEY" => "a-write-key",
+                _ => "acme-dataplane.rudderstack.com",
+            },
+            placeholder,
+        );
+        let err = auth0_rudderstack::config::Config::parse(&one, &example, |_: &str| None).unwrap_err();
+        assert_eq!(err.key(), key, "{err}");
+    }
 }
 
 /// `--log-format json` writes one JSON object per log line, for log shippers.

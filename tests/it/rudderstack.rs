@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use auth0_rudderstack::config::{self, Mode};
 use auth0_rudderstack::rudderstack::{Error, Item, Report, Sink};
-use secrecy::SecretString;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::support::fake_rudderstack::{
     self, DISABLED_KEY, FakeRudderStack, HTTP_SOURCE_KEY, KeySource, Options, WRITE_KEY,
@@ -15,15 +15,14 @@ use crate::support::fake_rudderstack::{
 use crate::support::http::Reply;
 
 fn cfg(url: &str, key: &str, mode: Mode) -> config::RudderStack {
-    config::RudderStack {
-        data_plane_url: url::Url::parse(url).unwrap(),
-        write_key: SecretString::from(key.to_string()),
-        mode,
-        max_batch_events: 100,
-        max_batch_bytes: 4_000_000,
-        max_event_bytes: 32_000,
-        timeout: Duration::from_secs(10),
-    }
+    let mut c = config::RudderStack::new(url::Url::parse(url).unwrap(), key, mode).unwrap();
+    c.timeout = Duration::from_secs(10);
+    c
+}
+
+/// A shutdown that never comes.
+fn never() -> CancellationToken {
+    CancellationToken::new()
 }
 
 fn sink(c: &config::RudderStack) -> Sink {
@@ -69,7 +68,7 @@ fn assert_clean(report: &Report) {
 async fn a_2xx_answer_delivers_every_item_in_order() {
     let fake = FakeRudderStack::start_default().await;
     let items: Vec<Item> = (0..10).map(event).collect();
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items.clone()).await;
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items.clone(), &never()).await;
     assert_clean(&report);
     assert_eq!(report.delivered, seqs(&items));
     assert!(report.rejected.is_empty());
@@ -95,14 +94,14 @@ async fn a_503_is_transient_and_leaves_every_item_pending_until_a_later_attempt_
     let s = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch));
     let items: Vec<Item> = (0..5).map(event).collect();
     fake.set_outage(true);
-    let report = s.deliver(items.clone()).await;
+    let report = s.deliver(items.clone(), &never()).await;
     let err = report.error.expect("an error");
     assert!(err.is_transient() && !err.is_fatal(), "{err:?}");
     assert!(err.to_string().contains("503"), "{err}");
     assert!(report.delivered.is_empty() && report.rejected.is_empty());
     assert_eq!(fake.event_count(), 0);
     fake.set_outage(false);
-    let report = s.deliver(items.clone()).await;
+    let report = s.deliver(items.clone(), &never()).await;
     assert_clean(&report);
     assert_eq!(report.delivered, seqs(&items));
 }
@@ -114,7 +113,7 @@ async fn a_reply_slower_than_the_timeout_is_a_transient_error() {
     fake.hook(|_, _| Some(Reply::new(200, "ok").delayed(Duration::from_secs(5))));
     let mut c = cfg(&fake.url(), WRITE_KEY, Mode::Batch);
     c.timeout = Duration::from_millis(200);
-    let report = sink(&c).deliver((0..3).map(event).collect()).await;
+    let report = sink(&c).deliver((0..3).map(event).collect(), &never()).await;
     let err = report.error.expect("an error");
     assert!(matches!(err, Error::Timeout { .. }) && err.is_transient(), "{err:?}");
     assert!(report.delivered.is_empty() && report.rejected.is_empty());
@@ -127,7 +126,7 @@ async fn a_transient_error_after_some_requests_reports_what_was_delivered_before
     fake.hook(|_, n| (n >= 1).then(|| Reply::text(500, "pq: could not write")));
     let mut c = cfg(&fake.url(), WRITE_KEY, Mode::Batch);
     c.max_batch_events = 5;
-    let report = sink(&c).deliver((0..12).map(event).collect()).await;
+    let report = sink(&c).deliver((0..12).map(event).collect(), &never()).await;
     assert!(report.error.as_ref().unwrap().is_transient());
     assert_eq!(report.delivered, (0..5).collect::<Vec<_>>());
     assert!(report.rejected.is_empty());
@@ -140,7 +139,7 @@ async fn a_transient_error_after_some_requests_reports_what_was_delivered_before
 async fn a_reset_or_refused_connection_is_transient() {
     let fake = FakeRudderStack::start_default().await;
     fake.hook(|_, _| Some(Reply::Reset));
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(vec![event(1)]).await;
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(vec![event(1)], &never()).await;
     let err = report.error.expect("an error");
     assert!(err.is_transient(), "{err:?}");
     assert!(report.delivered.is_empty());
@@ -149,8 +148,9 @@ async fn a_reset_or_refused_connection_is_transient() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let report =
-        sink(&cfg(&format!("http://127.0.0.1:{port}"), WRITE_KEY, Mode::Batch)).deliver(vec![event(1)]).await;
+    let report = sink(&cfg(&format!("http://127.0.0.1:{port}"), WRITE_KEY, Mode::Batch))
+        .deliver(vec![event(1)], &never())
+        .await;
     let err = report.error.expect("an error");
     assert!(matches!(err, Error::Transport { .. }) && err.is_transient(), "{err:?}");
 }
@@ -159,8 +159,9 @@ async fn a_reset_or_refused_connection_is_transient() {
 #[tokio::test]
 async fn a_401_is_fatal_and_quotes_the_gateways_reason() {
     let fake = FakeRudderStack::start_default().await;
-    let report =
-        sink(&cfg(&fake.url(), "not-a-known-key", Mode::Batch)).deliver((0..3).map(event).collect()).await;
+    let report = sink(&cfg(&fake.url(), "not-a-known-key", Mode::Batch))
+        .deliver((0..3).map(event).collect(), &never())
+        .await;
     let err = report.error.expect("an error");
     assert!(err.is_fatal() && !err.is_transient());
     let msg = err.to_string();
@@ -173,7 +174,7 @@ async fn a_401_is_fatal_and_quotes_the_gateways_reason() {
 #[tokio::test]
 async fn a_404_for_a_disabled_source_is_fatal_and_says_so() {
     let fake = FakeRudderStack::start_default().await;
-    let report = sink(&cfg(&fake.url(), DISABLED_KEY, Mode::Batch)).deliver(vec![event(1)]).await;
+    let report = sink(&cfg(&fake.url(), DISABLED_KEY, Mode::Batch)).deliver(vec![event(1)], &never()).await;
     let err = report.error.expect("an error");
     assert!(matches!(err, Error::SourceDisabled { .. }) && err.is_fatal(), "{err:?}");
     assert!(err.to_string().contains("source is disabled"), "{err}");
@@ -185,7 +186,7 @@ async fn a_404_for_a_disabled_source_is_fatal_and_says_so() {
 async fn a_413_splits_the_request_and_delivers_the_halves() {
     let fake = FakeRudderStack::start(Options { max_request_bytes: 1000, ..Options::default() }).await;
     let items: Vec<Item> = (0..10).map(|i| event_of_len(i, 150)).collect();
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items.clone()).await;
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items.clone(), &never()).await;
     assert_clean(&report);
     assert_eq!(report.delivered, seqs(&items));
     assert_eq!(fake.message_ids(), ids(0..10));
@@ -197,7 +198,7 @@ async fn a_413_splits_the_request_and_delivers_the_halves() {
 async fn a_single_item_that_still_gets_413_is_rejected() {
     let fake = FakeRudderStack::start(Options { max_request_bytes: 300, ..Options::default() }).await;
     let items = vec![event_of_len(0, 60), event_of_len(1, 400), event_of_len(2, 60), event_of_len(3, 60)];
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items).await;
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items, &never()).await;
     assert_clean(&report);
     assert_eq!(report.delivered, vec![0, 2, 3]);
     assert_eq!(report.rejected.len(), 1);
@@ -213,7 +214,7 @@ async fn a_400_is_bisected_to_reject_exactly_the_bad_events() {
     let fake = FakeRudderStack::start_default().await;
     let bad = [3, 17, 30];
     let items: Vec<Item> = (0..37).map(|i| if bad.contains(&i) { bad_event(i) } else { event(i) }).collect();
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items).await;
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver(items, &never()).await;
     assert_clean(&report);
     let good: Vec<i64> = (0..37).filter(|i| !bad.contains(i)).collect();
     assert_eq!(report.delivered, good);
@@ -236,7 +237,8 @@ async fn a_400_is_bisected_to_reject_exactly_the_bad_events() {
 async fn an_unexpected_4xx_stops_delivery_without_setting_anything_aside() {
     let fake = FakeRudderStack::start_default().await;
     fake.hook(|req, _| req.body_text().contains("msg-2\"").then(|| Reply::text(403, "Forbidden by policy")));
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver((0..4).map(event).collect()).await;
+    let report =
+        sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver((0..4).map(event).collect(), &never()).await;
     assert!(report.delivered.is_empty() && report.rejected.is_empty(), "{report:?}");
     let err = report.error.expect("an error");
     assert!(!err.is_transient());
@@ -251,7 +253,8 @@ async fn a_redirect_is_neither_success_nor_followed() {
     let target = FakeRudderStack::start_default().await;
     let location = format!("{}/v1/batch", target.url());
     fake.set_redirect(Some((302, location.clone())));
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver((0..3).map(event).collect()).await;
+    let report =
+        sink(&cfg(&fake.url(), WRITE_KEY, Mode::Batch)).deliver((0..3).map(event).collect(), &never()).await;
     let err = report.error.expect("an error");
     assert!(matches!(err, Error::Redirect { status: 302, .. }) && !err.is_transient(), "{err:?}");
     let msg = err.to_string();
@@ -268,7 +271,7 @@ async fn an_item_over_max_event_bytes_is_rejected_without_any_request() {
     let mut c = cfg(&fake.url(), WRITE_KEY, Mode::Batch);
     c.max_event_bytes = 100;
     let s = sink(&c);
-    let report = s.deliver(vec![event_of_len(7, 200)]).await;
+    let report = s.deliver(vec![event_of_len(7, 200)], &never()).await;
     assert_clean(&report);
     assert!(report.delivered.is_empty());
     let (seq, reason) = &report.rejected[0];
@@ -276,7 +279,8 @@ async fn an_item_over_max_event_bytes_is_rejected_without_any_request() {
     assert!(reason.contains("200") && reason.contains("100"), "{reason}");
     assert!(fake.requests().is_empty());
 
-    let report = s.deliver(vec![event_of_len(1, 90), event_of_len(2, 101), event_of_len(3, 90)]).await;
+    let report =
+        s.deliver(vec![event_of_len(1, 90), event_of_len(2, 101), event_of_len(3, 90)], &never()).await;
     assert_eq!(report.delivered, vec![1, 3]);
     assert_eq!(report.rejected.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2]);
     assert_eq!(fake.requests().len(), 1);
@@ -288,7 +292,7 @@ async fn batches_respect_max_batch_events() {
     let fake = FakeRudderStack::start_default().await;
     let mut c = cfg(&fake.url(), WRITE_KEY, Mode::Batch);
     c.max_batch_events = 4;
-    let report = sink(&c).deliver((0..10).map(event).collect()).await;
+    let report = sink(&c).deliver((0..10).map(event).collect(), &never()).await;
     assert_clean(&report);
     let sizes: Vec<_> = fake.requests().iter().map(|r| r.events.unwrap()).collect();
     assert_eq!(sizes, vec![4, 4, 2]);
@@ -304,7 +308,7 @@ async fn batches_respect_max_batch_bytes() {
     c.max_batch_bytes = 1000;
     let lens = [300, 100, 450, 200, 200, 200, 500, 50, 60, 70];
     let items: Vec<Item> = lens.iter().enumerate().map(|(i, &l)| event_of_len(i as i64, l)).collect();
-    let report = sink(&c).deliver(items).await;
+    let report = sink(&c).deliver(items, &never()).await;
     assert_clean(&report);
     assert_eq!(report.delivered, (0..10).collect::<Vec<_>>());
     let reqs = fake.requests();
@@ -334,7 +338,7 @@ async fn webhook_mode_posts_wrappers_to_the_webhook_endpoint_with_the_key() {
         .collect();
     let items: Vec<Item> =
         wrappers.iter().enumerate().map(|(i, w)| Item { seq: i as i64, json: w.to_string() }).collect();
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Webhook)).deliver(items).await;
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Webhook)).deliver(items, &never()).await;
     assert_clean(&report);
     assert_eq!(report.delivered, vec![0, 1, 2]);
     assert_eq!(fake.wrappers(), wrappers);
@@ -398,7 +402,7 @@ async fn provoke_every_error(fake: &FakeRudderStack) -> Vec<Error> {
     for mode in [Mode::Batch, Mode::Webhook] {
         // Refused connection: reqwest's own message would include the URL, which holds the key in webhook mode.
         let s = sink(&cfg(&format!("http://127.0.0.1:{dead_port}"), SECRET_KEY, mode));
-        reports.push(s.deliver(vec![event(1)]).await);
+        reports.push(s.deliver(vec![event(1)], &never()).await);
         errors.push(s.check().await.unwrap_err());
 
         let s = sink(&cfg(&fake.url(), SECRET_KEY, mode));
@@ -407,15 +411,15 @@ async fn provoke_every_error(fake: &FakeRudderStack) -> Vec<Error> {
             let echo = format!("bad key {} / {}", req.query("writeKey").unwrap_or(""), SECRET_KEY);
             Some(Reply::text(500, &echo))
         });
-        reports.push(s.deliver(vec![event(1)]).await);
+        reports.push(s.deliver(vec![event(1)], &never()).await);
         // A rejection whose body echoes the key.
         fake.hook(|_, _| Some(Reply::text(400, &format!("event refused for {SECRET_KEY}"))));
-        reports.push(s.deliver(vec![event(1)]).await);
+        reports.push(s.deliver(vec![event(1)], &never()).await);
         // A timeout.
         let mut c = cfg(&fake.url(), SECRET_KEY, mode);
         c.timeout = Duration::from_millis(100);
         fake.hook(|_, _| Some(Reply::new(200, "ok").delayed(Duration::from_secs(3))));
-        reports.push(sink(&c).deliver(vec![event(1)]).await);
+        reports.push(sink(&c).deliver(vec![event(1)], &never()).await);
         fake.set_hook(None);
         // A redirect that echoes the query string, as an http→https redirect does.
         let enc: String = url::form_urlencoded::byte_serialize(SECRET_KEY.as_bytes()).collect();
@@ -423,7 +427,7 @@ async fn provoke_every_error(fake: &FakeRudderStack) -> Vec<Error> {
             301,
             format!("https://elsewhere.example/v1/webhook?writeKey={enc}&k={SECRET_KEY}"),
         )));
-        reports.push(s.deliver(vec![event(1)]).await);
+        reports.push(s.deliver(vec![event(1)], &never()).await);
         errors.push(s.check().await.unwrap_err());
         fake.set_redirect(None);
         // A key the gateway refuses.
@@ -495,7 +499,7 @@ async fn the_write_key_never_appears_in_logs_even_at_trace_level() {
         s.check().await.unwrap();
         let items = vec![event(1), bad_event(2), event(3)];
         let items = if mode == Mode::Webhook { items[..1].to_vec() } else { items };
-        let report = s.deliver(items).await;
+        let report = s.deliver(items, &never()).await;
         assert_clean(&report);
     }
     let _ = provoke_every_error(&fake).await;
@@ -582,7 +586,7 @@ async fn webhook_mode_bisects_a_400_down_to_the_refused_wrapper() {
             Item { seq: i, json: w.to_string() }
         })
         .collect();
-    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Webhook)).deliver(items).await;
+    let report = sink(&cfg(&fake.url(), WRITE_KEY, Mode::Webhook)).deliver(items, &never()).await;
     assert_clean(&report);
     assert_eq!(report.delivered, vec![0, 1, 2, 3, 5]);
     assert_eq!(report.rejected.len(), 1);
@@ -598,12 +602,12 @@ async fn a_timeout_after_the_gateway_stored_the_events_leaves_them_pending() {
     fake.set_delay(Some(Duration::from_secs(5)));
     let mut c = cfg(&fake.url(), WRITE_KEY, Mode::Batch);
     c.timeout = Duration::from_millis(200);
-    let report = sink(&c).deliver((0..3).map(event).collect()).await;
+    let report = sink(&c).deliver((0..3).map(event).collect(), &never()).await;
     assert!(report.error.as_ref().is_some_and(Error::is_transient), "{report:?}");
     assert!(report.delivered.is_empty());
     fake.wait_for_events(3, Duration::from_secs(5)).await;
     fake.set_delay(None);
-    let report = sink(&c).deliver((0..3).map(event).collect()).await;
+    let report = sink(&c).deliver((0..3).map(event).collect(), &never()).await;
     assert_clean(&report);
     assert_eq!(
         fake.message_ids(),

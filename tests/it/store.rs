@@ -3,25 +3,30 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use auth0_rudderstack::entry::{LogId, parse_date};
 use auth0_rudderstack::store::{Cursor, Gap, NewDeadLetter, NewEntry, PageCommit, Store, StoreError};
 
 const TENANT: &str = "example-tenant.us.auth0.com";
 
-fn entry(log_id: &str) -> NewEntry {
-    NewEntry { log_id: log_id.to_owned(), raw: format!(r#"{{"log_id":"{log_id}","type":"s"}}"#) }
+fn id(s: &str) -> LogId {
+    LogId::parse(s).expect("a valid log_id")
 }
 
-/// A page of `n` entries named `{prefix}-{i}`, moving the cursor to the last one.
+fn entry(log_id: &str) -> NewEntry {
+    NewEntry { log_id: id(log_id), raw: format!(r#"{{"log_id":"{log_id}","type":"s"}}"#) }
+}
+
+/// A page of `n` entries named `{prefix}{i:03}`, moving the cursor to the last one.
 fn page(prefix: &str, n: usize) -> PageCommit {
-    let entries: Vec<NewEntry> = (0..n).map(|i| entry(&format!("{prefix}-{i:03}"))).collect();
+    let entries: Vec<NewEntry> = (0..n).map(|i| entry(&format!("{prefix}{i:03}"))).collect();
     let cursor = entries
         .last()
-        .map(|e| Cursor { log_id: e.log_id.clone(), date: Some("2026-01-02T03:04:05.678Z".into()) });
-    PageCommit { entries, dead_letters: vec![], cursor, filtered: 0 }
+        .map(|e| Cursor { log_id: e.log_id.clone(), date: parse_date("2026-01-02T03:04:05.678Z") });
+    PageCommit { entries, cursor, ..PageCommit::default() }
 }
 
 fn head_ids(store: &Store) -> Vec<String> {
-    store.outbox_head(100_000).expect("head").into_iter().map(|r| r.log_id).collect()
+    store.outbox_head(TENANT, 100_000).expect("head").into_iter().map(|r| r.log_id).collect()
 }
 
 /// A second, plain connection for what the store deliberately cannot do (inspect, inject faults).
@@ -52,9 +57,9 @@ fn assert_refused_untouched(path: &Path, expect: impl Fn(&StoreError) -> bool) {
     let before = fingerprint(path);
     // A coarse-mtime filesystem would hide a write made in the same tick; wait for the clock to move on.
     std::thread::sleep(Duration::from_millis(20));
-    let err = Store::open(path, TENANT).err().expect("open must refuse the file");
+    let err = Store::open(path).err().expect("open must refuse the file");
     assert!(expect(&err), "unexpected error from open: {err:?}");
-    let err = Store::open_existing(path, TENANT).err().expect("open_existing must refuse the file");
+    let err = Store::open_existing(path).err().expect("open_existing must refuse the file");
     assert!(expect(&err), "unexpected error from open_existing: {err:?}");
     assert!(!err.is_transient(), "a refused file is not a transient condition");
     let after = fingerprint(path);
@@ -70,13 +75,13 @@ fn is_corrupt(e: &StoreError) -> bool {
 /// A database of ours with `pages` pages of 20 entries of ~1 KB, closed cleanly (WAL folded in).
 fn real_database(dir: &Path, pages: usize) -> PathBuf {
     let path = dir.join("state.db");
-    let mut store = Store::open(&path, TENANT).expect("open");
+    let mut store = Store::open(&path).expect("open");
     for p in 0..pages {
         let mut page = page(&format!("p{p:04}"), 20);
         for e in &mut page.entries {
             e.raw = format!("{}{}", e.raw, "x".repeat(1000));
         }
-        store.commit_page(&page).expect("commit");
+        store.commit_page(TENANT, &page).expect("commit");
     }
     drop(store);
     path
@@ -87,32 +92,32 @@ fn real_database(dir: &Path, pages: usize) -> PathBuf {
 fn a_page_commit_appends_its_entries_in_order_and_moves_the_cursor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
-    let mut store = Store::open(&path, TENANT).expect("open");
-    assert_eq!(store.cursor().expect("cursor"), None);
+    let mut store = Store::open(&path).expect("open");
+    assert_eq!(store.cursor(TENANT).expect("cursor"), None);
 
-    store.commit_page(&page("a", 3)).expect("first page");
-    store.commit_page(&page("b", 2)).expect("second page");
+    store.commit_page(TENANT, &page("a", 3)).expect("first page");
+    store.commit_page(TENANT, &page("b", 2)).expect("second page");
 
-    assert_eq!(head_ids(&store), ["a-000", "a-001", "a-002", "b-000", "b-001"]);
-    let seqs: Vec<i64> = store.outbox_head(10).expect("head").iter().map(|r| r.seq).collect();
+    assert_eq!(head_ids(&store), ["a000", "a001", "a002", "b000", "b001"]);
+    let seqs: Vec<i64> = store.outbox_head(TENANT, 10).expect("head").iter().map(|r| r.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing: {seqs:?}");
-    assert_eq!(store.outbox_head(2).expect("head").len(), 2);
+    assert_eq!(store.outbox_head(TENANT, 2).expect("head").len(), 2);
     assert_eq!(
-        store.cursor().expect("cursor"),
-        Some(Cursor { log_id: "b-001".into(), date: Some("2026-01-02T03:04:05.678Z".into()) })
+        store.cursor(TENANT).expect("cursor"),
+        Some(Cursor { log_id: id("b001"), date: parse_date("2026-01-02T03:04:05.678Z") })
     );
-    assert_eq!(store.outbox_depth().expect("depth"), 5);
+    assert_eq!(store.outbox_depth(TENANT).expect("depth"), 5);
 
     // A page without a cursor (everything filtered) leaves the cursor where it was.
-    store.commit_page(&PageCommit { filtered: 4, ..PageCommit::default() }).expect("empty page");
-    assert_eq!(store.cursor().expect("cursor").map(|c| c.log_id), Some("b-001".into()));
-    assert_eq!(store.snapshot().expect("snapshot").filtered_total, 4);
+    store.commit_page(TENANT, &PageCommit { filtered: 4, ..PageCommit::default() }).expect("empty page");
+    assert_eq!(store.cursor(TENANT).expect("cursor").map(|c| c.log_id), Some(id("b001")));
+    assert_eq!(store.snapshot(TENANT).expect("snapshot").filtered_total, 4);
 
     // And it is all still there after reopening.
     drop(store);
-    let store = Store::open(&path, TENANT).expect("reopen");
-    assert_eq!(store.outbox_depth().expect("depth"), 5);
-    assert_eq!(store.cursor().expect("cursor").map(|c| c.log_id), Some("b-001".into()));
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.outbox_depth(TENANT).expect("depth"), 5);
+    assert_eq!(store.cursor(TENANT).expect("cursor").map(|c| c.log_id), Some(id("b001")));
 }
 
 /// When any insert of a page fails, the whole page is rolled back: neither the outbox nor the cursor moves.
@@ -120,8 +125,8 @@ fn a_page_commit_appends_its_entries_in_order_and_moves_the_cursor() {
 fn a_page_that_fails_midway_changes_neither_the_outbox_nor_the_cursor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
-    let mut store = Store::open(&path, TENANT).expect("open");
-    store.commit_page(&page("a", 2)).expect("first page");
+    let mut store = Store::open(&path).expect("open");
+    store.commit_page(TENANT, &page("a", 2)).expect("first page");
     // Fault injection: the dead-letter insert, which runs after the page's entries are in, aborts.
     raw(&path)
         .execute_batch(
@@ -133,20 +138,20 @@ fn a_page_that_fails_midway_changes_neither_the_outbox_nor_the_cursor() {
     let mut bad = page("b", 5);
     bad.filtered = 7;
     bad.dead_letters = vec![
-        NewDeadLetter { log_id: Some("b-x".into()), raw: "fine".into(), reason: "bad".into() },
+        NewDeadLetter { log_id: Some(id("bx")), raw: "fine".into(), reason: "bad".into() },
         NewDeadLetter { log_id: None, raw: "poison".into(), reason: "bad".into() },
     ];
-    let err = store.commit_page(&bad).expect_err("the injected failure must surface");
+    let err = store.commit_page(TENANT, &bad).expect_err("the injected failure must surface");
     assert!(!err.is_transient());
 
-    assert_eq!(head_ids(&store), ["a-000", "a-001"]);
-    assert_eq!(store.cursor().expect("cursor").map(|c| c.log_id), Some("a-001".into()));
-    let snap = store.snapshot().expect("snapshot");
+    assert_eq!(head_ids(&store), ["a000", "a001"]);
+    assert_eq!(store.cursor(TENANT).expect("cursor").map(|c| c.log_id), Some(id("a001")));
+    let snap = store.snapshot(TENANT).expect("snapshot");
     assert_eq!((snap.outbox_depth, snap.dead_letters, snap.filtered_total), (2, 0, 0));
 
     // The store is still usable afterwards.
-    store.commit_page(&page("c", 1)).expect("next page");
-    assert_eq!(head_ids(&store), ["a-000", "a-001", "c-000"]);
+    store.commit_page(TENANT, &page("c", 1)).expect("next page");
+    assert_eq!(head_ids(&store), ["a000", "a001", "c000"]);
 }
 
 /// Not a test on its own: the writer process that the next test kills with SIGKILL.
@@ -154,9 +159,9 @@ fn a_page_that_fails_midway_changes_neither_the_outbox_nor_the_cursor() {
 #[ignore = "runs only as the child process of a_writer_killed_mid_stream_leaves_only_whole_pages"]
 fn store_writer_child_process() {
     let Some(path) = std::env::var_os("STORE_CHILD_DB") else { return };
-    let mut store = Store::open(Path::new(&path), TENANT).expect("child open");
+    let mut store = Store::open(Path::new(&path)).expect("child open");
     for p in 0..100_000 {
-        store.commit_page(&page(&format!("p{p:06}"), 50)).expect("child commit");
+        store.commit_page(TENANT, &page(&format!("p{p:06}"), 50)).expect("child commit");
     }
 }
 
@@ -176,7 +181,7 @@ fn a_writer_killed_mid_stream_leaves_only_whole_pages() {
     loop {
         assert!(Instant::now() < deadline, "the child never committed 20 pages");
         assert!(child.try_wait().expect("try_wait").is_none(), "the child exited before it was killed");
-        let depth = Store::open_existing(&path, TENANT).ok().and_then(|s| s.outbox_depth().ok()).unwrap_or(0);
+        let depth = Store::open_existing(&path).ok().and_then(|s| s.outbox_depth(TENANT).ok()).unwrap_or(0);
         if depth >= 1000 {
             break;
         }
@@ -185,14 +190,16 @@ fn a_writer_killed_mid_stream_leaves_only_whole_pages() {
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
 
-    let store = Store::open(&path, TENANT).expect("reopen after the kill");
+    let store = Store::open(&path).expect("reopen after the kill");
     let ids = head_ids(&store);
     assert_eq!(ids.len() % 50, 0, "a partial page survived: {} rows", ids.len());
-    assert_eq!(store.outbox_depth().expect("depth"), ids.len() as u64);
-    let expected: Vec<String> =
-        (0..ids.len() / 50).flat_map(|p| page(&format!("p{p:06}"), 50).entries).map(|e| e.log_id).collect();
+    assert_eq!(store.outbox_depth(TENANT).expect("depth"), ids.len() as u64);
+    let expected: Vec<String> = (0..ids.len() / 50)
+        .flat_map(|p| page(&format!("p{p:06}"), 50).entries)
+        .map(|e| e.log_id.to_string())
+        .collect();
     assert_eq!(ids, expected);
-    assert_eq!(store.cursor().expect("cursor").map(|c| c.log_id).as_ref(), ids.last());
+    assert_eq!(store.cursor(TENANT).expect("cursor").map(|c| c.log_id.to_string()).as_ref(), ids.last());
     drop(store);
     assert_eq!(integrity(&path), "ok");
 }
@@ -203,48 +210,48 @@ fn a_writer_killed_mid_stream_leaves_only_whole_pages() {
 fn complete_deletes_only_the_delivered_rows_and_sets_rejected_rows_aside_with_their_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
-    let mut store = Store::open(&path, TENANT).expect("open");
-    store.commit_page(&page("a", 5)).expect("page");
-    let rows = store.outbox_head(5).expect("head");
+    let mut store = Store::open(&path).expect("open");
+    store.commit_page(TENANT, &page("a", 5)).expect("page");
+    let rows = store.outbox_head(TENANT, 5).expect("head");
     let seq = |i: usize| rows[i].seq;
 
-    store.complete(&[seq(0), seq(2)], &[(seq(3), "400: event too large".into())]).expect("complete");
+    store.complete(TENANT, &[seq(0), seq(2)], &[(seq(3), "400: event too large".into())]).expect("complete");
 
-    assert_eq!(head_ids(&store), ["a-001", "a-004"]);
-    let dead = store.dead_letters(10).expect("dead letters");
+    assert_eq!(head_ids(&store), ["a001", "a004"]);
+    let dead = store.dead_letters(Some(TENANT), 10).expect("dead letters");
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].log_id.as_deref(), Some("a-003"));
+    assert_eq!(dead[0].log_id.as_deref(), Some("a003"));
     assert_eq!(dead[0].reason, "400: event too large");
     assert_eq!(dead[0].raw, rows[3].raw);
-    let snap = store.snapshot().expect("snapshot");
+    let snap = store.snapshot(TENANT).expect("snapshot");
     assert_eq!((snap.outbox_depth, snap.delivered_total, snap.dead_letters), (2, 2, 1));
     assert!(snap.last_delivery_at.is_some());
 
     // A completion that only rejects does not count as a delivery.
     let before = snap.last_delivery_at;
-    store.complete(&[], &[(seq(4), String::new())]).expect("reject only");
-    let snap = store.snapshot().expect("snapshot");
+    store.complete(TENANT, &[], &[(seq(4), String::new())]).expect("reject only");
+    let snap = store.snapshot(TENANT).expect("snapshot");
     assert_eq!(snap.last_delivery_at, before);
     assert_eq!(snap.delivered_total, 2);
-    assert_eq!(store.dead_letters(10).expect("dead letters")[1].reason, "(no reason given)");
+    assert_eq!(store.dead_letters(Some(TENANT), 10).expect("dead letters")[1].reason, "(no reason given)");
 }
 
 /// Completing the same rows twice (a retry after an unclear outcome) leaves every counter right.
 #[test]
 fn a_second_completion_of_the_same_rows_leaves_the_counts_right() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = Store::open(&dir.path().join("state.db"), TENANT).expect("open");
-    store.commit_page(&page("a", 4)).expect("page");
-    let seqs: Vec<i64> = store.outbox_head(4).expect("head").iter().map(|r| r.seq).collect();
+    let mut store = Store::open(&dir.path().join("state.db")).expect("open");
+    store.commit_page(TENANT, &page("a", 4)).expect("page");
+    let seqs: Vec<i64> = store.outbox_head(TENANT, 4).expect("head").iter().map(|r| r.seq).collect();
 
     for _ in 0..2 {
-        store.complete(&seqs[..2], &[(seqs[2], "rejected".into())]).expect("complete");
+        store.complete(TENANT, &seqs[..2], &[(seqs[2], "rejected".into())]).expect("complete");
     }
-    store.complete(&[9_999], &[(9_998, "never there".into())]).expect("unknown seqs");
+    store.complete(TENANT, &[9_999], &[(9_998, "never there".into())]).expect("unknown seqs");
 
-    let snap = store.snapshot().expect("snapshot");
+    let snap = store.snapshot(TENANT).expect("snapshot");
     assert_eq!((snap.outbox_depth, snap.delivered_total, snap.dead_letters), (1, 2, 1));
-    assert_eq!(head_ids(&store), ["a-003"]);
+    assert_eq!(head_ids(&store), ["a003"]);
 }
 
 /// A fetcher and a sender, each with its own store on one file in its own thread, never lose or duplicate a
@@ -260,9 +267,9 @@ fn two_stores_on_one_file_from_two_threads_never_lose_or_duplicate_a_row() {
     let fetcher = {
         let (path, done) = (path.clone(), done.clone());
         std::thread::spawn(move || {
-            let mut store = Store::open(&path, TENANT).expect("fetcher open");
+            let mut store = Store::open(&path).expect("fetcher open");
             for p in 0..PAGES {
-                store.commit_page(&page(&format!("p{p:03}"), PER_PAGE)).expect("commit");
+                store.commit_page(TENANT, &page(&format!("p{p:03}"), PER_PAGE)).expect("commit");
             }
             done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
@@ -270,19 +277,19 @@ fn two_stores_on_one_file_from_two_threads_never_lose_or_duplicate_a_row() {
     let sender = {
         let path = path.clone();
         std::thread::spawn(move || {
-            let mut store = Store::open(&path, TENANT).expect("sender open");
+            let mut store = Store::open(&path).expect("sender open");
             let (mut delivered, mut rejected) = (Vec::new(), Vec::new());
             let deadline = Instant::now() + Duration::from_secs(120);
             for _ in 0..1_000_000 {
                 assert!(Instant::now() < deadline, "the sender did not drain the outbox in time");
                 let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                let rows = store.outbox_head(37).expect("head");
+                let rows = store.outbox_head(TENANT, 37).expect("head");
                 if rows.is_empty() && finished {
                     break;
                 }
                 let (mut ok, mut bad) = (Vec::new(), Vec::new());
                 for row in rows {
-                    if row.log_id.ends_with("-007") {
+                    if row.log_id.ends_with("007") {
                         bad.push((row.seq, "rejected".to_owned()));
                         rejected.push(row.log_id);
                     } else {
@@ -290,7 +297,7 @@ fn two_stores_on_one_file_from_two_threads_never_lose_or_duplicate_a_row() {
                         delivered.push(row.log_id);
                     }
                 }
-                store.complete(&ok, &bad).expect("complete");
+                store.complete(TENANT, &ok, &bad).expect("complete");
             }
             (delivered, rejected)
         })
@@ -298,20 +305,26 @@ fn two_stores_on_one_file_from_two_threads_never_lose_or_duplicate_a_row() {
     fetcher.join().expect("fetcher");
     let (delivered, rejected) = sender.join().expect("sender");
 
-    let all: Vec<String> =
-        (0..PAGES).flat_map(|p| page(&format!("p{p:03}"), PER_PAGE).entries).map(|e| e.log_id).collect();
-    let expected_ok: Vec<String> = all.iter().filter(|id| !id.ends_with("-007")).cloned().collect();
-    let expected_bad: Vec<String> = all.iter().filter(|id| id.ends_with("-007")).cloned().collect();
+    let all: Vec<String> = (0..PAGES)
+        .flat_map(|p| page(&format!("p{p:03}"), PER_PAGE).entries)
+        .map(|e| e.log_id.to_string())
+        .collect();
+    let expected_ok: Vec<String> = all.iter().filter(|id| !id.ends_with("007")).cloned().collect();
+    let expected_bad: Vec<String> = all.iter().filter(|id| id.ends_with("007")).cloned().collect();
     assert_eq!(delivered, expected_ok, "delivered rows lost, duplicated or out of order");
     assert_eq!(rejected, expected_bad);
 
-    let store = Store::open_existing(&path, TENANT).expect("open existing");
-    let snap = store.snapshot().expect("snapshot");
+    let store = Store::open_existing(&path).expect("open existing");
+    let snap = store.snapshot(TENANT).expect("snapshot");
     assert_eq!(snap.outbox_depth, 0);
     assert_eq!(snap.delivered_total, expected_ok.len() as u64);
     assert_eq!(snap.dead_letters, PAGES as u64);
-    let dead: Vec<String> =
-        store.dead_letters(10_000).expect("dead letters").into_iter().filter_map(|d| d.log_id).collect();
+    let dead: Vec<String> = store
+        .dead_letters(Some(TENANT), 10_000)
+        .expect("dead letters")
+        .into_iter()
+        .filter_map(|d| d.log_id)
+        .collect();
     assert_eq!(dead, expected_bad);
     drop(store);
     assert_eq!(integrity(&path), "ok");
@@ -321,30 +334,35 @@ fn two_stores_on_one_file_from_two_threads_never_lose_or_duplicate_a_row() {
 #[test]
 fn retrying_dead_letters_moves_them_back_to_the_end_of_the_outbox() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = Store::open(&dir.path().join("state.db"), TENANT).expect("open");
+    let mut store = Store::open(&dir.path().join("state.db")).expect("open");
     let mut first = page("a", 2);
     first.dead_letters = vec![
-        NewDeadLetter { log_id: Some("d-1".into()), raw: "{1}".into(), reason: "no type".into() },
-        NewDeadLetter { log_id: Some("d-2".into()), raw: "{2}".into(), reason: "no type".into() },
+        NewDeadLetter { log_id: Some(id("d1")), raw: "{1}".into(), reason: "no type".into() },
+        NewDeadLetter { log_id: Some(id("d2")), raw: "{2}".into(), reason: "no type".into() },
         NewDeadLetter { log_id: None, raw: "{3}".into(), reason: "no log_id".into() },
     ];
-    store.commit_page(&first).expect("page");
-    let ids: Vec<i64> = store.dead_letters(10).expect("dead letters").iter().map(|d| d.id).collect();
+    store.commit_page(TENANT, &first).expect("page");
+    let ids: Vec<i64> =
+        store.dead_letters(Some(TENANT), 10).expect("dead letters").iter().map(|d| d.id).collect();
     assert_eq!(ids.len(), 3);
 
-    assert_eq!(store.retry_dead_letters(&[ids[1], ids[1], 12_345]).expect("retry one"), 1);
-    assert_eq!(head_ids(&store), ["a-000", "a-001", "d-2"]);
-    assert_eq!(store.outbox_head(10).expect("head")[2].raw, "{2}");
+    // An id that does not exist is refused, naming it, and nothing moves.
+    let err = store.retry_dead_letters(Some(TENANT), &[ids[1], 12_345]).expect_err("unknown id");
+    assert!(err.to_string().contains("12345"), "{err}");
+    assert_eq!(head_ids(&store), ["a000", "a001"]);
+    assert_eq!(store.retry_dead_letters(Some(TENANT), &[ids[1], ids[1]]).expect("retry one"), 1);
+    assert_eq!(head_ids(&store), ["a000", "a001", "d2"]);
+    assert_eq!(store.outbox_head(TENANT, 10).expect("head")[2].raw, "{2}");
 
-    assert_eq!(store.retry_dead_letters(&[]).expect("retry all"), 2);
-    assert_eq!(head_ids(&store), ["a-000", "a-001", "d-2", "d-1", ""]);
-    let snap = store.snapshot().expect("snapshot");
+    assert_eq!(store.retry_dead_letters(Some(TENANT), &[]).expect("retry all"), 2);
+    assert_eq!(head_ids(&store), ["a000", "a001", "d2", "d1", ""]);
+    let snap = store.snapshot(TENANT).expect("snapshot");
     assert_eq!((snap.outbox_depth, snap.dead_letters), (5, 0));
 
     // Rejected again, the entry without a log_id goes back without one.
-    let last = store.outbox_head(10).expect("head")[4].seq;
-    store.complete(&[], &[(last, "still no log_id".into())]).expect("reject");
-    assert_eq!(store.dead_letters(10).expect("dead letters")[0].log_id, None);
+    let last = store.outbox_head(TENANT, 10).expect("head")[4].seq;
+    store.complete(TENANT, &[], &[(last, "still no log_id".into())]).expect("reject");
+    assert_eq!(store.dead_letters(Some(TENANT), 10).expect("dead letters")[0].log_id, None);
 }
 
 /// `snapshot` reports the cursor, counters, timestamps, the latest gap, the gap count and the stopped flag.
@@ -352,31 +370,31 @@ fn retrying_dead_letters_moves_them_back_to_the_end_of_the_outbox() {
 fn the_snapshot_reports_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
-    let mut store = Store::open(&path, TENANT).expect("open");
-    let fresh = store.snapshot().expect("snapshot");
+    let mut store = Store::open(&path).expect("open");
+    let fresh = store.snapshot(TENANT).expect("snapshot");
     assert_eq!((fresh.cursor, fresh.last_fetch_at, fresh.last_gap, fresh.stopped), (None, None, None, false));
 
     let mut p = page("a", 3);
     p.filtered = 2;
     p.dead_letters = vec![NewDeadLetter { log_id: None, raw: "{}".into(), reason: "no log_id".into() }];
-    store.commit_page(&p).expect("page");
-    let seq = store.outbox_head(1).expect("head")[0].seq;
-    store.complete(&[seq], &[]).expect("complete");
+    store.commit_page(TENANT, &p).expect("page");
+    let seq = store.outbox_head(TENANT, 1).expect("head")[0].seq;
+    store.complete(TENANT, &[seq], &[]).expect("complete");
     let gap = |n: &str| Gap {
         detected_at: "2026-02-01T00:00:00.000Z".into(),
-        from_log_id: format!("old-{n}"),
+        from_log_id: format!("old{n}"),
         from_date: Some("2026-01-01T00:00:00.000Z".into()),
-        to_log_id: Some("a-000".into()),
+        to_log_id: Some("a000".into()),
         to_date: None,
         detail: format!("checkpoint {n} expired"),
     };
-    store.record_gap(&gap("1"), false).expect("gap 1");
-    assert!(!store.fetching_stopped().expect("stopped"));
-    store.record_gap(&gap("2"), true).expect("gap 2");
+    store.record_gap(TENANT, &gap("1"), false).expect("gap 1");
+    assert!(!store.fetching_stopped(TENANT).expect("stopped"));
+    store.record_gap(TENANT, &gap("2"), true).expect("gap 2");
 
-    let snap = Store::open_existing(&path, TENANT).expect("open existing").snapshot().expect("snapshot");
+    let snap = Store::open_existing(&path).expect("open existing").snapshot(TENANT).expect("snapshot");
     assert_eq!(snap.tenant, TENANT);
-    assert_eq!(snap.cursor.as_deref(), Some("a-002"));
+    assert_eq!(snap.cursor.as_deref(), Some("a002"));
     assert_eq!(snap.cursor_date.as_deref(), Some("2026-01-02T03:04:05.678Z"));
     assert_eq!(
         (snap.outbox_depth, snap.dead_letters, snap.delivered_total, snap.filtered_total),
@@ -387,20 +405,18 @@ fn the_snapshot_reports_everything() {
     assert!(snap.last_delivery_at.is_some());
     assert_eq!(snap.last_gap, Some(gap("2")));
     assert_eq!(snap.gaps, 2);
-    assert!(snap.stopped && store.fetching_stopped().expect("stopped"));
+    assert!(snap.stopped && store.fetching_stopped(TENANT).expect("stopped"));
 
-    store.resume_fetching().expect("resume");
-    assert!(!store.snapshot().expect("snapshot").stopped);
-    let before = store.snapshot().expect("snapshot").last_fetch_at;
+    store.resume(TENANT, &PageCommit::default()).expect("resume");
+    assert!(!store.snapshot(TENANT).expect("snapshot").stopped);
+    let before = store.snapshot(TENANT).expect("snapshot").last_fetch_at;
     std::thread::sleep(Duration::from_millis(5));
-    store.touch_fetch().expect("touch");
-    assert_ne!(store.snapshot().expect("snapshot").last_fetch_at, before);
+    store.touch_fetch(TENANT).expect("touch");
+    assert_ne!(store.snapshot(TENANT).expect("snapshot").last_fetch_at, before);
 
     // Another tenant in the same file starts empty.
-    let other = Store::open_existing(&path, "other.eu.auth0.com")
-        .expect("other tenant")
-        .snapshot()
-        .expect("snapshot");
+    let other =
+        Store::open_existing(&path).expect("open existing").snapshot("other.eu.auth0.com").expect("snapshot");
     assert_eq!((other.cursor, other.outbox_depth, other.dead_letters, other.gaps), (None, 0, 0, 0));
     assert_eq!(other.tenant, "other.eu.auth0.com");
 }
@@ -410,13 +426,13 @@ fn the_snapshot_reports_everything() {
 fn open_existing_on_a_missing_path_creates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
-    let err = Store::open_existing(&path, TENANT).err().expect("must fail");
+    let err = Store::open_existing(&path).err().expect("must fail");
     assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 
     // An empty file was never initialised either, and stays empty.
     std::fs::write(&path, b"").expect("touch");
-    let err = Store::open_existing(&path, TENANT).err().expect("must fail");
+    let err = Store::open_existing(&path).err().expect("must fail");
     assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
     assert_eq!(std::fs::metadata(&path).expect("metadata").len(), 0);
 }
@@ -477,7 +493,7 @@ fn a_database_with_a_newer_schema_is_left_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = real_database(dir.path(), 2);
     raw(&path).pragma_update(None, "user_version", 99).expect("user_version");
-    assert_refused_untouched(&path, |e| matches!(e, StoreError::NewerSchema { found: 99, supported: 1, .. }));
+    assert_refused_untouched(&path, |e| matches!(e, StoreError::NewerSchema { found: 99, supported: 2, .. }));
 }
 
 /// Another application's SQLite database is refused, not migrated into, and left untouched.
@@ -502,8 +518,8 @@ fn another_applications_database_is_left_untouched() {
 fn a_missing_parent_directory_is_created_on_first_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("var/lib/a0rs/state.db");
-    let mut store = Store::open(&path, "t.example.com").expect("open creates the directory");
-    store.commit_page(&page("a", 3)).unwrap();
+    let mut store = Store::open(&path).expect("open creates the directory");
+    store.commit_page(TENANT, &page("a", 3)).unwrap();
     assert!(path.is_file());
     assert_eq!(head_ids(&store).len(), 3);
 }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth0_rudderstack::config;
 use chrono::{DateTime, SecondsFormat, Utc};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::http::{Reply, Request, Server};
@@ -196,21 +195,17 @@ impl FakeAuth0 {
     /// 5 s timeout. Tests adjust the fields they care about.
     pub fn config(&self) -> config::Auth0 {
         let opts = self.state.lock().unwrap().opts.clone();
-        config::Auth0 {
-            domain: DOMAIN.into(),
-            client_id: opts.client_id,
-            client_secret: SecretString::from(opts.client_secret),
-            base_url: url::Url::parse(&self.url()).unwrap(),
-            audience: opts.audience,
-            start: config::Start::Now,
-            poll_interval: Duration::from_millis(200),
-            log_types: Vec::new(),
-            page_size: 100,
-            max_requests_per_second: 50.0,
-            retention: Duration::from_secs(10 * 86_400),
-            on_expired_checkpoint: config::OnExpiredCheckpoint::Oldest,
-            timeout: Duration::from_secs(5),
-        }
+        let mut c = config::Auth0::new(
+            DOMAIN,
+            &opts.client_id,
+            &opts.client_secret,
+            url::Url::parse(&self.url()).unwrap(),
+        )
+        .expect("a valid section");
+        c.poll_interval = Duration::from_millis(200);
+        c.max_requests_per_second = 50.0;
+        c.timeout = Duration::from_secs(5);
+        c
     }
 
     /// Append entries to the log (they must sort after the existing ones by `log_id`).

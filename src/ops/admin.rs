@@ -1,0 +1,156 @@
+//! The state-changing commands an operator runs by hand: `resume`, `forget-tenant`, `dead-letter list` and
+//! `retry`, `backup`. Each changes the state in one transaction and refuses, changing nothing, when asked
+//! for something that does not hold (a resume of a tenant that is not stopped, a dead letter id that does
+//! not exist, forgetting a tenant the config still names).
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::auth0::{self, Bootstrap};
+use crate::config::{Config, Start};
+use crate::pipeline::fetcher;
+use crate::pipeline::lock::StateLock;
+use crate::store::{DeadLetter, PageCommit, Store, StoreError};
+
+use super::Error;
+
+/// `resume`: after an expired checkpoint with `on_expired_checkpoint = "stop"`, continue from the oldest
+/// entry Auth0 still retains. Takes the state lock (so no daemon is fetching), and refuses unless fetching of
+/// the tenant is stopped.
+pub async fn resume(config: &Config, tenant: Option<&str>, out: &mut dyn Write) -> Result<(), Error> {
+    let t = single(config, tenant, "resume")?;
+    let _lock = StateLock::acquire(&config.state.path)?;
+    let mut store = Store::open(&config.state.path)?;
+    let domain = t.domain().to_string();
+    if !store.fetching_stopped(&domain)? {
+        return Err(StoreError::NotStopped { tenant: domain }.into());
+    }
+    let stored = store.load_token(&domain)?;
+    let client = auth0::Client::with(
+        &t.auth0,
+        crate::http::client(t.auth0.tls_ca.as_ref())
+            .map_err(|e| auth0::Error::Setup(crate::logging::Chain(&e).to_string()))?,
+        crate::telemetry::TenantTelemetry::disabled(),
+        stored,
+        None,
+    )?;
+    let page = match client.bootstrap(&Start::Oldest).await? {
+        Bootstrap::Found { entry, .. } => {
+            let c = fetcher::classify(std::slice::from_ref(&entry), None, &t.auth0.filter, None);
+            if c.first.is_none() {
+                return Err(Error::Usage(format!(
+                    "the oldest entry Auth0 retains for {domain} has no valid log_id ({}); nothing was changed",
+                    c.first_problem.unwrap_or_default()
+                )));
+            }
+            c.commit
+        }
+        Bootstrap::Empty | Bootstrap::After(_) => PageCommit::default(),
+    };
+    let cursor = page.cursor.as_ref().map(|c| c.log_id.to_string());
+    store.resume(&domain, &page)?;
+    let _ = writeln!(
+        out,
+        "{domain}: fetching resumes from the oldest retained entry ({})",
+        cursor.as_deref().unwrap_or("the tenant has no entries yet")
+    );
+    Ok(())
+}
+
+/// `forget-tenant`: drop everything the state holds about a tenant the config no longer names.
+pub fn forget_tenant(config: &Config, domain: &str, yes: bool, out: &mut dyn Write) -> Result<(), Error> {
+    if config.tenant(domain).is_some() {
+        return Err(Error::Usage(format!(
+            "{domain} is a tenant of {}; remove it from the config before forgetting its state",
+            config.path.display()
+        )));
+    }
+    let mut store = Store::open_existing(&config.state.path)?;
+    let known = store.tenants()?;
+    let Some(k) = known.iter().find(|k| k.domain.eq_ignore_ascii_case(domain)) else {
+        return Err(Error::Usage(format!(
+            "the state {} holds no tenant {domain} (it holds: {})",
+            config.state.path.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.iter().map(|k| k.domain.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        )));
+    };
+    if !yes {
+        return Err(Error::Usage(format!(
+            "forgetting {} drops {} undelivered entr{} and {} dead letter{} for good; add --yes to do it",
+            k.domain,
+            k.outbox,
+            if k.outbox == 1 { "y" } else { "ies" },
+            k.dead_letters,
+            super::status::plural(k.dead_letters)
+        )));
+    }
+    let (outbox, dead) = store.forget_tenant(&k.domain)?;
+    let _ = writeln!(
+        out,
+        "forgot {}: dropped {outbox} undelivered entr{} and {dead} dead letter{}",
+        k.domain,
+        if outbox == 1 { "y" } else { "ies" },
+        super::status::plural(dead)
+    );
+    Ok(())
+}
+
+/// `dead-letter list`.
+pub fn dead_letters(config: &Config, tenant: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+    let tenant = match tenant {
+        Some(d) => Some(single(config, Some(d), "dead-letter")?.domain().to_string()),
+        None => None,
+    };
+    match Store::open_existing(&config.state.path) {
+        Ok(store) => Ok(store.dead_letters(tenant.as_deref(), limit)?),
+        Err(StoreError::Missing { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `dead-letter retry`: move dead letters back into the outbox (the given ids, or all of the tenant's, or all).
+pub fn retry_dead_letters(
+    config: &Config,
+    tenant: Option<&str>,
+    ids: &[i64],
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let tenant = match tenant {
+        Some(d) => Some(single(config, Some(d), "dead-letter")?.domain().to_string()),
+        None => None,
+    };
+    let mut store = Store::open_existing(&config.state.path)?;
+    let moved = store.retry_dead_letters(tenant.as_deref(), ids)?;
+    let _ = writeln!(out, "{moved} dead letter{} moved back to the outbox", super::status::plural(moved));
+    Ok(())
+}
+
+/// `backup PATH`: a consistent copy of the state, safe while `run` is using it.
+pub fn backup(config: &Config, dest: &Path, out: &mut dyn Write) -> Result<(), Error> {
+    let store = Store::open_existing(&config.state.path)?;
+    store.backup(dest)?;
+    let _ = writeln!(out, "wrote a copy of {} to {}", config.state.path.display(), dest.display());
+    Ok(())
+}
+
+/// The one tenant a command works on: the one named, or the only one.
+pub fn single<'a>(
+    config: &'a Config,
+    tenant: Option<&str>,
+    command: &str,
+) -> Result<&'a crate::config::Tenant, Error> {
+    match tenant {
+        Some(d) => Ok(config.select(Some(d))?[0]),
+        None if config.tenants.len() == 1 => Ok(&config.tenants[0]),
+        None => Err(Error::Usage(format!(
+            "{} names {} tenants; tell `{command}` which one with --tenant ({})",
+            config.path.display(),
+            config.tenants.len(),
+            config.tenants.iter().map(|t| t.domain()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
