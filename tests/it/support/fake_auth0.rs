@@ -411,13 +411,12 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Reply {
             _ => api_error(404, "Not Found", "Not Found"),
         }
     });
-    let (status, remaining, reset) = match &reply {
-        Reply::Respond { status, headers, .. } | Reply::Truncate { status, headers, .. } => {
-            let find = |n: &str| headers.iter().find(|(k, _)| k == n).and_then(|(_, v)| v.parse().ok());
-            (*status, find("x-ratelimit-remaining").map(|v: u64| v as u32), find("x-ratelimit-reset"))
-        }
-        Reply::Reset => (0, None, None),
-    };
+    let find = |n: &str| reply.header_value(n).and_then(|v| v.parse::<u64>().ok());
+    let (status, remaining, reset) = (
+        reply.status().unwrap_or(0),
+        find("x-ratelimit-remaining").map(|v| v as u32),
+        find("x-ratelimit-reset"),
+    );
     state.lock().unwrap().recorded.push(Recorded {
         at,
         wall,

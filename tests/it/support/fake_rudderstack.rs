@@ -300,10 +300,7 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
         (Some(d), Accepted::Events(_) | Accepted::LogIds(_) | Accepted::Wrappers(_)) => reply.delayed(d),
         _ => reply,
     };
-    rec.status = match &reply {
-        Reply::Respond { status, .. } | Reply::Truncate { status, .. } => *status,
-        Reply::Reset => 0,
-    };
+    rec.status = reply.status().unwrap_or(0);
     let mut s = shared.state.lock().unwrap();
     match accepted {
         Accepted::Events(evs) => {
