@@ -1,14 +1,16 @@
 //! Self-tests of the fakes: what a plain HTTP client sees from each realistic or hostile mode.
 //!
 //! The daemon's tests trust the fakes to be hostile in exactly the way they claim: a gzip bomb that really
-//! inflates, an endless body the fake really ends. A fake that silently stopped doing one of these would turn those tests green for the wrong reason,
+//! inflates, an endless body the fake really ends, and a gateway that checks a request in rudder-server's
+//! order. A fake that silently stopped doing one of these would turn those tests green for the wrong reason,
 //! so each mode is driven here with reqwest alone, and every read is bounded in bytes and time.
 
 use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::http::{EndReason, Limits, Reply, Request, Server, StreamKind};
+use crate::support::fake_rudderstack::{self, Answers, FakeRudderStack, Refusal, Refusing, WRITE_KEY};
+use crate::support::http::{EndReason, Hostile, Limits, Reply, Request, Server, StreamKind};
 
 const MIB: u64 = 1 << 20;
 
@@ -144,4 +146,125 @@ async fn a_raw_reply_reaches_the_client_byte_for_byte() {
     tokio::time::timeout(Duration::from_secs(10), read).await.expect("the fake closes").unwrap();
     assert_eq!(got, raw);
     assert!(client().get(server.url()).send().await.is_err(), "an impossible length is refused");
+}
+
+/// The gateway fake checks size where rudder-server does: after JSON and per-event validation and the rate
+/// limit on `/v1/batch`, before the empty-batch check; first of all on `/v1/webhook`.
+#[tokio::test]
+async fn the_gateway_fake_checks_size_in_rudder_servers_order() {
+    let fake =
+        FakeRudderStack::start(fake_rudderstack::Options { max_request_bytes: 1000, ..Default::default() })
+            .await;
+    let c = raw_client();
+    let pad = " ".repeat(2000);
+    let post = |path: &str, body: String| {
+        c.post(format!("{}{path}", fake.url())).basic_auth(WRITE_KEY, Some("")).body(body).send()
+    };
+    let answer = |resp: reqwest::Response| async move {
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    };
+    let cases = [
+        ("/v1/batch", format!("not json{pad}"), 400, "invalid json\n"),
+        (
+            "/v1/batch",
+            format!(r#"{{"batch":[{{"type":"track"}}]}}{pad}"#),
+            400,
+            "request neither has anonymousId nor userId\n",
+        ),
+        ("/v1/batch", format!(r#"{{"batch":[1]}}{pad}"#), 400, "event is not a valid rudder event\n"),
+        (
+            "/v1/batch",
+            format!(r#"{{"batch":[{{"userId":"u"}}]}}{pad}"#),
+            413,
+            "request size exceeds max limit\n",
+        ),
+        ("/v1/batch", format!(r#"{{"batch":[]}}{pad}"#), 413, "request size exceeds max limit\n"),
+        ("/v1/batch", r#"{"batch":[]}"#.to_string(), 400, "empty batch payload\n"),
+        ("/v1/webhook", format!("not json{pad}"), 413, "request size exceeds max limit\n"),
+        ("/v1/webhook", format!("[{pad}]"), 413, "request size exceeds max limit\n"),
+        ("/v1/webhook", "not json".to_string(), 400, "invalid json\n"),
+    ];
+    for (path, body, status, text) in cases {
+        let got = answer(post(path, body.clone()).await.unwrap()).await;
+        assert_eq!(got, (status, text.to_string()), "{path} {}", &body[..body.len().min(40)]);
+    }
+    // The rate limit comes before the size check.
+    fake.set_refusal(Some(Refusing::always(Refusal::TooManyRequests)));
+    let got =
+        answer(post("/v1/batch", format!(r#"{{"batch":[{{"userId":"u"}}]}}{pad}"#)).await.unwrap()).await;
+    assert_eq!(got.0, 429);
+    assert_eq!(fake.event_count(), 0);
+}
+
+/// Each transient refusal has the gateway's status and text, adds a `Retry-After` when asked, stores nothing,
+/// and is met where the gateway meets it.
+#[tokio::test]
+async fn the_gateway_fake_refuses_as_the_gateway_does() {
+    let fake = FakeRudderStack::start_default().await;
+    let c = raw_client();
+    let post = |body: &str| {
+        c.post(format!("{}/v1/batch", fake.url()))
+            .basic_auth(WRITE_KEY, Some(""))
+            .body(body.to_string())
+            .send()
+    };
+    let good = r#"{"batch":[{"userId":"u"}]}"#;
+    for (refusal, status, text) in [
+        (Refusal::TooManyRequests, 429, "max requests limit reached\n"),
+        (Refusal::GatewayTimeout, 504, "gateway timeout\n"),
+        (Refusal::BodyReadFailed, 500, "failed to read body from request\n"),
+    ] {
+        fake.set_refusal(Some(Refusing::times(refusal, 1).with_retry_after("7")));
+        let resp = post(good).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(resp.headers()["retry-after"], "7");
+        assert_eq!(resp.text().await.unwrap(), text);
+        assert_eq!(post(good).await.unwrap().status(), 200, "{refusal:?} was for one request");
+    }
+    assert_eq!(fake.event_count(), 3, "only the accepted requests stored");
+
+    // A body-read failure comes before the JSON check; a store timeout only after every check.
+    fake.set_refusal(Some(Refusing::always(Refusal::BodyReadFailed)));
+    assert_eq!(post("not json").await.unwrap().status(), 500);
+    fake.set_refusal(Some(Refusing::times(Refusal::GatewayTimeout, 1)));
+    assert_eq!(post("not json").await.unwrap().status(), 400);
+    assert_eq!(post(good).await.unwrap().status(), 504, "the 400 did not use the refusal up");
+    assert_eq!(post(good).await.unwrap().status(), 200);
+}
+
+/// A hostile body replaces the chosen gateway answers, and accepted events are stored all the same.
+#[tokio::test]
+async fn a_hostile_body_replaces_the_chosen_gateway_answers() {
+    let fake = FakeRudderStack::start_default().await;
+    let c = client();
+    let post = |key: &str| {
+        c.post(format!("{}/v1/batch", fake.url()))
+            .basic_auth(key, Some(""))
+            .body(r#"{"batch":[{"userId":"u"}]}"#)
+            .send()
+    };
+    let endless = Hostile::Endless { prefix: b"ok".to_vec(), chunk: b"k".to_vec() };
+    fake.set_hostile_body(Some((endless, Answers::Success)));
+    let mut resp = post(WRITE_KEY).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (read, ended) = read_up_to(&mut resp, MIB, None).await;
+    assert!(!ended && read >= MIB);
+    drop(resp);
+    assert_eq!(fake.event_count(), 1, "stored before the endless answer");
+    let resp = post("unknown-key").await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.text().await.unwrap()),
+        (401, "invalid write key\n".to_string())
+    );
+
+    let bomb = Hostile::GzipBomb { prefix: Vec::new(), fill: 0, inflated: 1 << 30 };
+    fake.set_hostile_body(Some((bomb, Answers::Errors)));
+    let mut resp = post("unknown-key").await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let (inflated, ended) = read_up_to(&mut resp, 8 * MIB, Some(0)).await;
+    assert!(!ended && inflated >= 8 * MIB);
+    drop(resp);
+    let resp = post(WRITE_KEY).await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.text().await.unwrap()), (200, "ok".to_string()));
 }
