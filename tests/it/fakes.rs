@@ -107,6 +107,9 @@ async fn a_gzip_page_decodes_to_the_same_entries_as_the_plain_one() {
     assert!(plain.headers().get("content-encoding").is_none(), "no gzip unless asked for");
     let plain: Value = plain.json().await.unwrap();
     assert_eq!(plain, Value::Array(fake.entries()));
+    let refused =
+        logs(&raw, &fake.url(), &token, "0", 100).header("accept-encoding", "gzip;q=0").send().await;
+    assert!(refused.unwrap().headers().get("content-encoding").is_none(), "q=0 refuses gzip");
 
     let zipped =
         logs(&raw, &fake.url(), &token, "0", 100).header("accept-encoding", "gzip").send().await.unwrap();
@@ -556,6 +559,8 @@ async fn the_gateway_fake_refuses_as_the_gateway_does() {
     assert_eq!(post("not json").await.unwrap().status(), 400);
     assert_eq!(post(good).await.unwrap().status(), 504, "the 400 did not use the refusal up");
     assert_eq!(post(good).await.unwrap().status(), 200);
+    fake.set_refusal(Some(Refusing::times(Refusal::GatewayTimeout, 0)));
+    assert_eq!(post(good).await.unwrap().status(), 200, "a count of 0 refuses nothing");
 }
 
 /// A hostile body replaces the chosen gateway answers, and accepted events are stored all the same.

@@ -455,7 +455,8 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
 /// refusal with a count uses one up.
 fn refusal_at(shared: &Shared, at: Refusal) -> Option<Reply> {
     let mut s = shared.state.lock().unwrap();
-    let refusing = s.refusing.as_mut().filter(|r| r.refusal == at)?;
+    // A count of 0 refuses nothing.
+    let refusing = s.refusing.as_mut().filter(|r| r.refusal == at && r.times != Some(0))?;
     if let Some(times) = &mut refusing.times {
         *times -= 1;
     }

@@ -67,8 +67,10 @@ impl Request {
             v.split(',').any(|c| {
                 let mut parts = c.split(';');
                 let coding = parts.next().unwrap_or_default().trim();
-                // `gzip;q=0` is a refusal.
-                let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+                // `gzip;q=0` (or `q=0.0`) is a refusal.
+                let refused = parts.any(|p| {
+                    p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0)
+                });
                 coding.eq_ignore_ascii_case("gzip") && !refused
             })
         })
