@@ -3,6 +3,7 @@
 
 mod auth0;
 mod cli;
+mod fakes;
 mod faults;
 mod rudderstack;
 mod store;

@@ -7,7 +7,24 @@
 //! `text/plain; charset=utf-8` with a trailing newline, as Go's `http.Error` writes them. Validation is
 //! all-or-nothing per request, like the real one, which is what makes the sink's bisection meaningful.
 //! On top of that it has switches for the faults the tests need: an outage (503), a redirect, a predicate
-//! that refuses requests containing certain events, a hook that replaces any answer, and a delay.
+//! that refuses requests containing certain events, a hook that replaces any answer, a delay, the gateway's
+//! own transient refusals (429 `max requests limit reached`, 504 `gateway timeout`, 500 `failed to read body
+//! from request`, optionally with the `Retry-After` a proxy in front of it may add), a gzip bomb or an endless
+//! body in place of its answers, and HTTPS with a private CA.
+//!
+//! The checks run in the order rudder-server runs them, read from its source at f2655fb (`gateway/handle.go`,
+//! `gateway/handle_http.go`, `gateway/webhook/webhook.go`, `gateway/response/response.go`), because a request that breaks two rules gets the
+//! answer of the first, and the sink decides between splitting (413) and giving up (400) on that answer:
+//!
+//! - `/v1/batch` (`webRequestHandler` reads the whole body with `io.ReadAll`, no size cap, then
+//!   `getJobDataFromRequest` validates): body read → `invalid json` → per event `event is not a valid rudder
+//!   event` / `request neither has anonymousId nor userId` → rate limit (429) → size (413) → `empty batch
+//!   payload` (decided by `userWebRequestWorkerProcess` once no job came out) → store (504 on a timeout).
+//!   The size check is therefore *not* first: an oversized body that is not JSON gets 400 `invalid json`.
+//! - `/v1/webhook` (`batchTransformLoop`): the body travels as a JSON string inside the request for the
+//!   source transformer, which is valid JSON whatever the body; that request is measured against the limit
+//!   (413) *before* the transformer sees the body, so here size comes before everything the transformer
+//!   decides (what the fake answers as `invalid json`, `empty batch payload` or a refused wrapper).
 
 #![allow(dead_code)]
 
@@ -16,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::http::{Handler, Reply, Request, Server};
+use super::http::{Handler, Hostile, Reply, Request, Server, Tls};
 
 /// The write key the fake accepts by default.
 pub const WRITE_KEY: &str = "fake-write-key-7f3a9c";
@@ -94,6 +111,70 @@ pub type Hook = Arc<dyn Fn(&Request, usize) -> Option<Reply> + Send + Sync>;
 /// A predicate over one event (or webhook wrapper); a match refuses the whole request.
 pub type Predicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
+/// A transient failure of the real gateway, answered at the point of its handling where the gateway meets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 500 `failed to read body from request`: reading the body failed (`getPayloadFromRequest`, e.g. a client
+    /// that sent a broken gzip body), right after authentication, before anything looks at the body.
+    BodyReadFailed,
+    /// 429 `max requests limit reached`: the workspace's event rate limit (`Gateway.enableRateLimit`), after
+    /// the events were validated and before the size check; on `/v1/webhook` after the transformer.
+    TooManyRequests,
+    /// 504 `gateway timeout`: the transaction storing the events timed out (`WriteTimeout`), after every
+    /// check; it rolled back, so nothing is stored.
+    GatewayTimeout,
+}
+
+impl Refusal {
+    /// The gateway's exact answer.
+    pub fn reply(self) -> Reply {
+        match self {
+            Refusal::BodyReadFailed => gateway_error(500, "failed to read body from request"),
+            Refusal::TooManyRequests => gateway_error(429, "max requests limit reached"),
+            Refusal::GatewayTimeout => gateway_error(504, "gateway timeout"),
+        }
+    }
+}
+
+/// A [`Refusal`] to answer, how often, and with which `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusing {
+    /// The refusal.
+    pub refusal: Refusal,
+    /// How many requests reaching the refusal's point to refuse; `None` refuses until cleared.
+    pub times: Option<usize>,
+    /// A `Retry-After` value to add. The gateway never sends one; a proxy or load balancer in front of it
+    /// may, in seconds or as an HTTP date.
+    pub retry_after: Option<String>,
+}
+
+impl Refusing {
+    /// Refuse every request with `refusal` until cleared.
+    pub fn always(refusal: Refusal) -> Refusing {
+        Refusing { refusal, times: None, retry_after: None }
+    }
+    /// Refuse the next `n` requests with `refusal`, then answer normally again.
+    pub fn times(refusal: Refusal, n: usize) -> Refusing {
+        Refusing { refusal, times: Some(n), retry_after: None }
+    }
+    /// Add `Retry-After: value` to the refusals.
+    pub fn with_retry_after(mut self, value: &str) -> Refusing {
+        self.retry_after = Some(value.to_string());
+        self
+    }
+}
+
+/// Which answers a hostile body replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// The 2xx ones (the events are stored all the same).
+    Success,
+    /// The 4xx and 5xx ones.
+    Errors,
+    /// Every answer with a status (not a reset).
+    All,
+}
+
 /// One event accepted through `/v1/batch`, as remembered without `keep_events`.
 #[derive(Debug, Clone)]
 pub struct Arrival {
@@ -117,6 +198,8 @@ struct State {
     hook: Option<Hook>,
     reject: Option<(Predicate, String)>,
     delay: Option<Duration>,
+    refusing: Option<Refusing>,
+    hostile: Option<(Hostile, Answers)>,
 }
 
 struct Shared {
@@ -131,13 +214,32 @@ pub struct FakeRudderStack {
 }
 
 impl FakeRudderStack {
-    /// Start a fake on an ephemeral port of 127.0.0.1.
+    /// Start a plain-HTTP fake on an ephemeral port of 127.0.0.1.
     pub async fn start(options: Options) -> FakeRudderStack {
+        Self::start_with(options, None).await
+    }
+
+    /// Start an HTTPS fake whose certificate `tls`'s CA signed (see [`Tls::ca_pem`]).
+    pub async fn start_tls(options: Options, tls: &Tls) -> FakeRudderStack {
+        Self::start_with(options, Some(tls.clone())).await
+    }
+
+    async fn start_with(options: Options, tls: Option<Tls>) -> FakeRudderStack {
         let shared = Arc::new(Shared { options, state: Mutex::new(State::default()) });
         let handler_shared = shared.clone();
         let handler: Handler = Arc::new(move |req: &Request| handle(&handler_shared, req));
-        let server = Server::start(handler).await;
+        let server = Server::start_with(handler, tls).await;
         FakeRudderStack { server, shared }
+    }
+
+    /// The server, for its streamed replies ([`Server::stream_ends`]) and TLS handshakes.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The PEM of the CA that signed the server's certificate, when it serves HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.server.ca_pem()
     }
 
     /// Start with the default keys and limits.
@@ -145,7 +247,7 @@ impl FakeRudderStack {
         Self::start(Options::default()).await
     }
 
-    /// `http://127.0.0.1:PORT`, the data plane URL.
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS), the data plane URL.
     pub fn url(&self) -> String {
         self.server.url()
     }
@@ -198,6 +300,17 @@ impl FakeRudderStack {
     /// so a client that times out has in fact delivered.
     pub fn set_delay(&self, delay: Option<Duration>) {
         self.state().delay = delay;
+    }
+
+    /// Answer with a transient refusal of the gateway (see [`Refusal`] for where each is met), or stop.
+    pub fn set_refusal(&self, refusing: Option<Refusing>) {
+        self.state().refusing = refusing;
+    }
+
+    /// Send `body` instead of the body of the `answers` (status and headers kept; what was accepted is
+    /// stored all the same), or stop. The delay of [`FakeRudderStack::set_delay`] does not apply to it.
+    pub fn set_hostile_body(&self, body: Option<(Hostile, Answers)>) {
+        self.state().hostile = body;
     }
 
     /// Every event accepted through `/v1/batch`, in arrival order.
@@ -277,11 +390,11 @@ impl FakeRudderStack {
 fn handle(shared: &Shared, req: &Request) -> Reply {
     let received = Instant::now();
     let opts = &shared.options;
-    let (n, redirect, outage, hook, reject, delay) = {
+    let (n, redirect, outage, hook, reject, delay, hostile) = {
         let mut s = shared.state.lock().unwrap();
         let n = s.n;
         s.n += 1;
-        (n, s.redirect.clone(), s.outage, s.hook.clone(), s.reject.clone(), s.delay)
+        (n, s.redirect.clone(), s.outage, s.hook.clone(), s.reject.clone(), s.delay, s.hostile.clone())
     };
     let mut rec = Recorded {
         n,
@@ -295,15 +408,19 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
         content_type: req.header("content-type").map(str::to_string),
         user_agent: req.header("user-agent").map(str::to_string),
     };
-    let (reply, accepted) = route(opts, req, n, &mut rec, redirect, outage, hook, reject);
+    let refuse = |at: Refusal| refusal_at(shared, at);
+    let (reply, accepted) = route(opts, req, n, &mut rec, redirect, outage, hook, reject, &refuse);
     let reply = match (delay, &accepted) {
         (Some(d), Accepted::Events(_) | Accepted::LogIds(_) | Accepted::Wrappers(_)) => reply.delayed(d),
         _ => reply,
     };
-    rec.status = match &reply {
-        Reply::Respond { status, .. } | Reply::Truncate { status, .. } => *status,
-        Reply::Reset => 0,
+    let reply = match (hostile, reply.status()) {
+        (Some((body, Answers::Success)), Some(200..=299))
+        | (Some((body, Answers::Errors)), Some(400..))
+        | (Some((body, Answers::All)), Some(_)) => reply.with_body(&body),
+        _ => reply,
     };
+    rec.status = reply.status().unwrap_or(0);
     let mut s = shared.state.lock().unwrap();
     match accepted {
         Accepted::Events(evs) => {
@@ -332,6 +449,26 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
     }
     s.requests.push(rec);
     reply
+}
+
+/// The reply for a request that reached the point where `at` is met, if the fake is refusing with it now; a
+/// refusal with a count uses one up.
+fn refusal_at(shared: &Shared, at: Refusal) -> Option<Reply> {
+    let mut s = shared.state.lock().unwrap();
+    // A count of 0 refuses nothing.
+    let refusing = s.refusing.as_mut().filter(|r| r.refusal == at && r.times != Some(0))?;
+    if let Some(times) = &mut refusing.times {
+        *times -= 1;
+    }
+    let retry_after = refusing.retry_after.clone();
+    if refusing.times == Some(0) {
+        s.refusing = None;
+    }
+    let reply = at.reply();
+    Some(match retry_after {
+        Some(v) => reply.header("retry-after", &v),
+        None => reply,
+    })
 }
 
 enum Accepted {
@@ -397,6 +534,7 @@ fn route(
     outage: bool,
     hook: Option<Hook>,
     reject: Option<(Predicate, String)>,
+    refuse: &dyn Fn(Refusal) -> Option<Reply>,
 ) -> (Reply, Accepted) {
     // A redirecting load balancer and the concurrency limiter both answer before the gateway's handlers.
     if let Some((status, location)) = redirect {
@@ -446,44 +584,30 @@ fn route(
         return (reply, Accepted::Nothing);
     }
 
-    if req.body.is_empty() {
-        return (gateway_error(400, "request body is nil"), Accepted::Nothing);
+    // Both handlers read the whole body first (`io.ReadAll`, no cap): a read error is a 500.
+    if let Some(reply) = refuse(Refusal::BodyReadFailed) {
+        return (reply, Accepted::Nothing);
     }
-    if !webhook
-        && !opts.keep_events
+    if webhook {
+        return webhook_route(opts, req, rec, reject, refuse);
+    }
+
+    // `/v1/batch`, in the order of `getJobDataFromRequest` (see the module docs).
+    if !opts.keep_events
         && reject.is_none()
         && let Some(log_ids) = quick_accept(opts, &req.body)
     {
+        // Only a batch every check accepts gets here, so only the refusals met after the checks apply.
+        if let Some(reply) = refuse(Refusal::TooManyRequests).or_else(|| refuse(Refusal::GatewayTimeout)) {
+            return (reply, Accepted::Nothing);
+        }
         rec.events = Some(log_ids.len());
         return (ok(), Accepted::LogIds(log_ids));
     }
+    // `gjson.ValidBytes`: an empty body is not JSON either (a Go server's request body is never nil).
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
         return (gateway_error(400, "invalid json"), Accepted::Nothing);
     };
-
-    if webhook {
-        // The body travels to the source transformer as a JSON string inside a larger request; that request
-        // is what is measured against the limit, so the escaping counts.
-        let escaped = serde_json::to_string(&req.body_text()).map(|s| s.len()).unwrap_or(usize::MAX);
-        let wrappers = match body {
-            Value::Array(a) => a,
-            other => vec![other],
-        };
-        rec.events = Some(wrappers.len());
-        if wrappers.is_empty() {
-            return (gateway_error(400, "empty batch payload"), Accepted::Nothing);
-        }
-        if let Some((pred, message)) = &reject
-            && wrappers.iter().any(|w| pred(w))
-        {
-            return (gateway_error(400, message), Accepted::Nothing);
-        }
-        if escaped > opts.max_request_bytes {
-            return (gateway_error(413, "request size exceeds max limit"), Accepted::Nothing);
-        }
-        return (ok(), Accepted::Wrappers(wrappers));
-    }
-
     let events = match body {
         Value::Object(mut o) => match o.remove("batch") {
             Some(Value::Array(a)) => a,
@@ -492,9 +616,6 @@ fn route(
         _ => Vec::new(),
     };
     rec.events = Some(events.len());
-    if events.is_empty() {
-        return (gateway_error(400, "empty batch payload"), Accepted::Nothing);
-    }
     for ev in &events {
         if !ev.is_object() {
             return (gateway_error(400, "event is not a valid rudder event"), Accepted::Nothing);
@@ -503,15 +624,67 @@ fn route(
             return (gateway_error(400, "request neither has anonymousId nor userId"), Accepted::Nothing);
         }
     }
+    // Not the gateway's: a stand-in for an event refused for its content, met with the per-event checks.
     if let Some((pred, message)) = &reject
         && events.iter().any(|e| pred(e))
     {
         return (gateway_error(400, message), Accepted::Nothing);
     }
+    if let Some(reply) = refuse(Refusal::TooManyRequests) {
+        return (reply, Accepted::Nothing);
+    }
     if req.body.len() > opts.max_request_bytes {
         return (gateway_error(413, "request size exceeds max limit"), Accepted::Nothing);
     }
+    if events.is_empty() {
+        return (gateway_error(400, "empty batch payload"), Accepted::Nothing);
+    }
+    if let Some(reply) = refuse(Refusal::GatewayTimeout) {
+        return (reply, Accepted::Nothing);
+    }
     (ok(), Accepted::Events(events))
+}
+
+/// `/v1/webhook` after authentication and the body read, in the order of `batchTransformLoop`.
+fn webhook_route(
+    opts: &Options,
+    req: &Request,
+    rec: &mut Recorded,
+    reject: Option<(Predicate, String)>,
+    refuse: &dyn Fn(Refusal) -> Option<Reply>,
+) -> (Reply, Accepted) {
+    // The body travels to the source transformer as a JSON string inside a larger request; that request is
+    // what is measured against the limit, so the escaping counts, and it is measured before the transformer
+    // has looked at the body at all.
+    let escaped = serde_json::to_string(&req.body_text()).map(|s| s.len()).unwrap_or(usize::MAX);
+    if escaped > opts.max_request_bytes {
+        return (gateway_error(413, "request size exceeds max limit"), Accepted::Nothing);
+    }
+    // What follows stands in for the transformer's verdict on the body.
+    if req.body.is_empty() {
+        return (gateway_error(400, "request body is nil"), Accepted::Nothing);
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+        return (gateway_error(400, "invalid json"), Accepted::Nothing);
+    };
+    let wrappers = match body {
+        Value::Array(a) => a,
+        other => vec![other],
+    };
+    rec.events = Some(wrappers.len());
+    if wrappers.is_empty() {
+        return (gateway_error(400, "empty batch payload"), Accepted::Nothing);
+    }
+    if let Some((pred, message)) = &reject
+        && wrappers.iter().any(|w| pred(w))
+    {
+        return (gateway_error(400, message), Accepted::Nothing);
+    }
+    // The transformer's output goes through the same processing as a batch: rate limit, then the store.
+    if let Some(reply) = refuse(Refusal::TooManyRequests).or_else(|| refuse(Refusal::GatewayTimeout)) {
+        return (reply, Accepted::Nothing);
+    }
+    (ok(), Accepted::Wrappers(wrappers))
 }
 
 /// `200 ok`: no newline, and Go sniffs the content type.
