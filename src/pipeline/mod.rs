@@ -553,6 +553,13 @@ impl Supervisor {
         }
         let helpers = CancellationToken::new();
         if self.mode == RunMode::Daemon {
+            // Only now, with the lock taken and the state open, is the daemon started.
+            tracing::info!(
+                tenants = %self.tenants.iter().map(|t| t.domain.as_str()).collect::<Vec<_>>().join(","),
+                state = %self.config.state.path.display(),
+                "started"
+            );
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             tokio::spawn(watch_outboxes(self.tenants.clone(), watch_store, helpers.clone()));
             tokio::spawn(progress::watchdog(self.tenants.clone(), helpers.clone()));
             if let Some(path) = self.config.metrics.textfile.clone() {
@@ -576,6 +583,7 @@ impl Supervisor {
         // Loops that stopped with an error, by tenant; with when they may start again (`run`).
         let mut failed: HashMap<(usize, Which), (Error, Instant)> = HashMap::new();
         let mut finished_ok = 0usize;
+        let mut all_failed = false;
         let result = loop {
             let next_restart = failed.values().map(|(_, at)| *at).min();
             tokio::select! {
@@ -610,6 +618,8 @@ impl Supervisor {
                             let _ = self.send_store.call(move |s| s.set_error(&d, Some(&note))).await;
                             failed.insert((i, which), (e, Instant::now() + FAILED_RETRY));
                             if self.mode == RunMode::Daemon && self.every_tenant_failed(&failed) {
+                                tracing::error!("every tenant has a stopped loop; exiting so that the service manager starts the daemon again");
+                                all_failed = true;
                                 self.shutdown.cancel();
                             } else if self.mode == RunMode::Daemon {
                                 tracing::warn!(tenant = %t.domain, retry_in = %humantime::format_duration(FAILED_RETRY), "the other tenants go on; {} of this tenant starts again later", which.name());
@@ -636,7 +646,9 @@ impl Supervisor {
             interrupted: self.shutdown.is_cancelled() && self.mode == RunMode::Sync,
         };
         result?;
-        if failed.is_empty() {
+        // A daemon stopped by a signal has reported its failed tenants already (logs, `status`); only a daemon
+        // whose every tenant failed, or a `sync` with any failure, ends in an error.
+        if failed.is_empty() || (self.mode == RunMode::Daemon && !all_failed) {
             return Ok(summary);
         }
         let mut lines: Vec<String> = failed.into_values().map(|(e, _)| Chain(&e).to_string()).collect();

@@ -9,4 +9,5 @@ mod rudderstack;
 mod store;
 mod support;
 mod sync;
+mod tenants;
 mod transform;

@@ -72,6 +72,50 @@ sync_give_up_after = "20s"
         app
     }
 
+    /// A config with several `[[tenant]]` tables, each with the test timings, and a default `[rudderstack]`.
+    pub fn with_tenants(tenants: &[TenantSpec], rudderstack_url: &str) -> App {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("state.db");
+        let mut config: toml::Table = toml::from_str(&format!(
+            r#"
+[rudderstack]
+data_plane_url = "{rudderstack_url}"
+write_key = "{WRITE_KEY}"
+timeout = "5s"
+
+[state]
+path = "{db}"
+
+[retry]
+initial_backoff = "20ms"
+max_backoff = "200ms"
+sync_give_up_after = "20s"
+"#,
+            db = db.display()
+        ))
+        .unwrap();
+        let list: Vec<toml::Value> = tenants.iter().map(|t| toml::Value::Table(t.table())).collect();
+        config.insert("tenant".into(), toml::Value::Array(list));
+        let app = App { dir, config };
+        app.write();
+        app
+    }
+
+    /// Set `key` of the `i`th `[[tenant]]` (from 0) and save.
+    pub fn set_tenant(&mut self, i: usize, key: &str, value: impl Into<toml::Value>) -> &mut App {
+        let t = self.config["tenant"].as_array_mut().unwrap()[i].as_table_mut().unwrap();
+        t.insert(key.to_string(), value.into());
+        self.write();
+        self
+    }
+
+    /// Remove the `i`th `[[tenant]]` and save.
+    pub fn remove_tenant(&mut self, i: usize) -> &mut App {
+        self.config["tenant"].as_array_mut().unwrap().remove(i);
+        self.write();
+        self
+    }
+
     /// Set `section.key` and save.
     pub fn set(&mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> &mut App {
         self.config
@@ -152,6 +196,64 @@ sync_give_up_after = "20s"
         assert!(out.status.success(), "status failed: {}", text(&out));
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&out)))
+    }
+}
+
+/// One `[[tenant]]` of a test config.
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    /// Its domain.
+    pub domain: String,
+    /// Its client id.
+    pub client_id: String,
+    /// Its client secret.
+    pub client_secret: String,
+    /// Its Auth0 base URL (a fake).
+    pub base_url: String,
+    /// Its own destination (URL and write key), if any.
+    pub rudderstack: Option<(String, String)>,
+}
+
+impl TenantSpec {
+    /// A tenant served by a fake Auth0's tenant handle.
+    pub fn of(tenant: &super::fake_auth0::Tenant, base_url: &str) -> TenantSpec {
+        TenantSpec {
+            domain: tenant.domain(),
+            client_id: tenant.client_id(),
+            client_secret: tenant.client_secret(),
+            base_url: base_url.to_string(),
+            rudderstack: None,
+        }
+    }
+
+    /// With its own destination.
+    pub fn sending_to(mut self, url: &str, write_key: &str) -> TenantSpec {
+        self.rudderstack = Some((url.to_string(), write_key.to_string()));
+        self
+    }
+
+    fn table(&self) -> toml::Table {
+        let mut t: toml::Table = toml::from_str(&format!(
+            r#"
+domain = "{}"
+client_id = "{}"
+client_secret = "{}"
+base_url = "{}"
+start = "oldest"
+poll_interval = "200ms"
+max_requests_per_second = 1000.0
+timeout = "5s"
+"#,
+            self.domain, self.client_id, self.client_secret, self.base_url
+        ))
+        .unwrap();
+        if let Some((url, key)) = &self.rudderstack {
+            let mut r = toml::Table::new();
+            r.insert("data_plane_url".into(), url.clone().into());
+            r.insert("write_key".into(), key.clone().into());
+            t.insert("rudderstack".into(), toml::Value::Table(r));
+        }
+        t
     }
 }
 

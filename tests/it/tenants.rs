@@ -1,0 +1,278 @@
+//! Several tenants in one daemon: each with its own token, pacer, cursor, outbox and destination, isolated
+//! from the others' failures, and a state that refuses to strand a tenant the config no longer names.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::app::{App, TenantSpec, run_bounded, text, wait_until};
+use crate::support::fake_auth0::{FakeAuth0, FakeOptions};
+use crate::support::fake_rudderstack::{self, FakeRudderStack};
+
+const A: &str = "acme-prod.eu.auth0.com";
+const B: &str = "acme-dev.eu.auth0.com";
+const B_KEY: &str = "wk-tenant-b-own-destination-0987";
+
+/// A fake Auth0 serving one tenant with this domain.
+async fn auth0_for(domain: &str, client_id: &str, secret: &str) -> FakeAuth0 {
+    FakeAuth0::start(FakeOptions {
+        domain: domain.into(),
+        client_id: client_id.into(),
+        client_secret: secret.into(),
+        audience: format!("https://{domain}/api/v2/"),
+        ..FakeOptions::default()
+    })
+    .await
+}
+
+fn spec(fake: &FakeAuth0) -> TenantSpec {
+    TenantSpec::of(&fake.tenant(), &fake.url())
+}
+
+/// log_id → messageId, as `transform --domain DOMAIN` computes them for these entries.
+async fn transform_ids(domain: &str, entries: &[Value]) -> HashMap<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("entries.json");
+    std::fs::write(&file, serde_json::to_vec(entries).unwrap()).unwrap();
+    let mut cmd = tokio::process::Command::new(crate::support::app::bin());
+    cmd.args(["transform", "--domain", domain]).arg(&file).kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = run_bounded(cmd, Duration::from_secs(30)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["properties"]["log_id"].as_str().unwrap().to_string(),
+                e["messageId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The messageId of every event a fake accepted, by log_id (every copy must carry the same one).
+fn delivered_ids(rudder: &FakeRudderStack) -> HashMap<String, String> {
+    let mut ids = HashMap::new();
+    for e in rudder.events() {
+        let log_id = e["properties"]["log_id"].as_str().unwrap().to_string();
+        let mid = e["messageId"].as_str().unwrap().to_string();
+        if let Some(first) = ids.insert(log_id.clone(), mid.clone()) {
+            assert_eq!(first, mid, "{log_id} arrived twice with different messageIds");
+        }
+    }
+    ids
+}
+
+async fn status_of(app: &App, domain: &str) -> Value {
+    let out = app.run(&["status", "--json", "--tenant", domain], Duration::from_secs(20)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn sigterm(child: tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("pid");
+    let ok = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("stops")
+        .unwrap()
+        .status
+}
+
+/// Two tenants on two fake Auth0 servers, B with its own RudderStack that is down at first: within 8 s all of
+/// A's entries arrive with the ids of `transform --domain A`, while B's wait in B's outbox; once B's
+/// RudderStack is up, all of B's arrive, with B's ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_destination_holds_back_only_its_own_tenant() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let rudder_a = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![crate::support::app::WRITE_KEY.into()],
+        ..fake_rudderstack::Options::default()
+    })
+    .await;
+    let rudder_b = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![B_KEY.into()],
+        ..Default::default()
+    })
+    .await;
+    rudder_b.set_outage(true);
+    let entries_a = auth0_a.push_synthetic(300);
+    let entries_b = auth0_b.push_synthetic(200);
+    let app = App::with_tenants(
+        &[spec(&auth0_a), spec(&auth0_b).sending_to(&rudder_b.url(), B_KEY)],
+        &rudder_a.url(),
+    );
+    let started = Instant::now();
+    let child = app.spawn_run();
+    rudder_a.wait_for_events(entries_a.len(), Duration::from_secs(8)).await;
+    let a_took = started.elapsed();
+    let expected_a = transform_ids(A, &entries_a).await;
+    assert_eq!(delivered_ids(&rudder_a), expected_a, "A's events carry the ids of `transform --domain A`");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            std::process::Command::new(crate::support::app::bin())
+                .args(["--config"])
+                .arg(app.config_path())
+                .args(["status", "--json", "--tenant", B])
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+                .is_some_and(|s| s["outbox_depth"] == entries_b.len() as u64)
+        })
+        .await,
+        "B's entries wait in B's outbox: {}",
+        app.run_log()
+    );
+    assert_eq!(rudder_b.event_count(), 0);
+    assert!(rudder_b.count(503) > 0, "B's sender kept trying its own destination");
+    assert!(rudder_a.events().iter().all(|e| e["properties"]["log_id"].as_str().unwrap().starts_with("900")));
+
+    rudder_b.set_outage(false);
+    rudder_b.wait_for_events(entries_b.len(), Duration::from_secs(30)).await;
+    assert_eq!(delivered_ids(&rudder_b), transform_ids(B, &entries_b).await, "B's events carry B's ids");
+    // Nothing crossed over: A's destination saw only A's entries.
+    assert_eq!(rudder_a.event_count(), entries_a.len());
+    let status = sigterm(child).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    eprintln!("A's {} entries arrived in {a_took:?} while B's destination was down", entries_a.len());
+}
+
+/// A tenant the config no longer names, with undelivered entries, stops `run` and `sync` with exit 2 naming
+/// it; `forget-tenant` (with --yes) drops its state and lets the daemon start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_removed_with_undelivered_entries_is_refused_until_forgotten() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let rudder_a = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![crate::support::app::WRITE_KEY.into()],
+        ..fake_rudderstack::Options::default()
+    })
+    .await;
+    let rudder_b = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![B_KEY.into()],
+        ..Default::default()
+    })
+    .await;
+    rudder_b.set_outage(true);
+    auth0_a.push_synthetic(20);
+    auth0_b.push_synthetic(15);
+    let mut app = App::with_tenants(
+        &[spec(&auth0_a), spec(&auth0_b).sending_to(&rudder_b.url(), B_KEY)],
+        &rudder_a.url(),
+    );
+    app.set("retry", "sync_give_up_after", "1s");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "B's destination is down: {}", text(&out));
+    assert_eq!(rudder_a.event_count(), 20);
+    assert_eq!(status_of(&app, B).await["outbox_depth"], 15);
+
+    app.remove_tenant(1);
+    for cmd in ["sync", "run"] {
+        let out = app.run(&[cmd], Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(B) && err.contains("forget-tenant") && err.contains("15 undelivered"), "{err}");
+    }
+    let out = app.run(&["forget-tenant", B], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(2), "without --yes nothing is dropped: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"), "{}", text(&out));
+    let out = app.run(&["forget-tenant", B, "--yes"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("15 undelivered"), "{}", text(&out));
+    auth0_a.push_synthetic(5);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder_a.event_count(), 25);
+}
+
+/// Renaming a tenant's domain on an existing state would re-send every retained entry with new ids: the
+/// daemon refuses (exit 2) and says how to go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_the_domain_of_a_state_is_refused_rather_than_resending_everything() {
+    let auth0 = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    auth0.push_synthetic(10);
+    let mut app = App::with_tenants(&[spec(&auth0)], &rudder.url());
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    assert_eq!(rudder.event_count(), 10);
+    app.set_tenant(0, "domain", "renamed.eu.auth0.com");
+    app.set_tenant(0, "audience", format!("https://{A}/api/v2/"));
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(A) && err.contains("renamed.eu.auth0.com") && err.contains("new ids"), "{err}");
+    assert_eq!(rudder.event_count(), 10, "nothing was re-sent");
+}
+
+/// A tenant with rejected credentials next to a healthy one: the healthy one delivers everything, `status`
+/// shows the other's error, `run` keeps running, and `sync` exits 1 naming the failed tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_wrong_credentials_does_not_hold_back_a_healthy_one() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    let entries_a = auth0_a.push_synthetic(120);
+    auth0_b.push_synthetic(30);
+    let mut app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    app.set_tenant(1, "client_secret", "not-the-secret-of-b");
+    let child = app.spawn_run();
+    rudder.wait_for_events(entries_a.len(), Duration::from_secs(20)).await;
+    let b = {
+        let mut s = Value::Null;
+        let seen = wait_until(Duration::from_secs(20), || {
+            s = std::process::Command::new(crate::support::app::bin())
+                .arg("--config")
+                .arg(app.config_path())
+                .args(["status", "--json", "--tenant", B])
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+                .unwrap_or(Value::Null);
+            s["last_error"].as_str().is_some_and(|e| e.contains("rejected the client credentials"))
+        })
+        .await;
+        assert!(seen, "status shows B's error: {s}\n{}", app.run_log());
+        s
+    };
+    assert!(b["warnings"].to_string().contains("client-b"), "{b}");
+    assert!(!b.to_string().contains("not-the-secret-of-b"), "{b}");
+    assert_eq!(status_of(&app, A).await["last_error"], Value::Null);
+    assert_eq!(sigterm(child).await.code(), Some(0), "run kept going: {}", app.run_log());
+    assert_eq!(rudder.event_count(), entries_a.len(), "only A's entries, each once");
+
+    auth0_a.push_synthetic(7);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(B), "{}", text(&out));
+    assert_eq!(rudder.event_count(), entries_a.len() + 7, "A still delivered its new entries");
+}
+
+/// Each tenant has its own token and its own state: two tenants on one fake Auth0 server, told apart only by
+/// their credentials, each get one token, their own cursor, and only their own entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_on_one_auth0_server_keep_their_own_tokens_and_cursors() {
+    let auth0 = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let b = auth0.add_tenant(B, "client-b", "secret-b-0123456789", FakeOptions::default());
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    let a_entries = auth0.push_synthetic(40);
+    let b_entries = b.push_synthetic(25);
+    let app = App::with_tenants(&[spec(&auth0), TenantSpec::of(&b, &auth0.url())], &rudder.url());
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(auth0.tenant().tokens_minted(), 1);
+    assert_eq!(b.tokens_minted(), 1);
+    let mut expected = transform_ids(A, &a_entries).await;
+    expected.extend(transform_ids(B, &b_entries).await);
+    assert_eq!(delivered_ids(&rudder), expected);
+    assert_eq!(status_of(&app, A).await["cursor"], a_entries.last().unwrap()["log_id"]);
+    assert_eq!(status_of(&app, B).await["cursor"], b_entries.last().unwrap()["log_id"]);
+    let all: Value = {
+        let out = app.run(&["status", "--json"], Duration::from_secs(20)).await;
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(all["tenants"].as_array().unwrap().len(), 2, "{all}");
+}
