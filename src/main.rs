@@ -205,23 +205,29 @@ fn run(config: Config, mode: RunMode) -> Result<ExitCode, Error> {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         }
         let summary = result?;
-        let (fetched, delivered) =
-            summary.tenants.iter().fold((0, 0), |(f, d), t| (f + t.fetched, d + t.delivered));
         let signal = SIGNAL.load(Ordering::SeqCst);
-        if summary.interrupted && signal > 0 {
+        let how = if summary.interrupted {
+            "stopped by signal before catching up; what is fetched stays in the outbox"
+        } else if shutdown.is_cancelled() {
+            "stopped on signal"
+        } else {
+            "caught up"
+        };
+        // The totals come from the state, so they are the figures `status` shows.
+        for (t, s) in summary.tenants.iter().zip(&summary.states) {
             tracing::info!(
-                fetched,
-                delivered,
-                "stopped by signal before catching up; what is fetched stays in the outbox"
+                tenant = %t.tenant,
+                fetched = t.fetched,
+                delivered = t.delivered,
+                outbox = s.outbox_depth,
+                delivered_total = s.delivered_total,
+                dead_letters = s.dead_letters,
+                "{how}"
             );
+        }
+        if summary.interrupted && signal > 0 {
             return Ok(ExitCode::from((128 + signal) as u8));
         }
-        tracing::info!(
-            fetched,
-            delivered,
-            "{}",
-            if shutdown.is_cancelled() { "stopped on signal" } else { "caught up" }
-        );
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -273,12 +273,6 @@ impl Sink {
                     item.json.len(),
                     inner.max_event_bytes
                 );
-                tracing::warn!(
-                    seq = item.seq,
-                    bytes = item.json.len(),
-                    limit = inner.max_event_bytes,
-                    "event too large, rejected"
-                );
                 report.rejected.push((item.seq, reason));
             } else {
                 sendable.push(item);
@@ -330,7 +324,7 @@ impl Sink {
                 Answer::Stored => report.delivered.extend(part.iter().map(|i| i.seq)),
                 Answer::Refused { status, body } if part.len() == 1 => {
                     let reason = refusal_reason(status, &body);
-                    tracing::warn!(seq = part[0].seq, status, reason = %reason, "event rejected by RudderStack");
+                    tracing::debug!(status, reason = %reason, "RudderStack refused an event on its own");
                     report.rejected.push((part[0].seq, reason));
                 }
                 Answer::Refused { status, .. } => {

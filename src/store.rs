@@ -259,12 +259,13 @@ pub struct PageCommit {
 }
 
 /// What a page commit stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
     /// Rows appended to the outbox.
     pub entries: u64,
-    /// Dead letters added (a raw entry already set aside is not added again).
-    pub dead_letters: u64,
+    /// The dead letters added: their id, as `dead-letter list` shows it, and their index in the list given
+    /// (a raw entry already set aside is not added again).
+    pub dead_letters: Vec<(i64, usize)>,
 }
 
 /// One outbox row.
@@ -533,7 +534,8 @@ impl Store {
         })
     }
 
-    /// Delete delivered rows and move rejected rows to dead letters, in one transaction.
+    /// Delete delivered rows and move rejected rows to dead letters, in one transaction. Returns the dead letters
+    /// added: id, `log_id`, reason.
     ///
     /// Seqs that are no longer in the outbox (a repeated completion) are ignored, and the counters move only by
     /// the rows actually deleted.
@@ -542,7 +544,7 @@ impl Store {
         tenant: &str,
         delivered: &[i64],
         rejected: &[(i64, String)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
         let now = now();
         self.write(tenant, |tx| {
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND tenant = ?2")?;
@@ -551,6 +553,7 @@ impl Store {
                 delivered_rows += delete.execute(params![seq, tenant])?;
             }
             let mut rejected_rows = 0usize;
+            let mut letters = Vec::new();
             let mut read =
                 tx.prepare_cached("SELECT log_id, raw FROM outbox WHERE seq = ?1 AND tenant = ?2")?;
             for (seq, why) in rejected {
@@ -558,7 +561,9 @@ impl Store {
                     read.query_row(params![seq, tenant], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
                 let Some((log_id, raw)) = row else { continue };
                 let letter = NewDeadLetter { log_id: LogId::parse(&log_id).ok(), raw, reason: why.clone() };
-                insert_dead_letters(tx, tenant, std::slice::from_ref(&letter), &now)?;
+                for (id, _) in insert_dead_letters(tx, tenant, std::slice::from_ref(&letter), &now)? {
+                    letters.push((id, log_id.clone(), reason(why)));
+                }
                 rejected_rows += delete.execute(params![seq, tenant])?;
             }
             tx.prepare_cached(
@@ -575,7 +580,7 @@ impl Store {
                 delivered_rows > 0,
                 now
             ])?;
-            Ok(())
+            Ok(letters)
         })
     }
 
@@ -1091,28 +1096,31 @@ impl Store {
     }
 }
 
-/// Insert dead letters, each raw entry at most once per tenant; returns how many were new.
+/// Insert dead letters, each raw entry at most once per tenant; returns the id and index of each new one.
 fn insert_dead_letters(
     tx: &Transaction<'_>,
     tenant: &str,
     letters: &[NewDeadLetter],
     now: &str,
-) -> rusqlite::Result<u64> {
+) -> rusqlite::Result<Vec<(i64, usize)>> {
     let mut dead = tx.prepare_cached(
         "INSERT INTO dead_letter (tenant, log_id, raw, reason, created_at, raw_sha256)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
     )?;
-    let mut added = 0;
-    for letter in letters {
+    let mut added = Vec::new();
+    for (i, letter) in letters.iter().enumerate() {
         let hash = Sha256::digest(letter.raw.as_bytes());
-        added += dead.execute(params![
+        let n = dead.execute(params![
             tenant,
             letter.log_id.as_ref().map(LogId::as_str),
             letter.raw,
             reason(&letter.reason),
             now,
             hash.as_slice()
-        ])? as u64;
+        ])?;
+        if n > 0 {
+            added.push((tx.last_insert_rowid(), i));
+        }
     }
     Ok(added)
 }

@@ -454,28 +454,34 @@ impl Fetcher {
     }
 
     async fn commit(&self, commit: PageCommit) -> Result<(), Error> {
-        for d in &commit.dead_letters {
-            tracing::warn!(
-                tenant = %self.t.domain,
-                log_id = %d.log_id.as_ref().map(LogId::as_str).unwrap_or("-"),
-                reason = %d.reason,
-                "entry set aside as a dead letter"
-            );
-        }
+        let reasons: Vec<(Option<LogId>, String)> =
+            commit.dead_letters.iter().map(|d| (d.log_id.clone(), d.reason.clone())).collect();
         let filtered = commit.filtered;
         let repeated = commit.repeated;
         let cursor_date: Option<DateTime<Utc>> = commit.cursor.as_ref().and_then(|c| c.date);
         let d = self.t.domain.clone();
         let committed = self.store.call(move |s| s.commit_page(&d, &commit)).await?;
+        // A raw entry set aside before is not set aside again, so only the new ones are reported.
+        for (id, i) in &committed.dead_letters {
+            if let Some((log_id, reason)) = reasons.get(*i) {
+                tracing::warn!(
+                    tenant = %self.t.domain,
+                    dead_letter = id,
+                    log_id = %log_id.as_ref().map(LogId::as_str).unwrap_or("-"),
+                    reason = %reason,
+                    "entry set aside as dead letter {id} (see `dead-letter list`)"
+                );
+            }
+        }
         let c = &self.t.counters;
         c.fetched.fetch_add(committed.entries, Ordering::Relaxed);
         c.filtered.fetch_add(filtered, Ordering::Relaxed);
         c.repeated.fetch_add(repeated, Ordering::Relaxed);
-        c.dead_lettered.fetch_add(committed.dead_letters, Ordering::Relaxed);
+        c.dead_lettered.fetch_add(committed.dead_letters.len() as u64, Ordering::Relaxed);
         if let Some(date) = cursor_date {
             self.t.note_cursor_date(date);
         }
-        tracing::debug!(tenant = %self.t.domain, entries = committed.entries, filtered, repeated, dead_letters = committed.dead_letters, "page committed");
+        tracing::debug!(tenant = %self.t.domain, entries = committed.entries, filtered, repeated, dead_letters = committed.dead_letters.len(), "page committed");
         if committed.entries > 0 {
             self.t.wake_sender.notify_one();
         }

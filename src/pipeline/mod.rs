@@ -187,6 +187,8 @@ pub struct TenantSummary {
 pub struct Summary {
     /// Per tenant.
     pub tenants: Vec<TenantSummary>,
+    /// What the state says about each tenant at the end (the figures `status` shows).
+    pub states: Vec<crate::store::Snapshot>,
     /// Whether a shutdown signal ended the run before every tenant was caught up (`sync`).
     pub interrupted: bool,
 }
@@ -641,8 +643,16 @@ impl Supervisor {
         helpers.cancel();
         let _ = reporter.await;
         let _ = finished_ok;
+        let mut states = Vec::with_capacity(self.tenants.len());
+        for t in &self.tenants {
+            let d = t.domain.clone();
+            if let Ok(s) = self.send_store.call(move |s| s.snapshot(&d)).await {
+                states.push(s);
+            }
+        }
         let summary = Summary {
             tenants: self.tenants.iter().map(|t| t.summary()).collect(),
+            states,
             interrupted: self.shutdown.is_cancelled() && self.mode == RunMode::Sync,
         };
         result?;

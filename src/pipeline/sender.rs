@@ -131,16 +131,22 @@ impl Sender {
             tracing::warn!(tenant = %tenant, grace = %humantime::format_duration(SHUTDOWN_GRACE), "shutdown: abandoned a delivery still in flight; its entries stay in the outbox and will be resent with the same ids");
             return Ok(Sent::Cancelled);
         };
-        for (seq, reason) in &report.rejected {
-            tracing::warn!(tenant = %tenant, row = seq, reason = %reason, "event set aside as a dead letter");
-        }
         rejected.extend(report.rejected);
         let (delivered_n, rejected_n) = (report.delivered.len() as u64, rejected.len() as u64);
         if delivered_n + rejected_n > 0 {
             let (d, delivered) = (self.t.domain.clone(), report.delivered);
             // If this fails (say the file is locked by another process), the rows stay in the outbox and go
             // out again, with the same ids, on a later round.
-            self.store.call(move |s| s.complete(&d, &delivered, &rejected)).await?;
+            let letters = self.store.call(move |s| s.complete(&d, &delivered, &rejected)).await?;
+            for (id, log_id, reason) in &letters {
+                tracing::warn!(
+                    tenant = %tenant,
+                    dead_letter = id,
+                    log_id = %if log_id.is_empty() { "-" } else { log_id.as_str() },
+                    reason = %reason,
+                    "event set aside as dead letter {id} (see `dead-letter list`)"
+                );
+            }
             let c = &self.t.counters;
             c.delivered.fetch_add(delivered_n, Ordering::Relaxed);
             c.dead_lettered.fetch_add(rejected_n, Ordering::Relaxed);

@@ -1,0 +1,368 @@
+//! Running it as a service: metrics from the state file and the textfile `run` keeps, progress during a
+//! catch-up, systemd's notifications, a token kept across starts, the daemon's own token exchanges, signals,
+//! and the command line's small promises.
+
+use std::collections::HashSet;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, run_bounded, text, wait_until};
+use crate::support::fake_auth0::{DOMAIN, FakeAuth0, FakeOptions};
+use crate::support::start_fakes;
+
+/// The series the metrics must have, each with a `tenant` label.
+const SERIES: [&str; 11] = [
+    "auth0_rudderstack_checkpoint_timestamp_seconds",
+    "auth0_rudderstack_outbox_entries",
+    "auth0_rudderstack_dead_letters",
+    "auth0_rudderstack_delivered_events_total",
+    "auth0_rudderstack_fetched_entries_total",
+    "auth0_rudderstack_filtered_entries_total",
+    "auth0_rudderstack_last_fetch_timestamp_seconds",
+    "auth0_rudderstack_last_delivery_timestamp_seconds",
+    "auth0_rudderstack_gaps_total",
+    "auth0_rudderstack_fetching_stopped",
+    "auth0_rudderstack_retention_seconds",
+];
+
+/// The value of `name{tenant="…"}` in a Prometheus text exposition.
+fn sample(text: &str, name: &str, tenant: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series.starts_with(&format!("{name}{{")) && series.contains(&format!("tenant=\"{tenant}\"")))
+            .then(|| value.parse().ok())?
+    })
+}
+
+/// Whether a tool that CI installs must be there (CI sets this; a developer's machine may lack the tool).
+fn tools_required() -> bool {
+    std::env::var_os("AUTH0_RUDDERSTACK_REQUIRE_TOOLS").is_some()
+}
+
+/// Run `promtool check metrics` on `text`, if promtool is there.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!tools_required(), "promtool is required here: {e}");
+            eprintln!("promtool is not installed: the promtool check was not run here (CI runs it)");
+            return;
+        }
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// After a sync of 500 entries, `metrics` prints every documented series labelled with the tenant, the text
+/// passes `promtool check metrics`, 500 events count as delivered and the outbox is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_sync_have_every_series_and_pass_promtool() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(500);
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = app.run(&["metrics"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    for name in SERIES {
+        assert!(sample(&metrics, name, DOMAIN).is_some(), "{name} missing:\n{metrics}");
+    }
+    assert_eq!(sample(&metrics, "auth0_rudderstack_delivered_events_total", DOMAIN), Some(500.0));
+    assert_eq!(sample(&metrics, "auth0_rudderstack_fetched_entries_total", DOMAIN), Some(500.0));
+    assert_eq!(sample(&metrics, "auth0_rudderstack_outbox_entries", DOMAIN), Some(0.0));
+    assert!(metrics.contains("auth0_rudderstack_build_info{version=\""), "{metrics}");
+    promtool_check(&metrics);
+}
+
+/// `metrics` works while `run` holds the lock, and needs no network (nothing answers on the configured ports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_read_while_run_holds_the_state() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(30);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    rudder.wait_for_events(30, Duration::from_secs(20)).await;
+    let out = app.run(&["metrics"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(sample(&metrics, "auth0_rudderstack_delivered_events_total", DOMAIN), Some(30.0), "{metrics}");
+    sigterm(child).await;
+}
+
+async fn sigterm(child: tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("pid");
+    let ok = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("stops")
+        .unwrap()
+        .status
+}
+
+/// With `[metrics] textfile`, `run` writes the whole text within two intervals, keeps it current, and leaves
+/// no temporary file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_the_metrics_textfile_complete_and_current() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(40);
+    let mut app = App::new(&auth0, &rudder);
+    let dir = app.dir.path().join("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("auth0-rudderstack.prom");
+    app.set("metrics", "textfile", file.display().to_string()).set("metrics", "interval", "1s");
+    let started = Instant::now();
+    let child = app.spawn_run();
+    assert!(wait_until(Duration::from_secs(20), || file.exists()).await, "no textfile: {}", app.run_log());
+    let first = started.elapsed();
+    // Kept current: the delivered count reaches 40 in a later rewrite.
+    let current = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| sample(&t, "auth0_rudderstack_delivered_events_total", DOMAIN))
+            == Some(40.0)
+    })
+    .await;
+    assert!(current, "the textfile never showed the 40 deliveries");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    for name in SERIES {
+        assert!(sample(&text_now, name, DOMAIN).is_some(), "{name} missing:\n{text_now}");
+    }
+    assert!(
+        text_now.contains("auth0_rudderstack_requests_total{"),
+        "run adds its request counters:\n{text_now}"
+    );
+    assert!(text_now.contains("auth0_rudderstack_token_mints_total{"), "{text_now}");
+    promtool_check(&text_now);
+    sigterm(child).await;
+    let names: HashSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, HashSet::from(["auth0-rudderstack.prom".to_string()]), "leftover files");
+    eprintln!("first textfile after {first:?} (interval 1 s)");
+}
+
+/// A catch-up that lasts longer than 10 s logs at least one progress line with `behind=` and an ETA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_catch_up_logs_its_progress() {
+    let (auth0, rudder) = start_fakes().await;
+    // 700 entries an hour old, 10 per page at 5 pages a second: about 14 s.
+    auth0.push_synthetic(700);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "max_requests_per_second", 5.0).set("auth0", "page_size", 10);
+    let out = app.run(&["sync"], Duration::from_secs(90)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("progress") && l.contains("behind="))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("eta=") && line.contains("fetched=") && line.contains("rate="), "{line}");
+    assert!(
+        line.contains("behind=59m") || line.contains("behind=1h") || line.contains("behind=58m"),
+        "{line}"
+    );
+    assert_eq!(rudder.event_count(), 700);
+}
+
+/// On a terminal, `sync` draws a progress bar with the same figures instead of log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_on_a_terminal_draws_a_progress_bar() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(300);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "max_requests_per_second", 5.0).set("auth0", "page_size", 10);
+    // `script` runs the command on a pseudo-terminal and copies what it drew to stdout.
+    let command = format!("{} --config {} sync", crate::support::app::bin(), app.config_path().display());
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qefc", &command, "/dev/null"]).env("TERM", "xterm").env_remove("RUST_LOG");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.kill_on_drop(true);
+    let out = run_bounded(cmd, Duration::from_secs(90)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(drawn.contains(DOMAIN) && drawn.contains("behind=") && drawn.contains('%'), "{drawn}");
+    assert!(!drawn.contains("progress: fetched="), "a bar replaces the progress lines: {drawn}");
+    assert_eq!(rudder.event_count(), 300);
+}
+
+/// `run` tells a fake systemd (`NOTIFY_SOCKET`) READY, feeds the watchdog, and sends a STATUS line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_notifies_systemd_ready_watchdog_and_status() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(50);
+    let app = App::new(&auth0, &rudder);
+    let socket_path = app.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let log = std::fs::File::create(app.dir.path().join("run.log")).unwrap();
+    let mut cmd = app.command(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &socket_path).env("WATCHDOG_USEC", "1000000");
+    cmd.stdout(std::process::Stdio::from(log.try_clone().unwrap())).stderr(std::process::Stdio::from(log));
+    let child = cmd.spawn().unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wanted = |seen: &[String]| {
+        ["READY=1", "WATCHDOG=1", "STATUS="].iter().all(|w| seen.iter().any(|m| m.contains(w)))
+    };
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline && !wanted(&seen) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(wanted(&seen), "notifications seen: {seen:?}\n{}", app.run_log());
+    let watchdogs = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(watchdogs >= 1, "{seen:?}");
+    sigterm(child).await;
+}
+
+/// Two consecutive syncs mint one token in all: the token is kept (sealed) in the state for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_syncs_mint_one_token_in_all() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    auth0.push_synthetic(20);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 40);
+    assert_eq!(auth0.tokens_minted(), 1, "the second sync reused the kept token");
+    let db = std::fs::read(app.db_path()).unwrap();
+    for token in auth0.issued_tokens() {
+        assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()), "the token is kept in clear");
+    }
+}
+
+/// With `forward_own_logs = false`, exactly the daemon's own token exchanges (`seccft` with its client_id)
+/// are filtered out and counted; other applications' `seccft` entries are forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_own_logs_false_drops_exactly_the_daemons_own_token_exchanges() {
+    let auth0 = FakeAuth0::start(FakeOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        log_token_mints: true,
+        ..FakeOptions::default()
+    })
+    .await;
+    let (_unused, rudder) = start_fakes().await;
+    auth0.push_synthetic(50);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "forward_own_logs", false);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let all = auth0.entries();
+    let own: Vec<&Value> =
+        all.iter().filter(|e| e["type"] == "seccft" && e["client_id"] == CLIENT_ID).collect();
+    assert_eq!(own.len(), 1, "the sync minted one token, which Auth0 logged");
+    let others = all.iter().filter(|e| e["type"] == "seccft" && e["client_id"] != CLIENT_ID).count();
+    assert!(others > 0, "the log also holds other applications' seccft entries");
+    let delivered: HashSet<String> =
+        rudder.events().iter().map(|e| e["properties"]["log_id"].as_str().unwrap().to_string()).collect();
+    let expected: HashSet<String> = all
+        .iter()
+        .filter(|e| !(e["type"] == "seccft" && e["client_id"] == CLIENT_ID))
+        .map(|e| e["log_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(delivered, expected);
+    assert_eq!(app.status().await["filtered_total"], 1);
+}
+
+/// A `sync` stopped by SIGTERM before it caught up exits 143 (128 + 15), so cron can tell it from success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stopped_by_sigterm_before_catching_up_exits_143() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(2_000);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "max_requests_per_second", 4.0).set("auth0", "page_size", 10);
+    let log = std::fs::File::create(app.dir.path().join("run.log")).unwrap();
+    let mut cmd = app.command(&["sync"]);
+    cmd.stdout(std::process::Stdio::from(log.try_clone().unwrap())).stderr(std::process::Stdio::from(log));
+    let child = cmd.spawn().unwrap();
+    rudder.wait_for_events(20, Duration::from_secs(30)).await;
+    let status = sigterm(child).await;
+    assert_eq!(status.code(), Some(143), "{}", app.run_log());
+    assert!(rudder.event_count() < 2_000);
+    // And nothing is lost: the next sync finishes the job.
+    let mut app = app;
+    app.set("auth0", "max_requests_per_second", 1000.0).set("auth0", "page_size", 100);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let ids: HashSet<String> =
+        rudder.events().iter().map(|e| e["properties"]["log_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2_000);
+}
+
+/// `dead-letter retry` with an id that does not exist exits 1 and names it; nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_an_unknown_dead_letter_exits_1_and_names_it() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let out = app.run(&["dead-letter", "retry", "424242"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("424242"), "{}", text(&out));
+}
+
+/// A second `run` refused by the lock says why and logs nothing as if it had started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_refused_by_the_lock_does_not_claim_to_have_started() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    rudder.wait_for_events(5, Duration::from_secs(20)).await;
+    assert!(app.run_log().contains("started"), "{}", app.run_log());
+    let out = app.run(&["run"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already using"), "{err}");
+    assert!(!err.contains("started"), "{err}");
+    sigterm(child).await;
+}
+
+/// `status` counts with the right plural, and a log line names a dead letter by the id `dead-letter list`
+/// shows and its entry by log_id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_name_dead_letters_by_their_listed_id_with_the_right_plural() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut entries = auth0.make_entries(10);
+    entries[4].as_object_mut().unwrap().remove("type");
+    auth0.push(entries.clone());
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let list = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let id = list[0]["id"].as_i64().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("dead letter")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(&format!("dead letter {id}")), "{line}");
+    assert!(line.contains(entries[4]["log_id"].as_str().unwrap()), "{line}");
+    let status = app.run(&["status"], Duration::from_secs(20)).await;
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("1 dead letter:"), "{status}");
+    // The final line's figures are the state's.
+    let last = err.lines().rev().find(|l| l.contains("caught up")).unwrap_or_else(|| panic!("{err}"));
+    assert!(last.contains("delivered_total=9") && last.contains("dead_letters=1"), "{last}");
+}
