@@ -1,0 +1,289 @@
+//! Many tenants in one daemon, measured: the real binary against fake Auth0s and a fake RudderStack on
+//! 127.0.0.1.
+//!
+//! `cargo bench --bench tenants` runs three scenarios once each and prints one table, each figure with its
+//! target and PASS or MISS computed from the measurement:
+//! 1. **scale**: 100 tenants on one fake Auth0 server, 10 entries each, `poll_interval = "30s"`: every one of
+//!    the 1,000 events arrives, with 1,000 distinct messageIds; then the daemon idles for 30 s, during which
+//!    its resident memory and the CPU time it spends are measured (from `/proc`), and the same with 1 tenant
+//!    gives the memory each tenant costs;
+//! 2. **budget**: 10 tenants catching up at once, each against its own fake with a token bucket (burst 10,
+//!    10 requests a second): the share of its own budget each one uses (requests per second between its
+//!    first and last request, against the bucket's rate);
+//! 3. **fairness**: one tenant catching up a large backlog while another receives new entries: how long the
+//!    other's entries take to arrive (against `poll_interval` + 1 s).
+//!
+//! Every wait is bounded and panics with the daemon's log when something does not arrive, so a broken run
+//! cannot pass as a fast one. `BENCH_ONLY=scale,budget,fairness` (any subset) runs only those.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use support::app::{App, TenantSpec};
+use support::fake_auth0::{Bucket, FakeAuth0, FakeOptions};
+use support::fake_rudderstack::{self, FakeRudderStack};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut table = Table::default();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
+    if wanted("scale") {
+        scale(&mut table).await;
+    }
+    if wanted("budget") {
+        budget(&mut table).await;
+    }
+    if wanted("fairness") {
+        fairness(&mut table).await;
+    }
+    table.print();
+}
+
+fn tenant_options(domain: &str) -> FakeOptions {
+    FakeOptions {
+        domain: domain.into(),
+        client_id: format!("client-{domain}"),
+        client_secret: format!("secret-{domain}-0123456789"),
+        audience: format!("https://{domain}/api/v2/"),
+        ..FakeOptions::default()
+    }
+}
+
+async fn rudder() -> FakeRudderStack {
+    FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![support::app::WRITE_KEY.into()],
+        keep_events: true,
+        ..fake_rudderstack::Options::default()
+    })
+    .await
+}
+
+/// What `/proc` says about a running daemon.
+struct Proc {
+    pid: u32,
+}
+
+impl Proc {
+    fn status_kb(&self, key: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Resident memory in MB.
+    fn rss_mb(&self) -> f64 {
+        self.status_kb("VmRSS:") / 1024.0
+    }
+
+    /// User plus system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the command.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+}
+
+async fn stop(child: tokio::process::Child) {
+    let pid = child.id().expect("pid");
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await;
+}
+
+/// `n` tenants on one fake, 10 entries each; returns the idle figures (RSS MB, CPU s) after delivery.
+async fn idle_with(n: usize, table: Option<&mut Table>) -> (f64, f64) {
+    let auth0 = FakeAuth0::start(tenant_options("t0.example.com")).await;
+    let mut tenants = vec![auth0.tenant()];
+    for i in 1..n {
+        let o = tenant_options(&format!("t{i}.example.com"));
+        tenants.push(auth0.add_tenant(&o.domain, &o.client_id, &o.client_secret, o.clone()));
+    }
+    for t in &tenants {
+        t.push_synthetic(10);
+    }
+    let rudder = rudder().await;
+    let specs: Vec<TenantSpec> = tenants.iter().map(|t| TenantSpec::of(t, &auth0.url())).collect();
+    let mut app = App::with_tenants(&specs, &rudder.url());
+    for i in 0..n {
+        app.set_tenant(i, "poll_interval", "30s");
+    }
+    let started = Instant::now();
+    let child = app.spawn_run();
+    let p = Proc { pid: child.id().unwrap() };
+    let total = n * 10;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rudder.event_count() < total {
+        assert!(Instant::now() < deadline, "only {} of {total} events:\n{}", rudder.event_count(), app.run_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered_in = started.elapsed();
+    let ids: HashSet<String> = rudder.message_ids().into_iter().collect();
+    let cpu_before = p.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (rss, cpu) = (p.rss_mb(), p.cpu_seconds() - cpu_before);
+    stop(child).await;
+    if let Some(table) = table {
+        table.section(&format!("{n} tenants on one fake Auth0, 10 entries each, poll_interval = 30s"));
+        table.row(
+            "events delivered, distinct messageIds",
+            format!("{} events, {} distinct, in {:.1} s", rudder.event_count(), ids.len(), delivered_in.as_secs_f64()),
+            format!("{total} and {total}"),
+            rudder.event_count() == total && ids.len() == total,
+        );
+        table.row("idle RSS after 30 s", format!("{rss:.1} MB"), "≤ 30 MB".into(), rss <= 30.0);
+        table.row(
+            "CPU spent in 30 s of idling",
+            format!("{cpu:.2} s ({:.2} % of one core)", cpu / 30.0 * 100.0),
+            "≤ 0.3 s".into(),
+            cpu <= 0.3,
+        );
+    }
+    (rss, cpu)
+}
+
+async fn scale(table: &mut Table) {
+    let (rss_100, _) = idle_with(100, Some(table)).await;
+    let (rss_1, cpu_1) = idle_with(1, None).await;
+    table.info("idle RSS with 1 tenant", format!("{rss_1:.1} MB, {cpu_1:.2} CPU s in 30 s"));
+    table.info("memory per tenant", format!("{:.0} KB", (rss_100 - rss_1) * 1024.0 / 99.0));
+}
+
+async fn budget(table: &mut Table) {
+    const TENANTS: usize = 10;
+    const ENTRIES: usize = 5_000;
+    let mut fakes = Vec::new();
+    for i in 0..TENANTS {
+        let mut o = tenant_options(&format!("b{i}.example.com"));
+        o.bucket = Some(Bucket { burst: 10, per_second: 10.0 });
+        let f = FakeAuth0::start(o).await;
+        f.push_synthetic(ENTRIES);
+        fakes.push(f);
+    }
+    let rudder = rudder().await;
+    let specs: Vec<TenantSpec> = fakes.iter().map(|f| TenantSpec::of(&f.tenant(), &f.url())).collect();
+    let mut app = App::with_tenants(&specs, &rudder.url());
+    for i in 0..TENANTS {
+        app.set_tenant(i, "max_requests_per_second", 10.0);
+    }
+    let out = app.run(&["sync"], Duration::from_secs(300)).await;
+    assert!(out.status.success(), "{}", support::app::text(&out));
+    assert_eq!(rudder.event_count(), TENANTS * ENTRIES);
+    table.section(&format!("{TENANTS} tenants catching up at once, each against its own bucket (burst 10, 10/s)"));
+    let mut worst = f64::MAX;
+    let mut limited = 0;
+    for f in &fakes {
+        let r = f.log_requests();
+        let span = r.last().unwrap().at.duration_since(r[0].at).as_secs_f64();
+        let used = (r.len() - 1) as f64 / span / 10.0;
+        worst = worst.min(used);
+        limited += f.rate_limited();
+    }
+    table.row(
+        "budget used by the slowest tenant",
+        format!("{:.1} % ({} requests refused in all)", worst * 100.0, limited),
+        "≥ 90 % each".into(),
+        worst >= 0.90,
+    );
+}
+
+async fn fairness(table: &mut Table) {
+    let backlog = FakeAuth0::start(tenant_options("backlog.example.com")).await;
+    backlog.push_synthetic(60_000);
+    let quiet = FakeAuth0::start(tenant_options("quiet.example.com")).await;
+    quiet.push_synthetic(1);
+    let rudder = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![support::app::WRITE_KEY.into()],
+        keep_events: false,
+        ..fake_rudderstack::Options::default()
+    })
+    .await;
+    let specs = [TenantSpec::of(&backlog.tenant(), &backlog.url()), TenantSpec::of(&quiet.tenant(), &quiet.url())];
+    let mut app = App::with_tenants(&specs, &rudder.url());
+    app.set_tenant(0, "poll_interval", "1s").set_tenant(1, "poll_interval", "1s");
+    let child = app.spawn_run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rudder.event_count() < 1_000 {
+        assert!(Instant::now() < deadline, "the backlog never started:\n{}", app.run_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While the backlog is being caught up, the quiet tenant gets an entry every half second.
+    let mut pushed = Vec::new();
+    for _ in 0..10 {
+        let e = quiet.push_synthetic(1);
+        pushed.push((e[0]["log_id"].as_str().unwrap().to_string(), Instant::now()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut worst = Duration::ZERO;
+    for (log_id, at) in &pushed {
+        let arrived = loop {
+            if let Some(a) = rudder.arrivals().iter().find(|a| &a.log_id == log_id) {
+                break a.at;
+            }
+            assert!(Instant::now() < deadline, "{log_id} never arrived:\n{}", app.run_log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        worst = worst.max(arrived.saturating_duration_since(*at));
+    }
+    let backlog_left = 60_000 - rudder.arrivals().iter().filter(|a| a.log_id.starts_with("900")).count().min(60_000);
+    stop(child).await;
+    table.section("one tenant catching up 60,000 entries, another receiving an entry every 0.5 s");
+    table.row(
+        "slowest arrival of the quiet tenant's entries",
+        format!("{:.2} s (backlog still had ~{backlog_left} to go)", worst.as_secs_f64()),
+        "≤ poll_interval + 1 s = 2 s".into(),
+        worst <= Duration::from_secs(2),
+    );
+}
+
+/// The printed results.
+#[derive(Default)]
+struct Table {
+    lines: Vec<(String, String, Option<(String, bool)>)>,
+}
+
+impl Table {
+    fn section(&mut self, title: &str) {
+        self.lines.push((format!("## {title}"), String::new(), None));
+    }
+    fn row(&mut self, what: &str, value: String, target: String, pass: bool) {
+        self.lines.push((what.to_string(), value, Some((target, pass))));
+    }
+    fn info(&mut self, what: &str, value: String) {
+        self.lines.push((what.to_string(), value, None));
+    }
+    fn print(&self) {
+        let (mut passed, mut missed) = (0, 0);
+        println!();
+        println!("{:<46} {:<58} {:<24} result", "figure", "measured (one run)", "target");
+        for (what, value, target) in &self.lines {
+            if what.starts_with("## ") {
+                println!("\n{what}");
+                continue;
+            }
+            match target {
+                Some((t, pass)) => {
+                    if *pass {
+                        passed += 1;
+                    } else {
+                        missed += 1;
+                    }
+                    println!("{what:<46} {value:<58} {t:<24} {}", if *pass { "PASS" } else { "MISS" });
+                }
+                None => println!("{what:<46} {value:<58}"),
+            }
+        }
+        println!("\n{passed} PASS, {missed} MISS");
+    }
+}
