@@ -2,25 +2,29 @@
 //!
 //! It accepts every shape an operator is likely to have at hand: a JSON array of entries (a `/api/v2/logs`
 //! page or an export), a single entry, NDJSON (Auth0's default Log Stream format) or any concatenation of
-//! JSON values, `{log_id, data}` Log Stream wrappers, and `{"logs": [...]}` bodies.
+//! JSON values, `{log_id, data}` Log Stream wrappers, and `{"logs": [...]}` bodies. Any of these may be gzip
+//! compressed, as archives in S3 usually are: the magic bytes decide, not a file name, so stdin works too, and
+//! concatenated gzip members (what appending to an archive or Firehose produces) read as one stream.
 //!
 //! Inputs can be far larger than memory should be, so nothing is ever read whole. The calling thread reads
-//! fixed-size chunks and finds where each entry begins and ends with a small byte scanner that only tracks
-//! strings, escapes and bracket depth; each run of complete entries becomes a batch. Batches are transformed
-//! on worker threads (the transform is the costly part) and written back in input order by the calling
-//! thread, which owns the reader and the writer and so needs neither to be `Send`. At most a few batches are
-//! in flight, which bounds memory whatever the input size.
+//! fixed-size chunks (decompressing as it goes) and finds where each entry begins and ends with a small byte
+//! scanner that only tracks strings, escapes and bracket depth; each run of complete entries becomes a batch.
+//! Batches are transformed on worker threads (the transform is the costly part) and written back in input
+//! order by the calling thread, which owns the reader and the writer and so needs neither to be `Send`. At
+//! most a few batches are in flight, which bounds memory whatever the input size.
 //!
 //! Malformed JSON stops the run with an error that says where; an entry that is valid JSON but yields no
 //! event (not an object, no type, a group without an organization path) is reported and skipped, and the
-//! run goes on.
+//! run goes on. Byte offsets count the bytes of the input as the scanner sees them: for gzip input, those of
+//! the decompressed stream.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use flate2::bufread::MultiGzDecoder;
 use serde_json::value::RawValue;
 
 use crate::transform::{self, EntryError, TransformError};
@@ -29,6 +33,10 @@ use crate::transform::{self, EntryError, TransformError};
 const CHUNK: usize = 1 << 20;
 /// Batches allowed in flight (read but not yet written): bounds memory to a few chunks in and out.
 const IN_FLIGHT: usize = 6;
+/// Compressed bytes buffered ahead of the gzip decoder.
+const GZIP_BUFFER: usize = 64 << 10;
+/// The first two bytes of every gzip member.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// What a `transform` run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +66,15 @@ impl fmt::Display for SetAside {
     }
 }
 
-/// Input that cannot be read as Auth0 entries, or output that cannot be written.
+/// Input that cannot be read as Auth0 entries, or output that cannot be written. Byte offsets are those of
+/// the decompressed stream when the input is gzip.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// Reading the input failed.
-    #[error("reading the input: {0}")]
+    #[error("cannot read the input")]
     Read(#[source] std::io::Error),
     /// Writing the events failed.
-    #[error("writing the events: {0}")]
+    #[error("cannot write the events")]
     Write(#[source] std::io::Error),
     /// The input is not valid JSON here.
     #[error("malformed JSON in entry {entry} at byte {offset}: {reason}")]
@@ -87,6 +96,35 @@ pub enum InputError {
         /// The input's length.
         offset: u64,
     },
+    /// The gzip input ends before its last member does: the file was cut off (an interrupted upload or copy).
+    #[error(
+        "the gzip input is cut off after {compressed} compressed bytes, at byte {offset} of the decompressed \
+         input, while reading entry {entry}"
+    )]
+    GzipTruncated {
+        /// 1-based index of the entry being read.
+        entry: u64,
+        /// Decompressed bytes read before the end.
+        offset: u64,
+        /// Compressed bytes read (the whole input).
+        compressed: u64,
+    },
+    /// The gzip input is damaged (or has trailing bytes that are not another gzip member).
+    #[error(
+        "the gzip input is corrupt within its first {compressed} compressed bytes, at byte {offset} of the \
+         decompressed input, while reading entry {entry}"
+    )]
+    GzipCorrupt {
+        /// 1-based index of the entry being read.
+        entry: u64,
+        /// Decompressed bytes read before the damage.
+        offset: u64,
+        /// Compressed bytes read so far (the decoder reads ahead, so the damage is at or before this).
+        compressed: u64,
+        /// What the decoder found.
+        #[source]
+        source: std::io::Error,
+    },
     /// A worker thread died (a bug: the transform never panics by design).
     #[error("a transform worker stopped unexpectedly")]
     Worker,
@@ -100,6 +138,118 @@ impl InputError {
                 matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock)
             }
             _ => false,
+        }
+    }
+}
+
+/// The input as given, with the bytes read to tell gzip from JSON put back in front, counted so that a gzip
+/// error can say how far into the compressed input it is.
+struct Raw<R> {
+    input: R,
+    /// The first bytes of the input, read before anything else to look for the gzip magic.
+    head: [u8; 2],
+    head_len: usize,
+    /// How many of `head` were handed on.
+    head_pos: usize,
+    /// Bytes handed on so far.
+    count: u64,
+    /// Reading `input` itself failed (as opposed to decompressing what it gave).
+    failed: bool,
+}
+
+impl<R: Read> Raw<R> {
+    /// Read the first two bytes (fewer only at the end of the input): a pipe may give them one at a time.
+    fn fill_head(&mut self) -> std::io::Result<()> {
+        while self.head_len < self.head.len() {
+            match self.input.read(&mut self.head[self.head_len..]) {
+                Ok(0) => break,
+                Ok(n) => self.head_len += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Raw<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = if self.head_pos < self.head_len {
+            let n = (self.head_len - self.head_pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
+            self.head_pos += n;
+            n
+        } else {
+            self.input.read(buf).inspect_err(|e| self.failed |= e.kind() != ErrorKind::Interrupted)?
+        };
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// The input, decompressed while it is read when it starts with the gzip magic bytes (no JSON text can).
+enum Decoded<R> {
+    /// Nothing read yet.
+    Undecided(Raw<R>),
+    Plain(Raw<R>),
+    /// Boxed: the decoder's state is tens of kilobytes.
+    Gzip(Box<MultiGzDecoder<BufReader<Raw<R>>>>),
+    /// Only while switching from `Undecided`.
+    Gone,
+}
+
+impl<R: Read> Decoded<R> {
+    fn new(input: R) -> Decoded<R> {
+        Decoded::Undecided(Raw { input, head: [0; 2], head_len: 0, head_pos: 0, count: 0, failed: false })
+    }
+
+    /// Look at the first bytes and pick the reader for the rest.
+    fn decide(&mut self) -> std::io::Result<()> {
+        match self {
+            Decoded::Undecided(raw) => raw.fill_head()?,
+            _ => return Ok(()),
+        }
+        *self = match std::mem::replace(self, Decoded::Gone) {
+            Decoded::Undecided(raw) if raw.head[..raw.head_len] == GZIP_MAGIC => {
+                Decoded::Gzip(Box::new(MultiGzDecoder::new(BufReader::with_capacity(GZIP_BUFFER, raw))))
+            }
+            Decoded::Undecided(raw) => Decoded::Plain(raw),
+            other => other,
+        };
+        Ok(())
+    }
+
+    /// Turn a failed read into an input error. `offset` is the decompressed bytes read so far and `entry`
+    /// the entry being read.
+    fn error(&self, e: std::io::Error, offset: u64, entry: u64) -> InputError {
+        let Decoded::Gzip(gz) = self else {
+            return InputError::Read(e);
+        };
+        let raw = gz.get_ref().get_ref();
+        if raw.failed {
+            return InputError::Read(e);
+        }
+        let compressed = raw.count;
+        // The decoder reports a missing end (of the deflate data, the trailer or a header) as an
+        // unexpected end of file, and anything else as invalid input.
+        if e.kind() == ErrorKind::UnexpectedEof {
+            InputError::GzipTruncated { entry, offset, compressed }
+        } else {
+            InputError::GzipCorrupt { entry, offset, compressed, source: e }
+        }
+    }
+}
+
+impl<R: Read> Read for Decoded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.decide()?;
+        match self {
+            Decoded::Plain(raw) => raw.read(buf),
+            Decoded::Gzip(gz) => gz.read(buf),
+            Decoded::Undecided(_) | Decoded::Gone => Ok(0),
         }
     }
 }
@@ -134,12 +284,12 @@ impl Pools {
     }
 }
 
-/// Read Auth0 entries (a JSON array, one object, NDJSON, or `{log_id,data}` wrappers) from `input` and write
-/// a JSON array of RudderStack events to `output`, streaming. Entries that produce no event are reported
-/// through `on_set_aside` with a message that names the entry.
+/// Read Auth0 entries (a JSON array, one object, NDJSON or `{log_id,data}` wrappers, gzip compressed or
+/// not) from `input` and write a JSON array of RudderStack events to `output`, streaming.
+/// Entries that produce no event are reported through `on_set_aside` with a message that names the entry.
 pub fn transform_stream(
     tenant: &str,
-    mut input: impl Read,
+    input: impl Read,
     mut output: impl Write,
     on_set_aside: &mut dyn FnMut(&SetAside),
 ) -> Result<Summary, InputError> {
@@ -149,6 +299,7 @@ pub fn transform_stream(
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let pools = Pools::default();
     let pools = &pools;
+    let mut input = Decoded::new(input);
 
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -183,8 +334,8 @@ pub fn transform_stream(
 }
 
 /// Read, split and dispatch the whole input, writing results as they come back in order.
-fn drive(
-    input: &mut dyn Read,
+fn drive<R: Read>(
+    input: &mut Decoded<R>,
     work_tx: &mpsc::Sender<Batch>,
     done_rx: &mpsc::Receiver<Done>,
     writer: &mut Writer<'_>,
@@ -305,7 +456,7 @@ impl Scanner {
     }
 
     /// Read up to one chunk more; returns the bytes read (0 at the end of the input).
-    fn fill(&mut self, input: &mut dyn Read) -> Result<usize, InputError> {
+    fn fill<R: Read>(&mut self, input: &mut Decoded<R>) -> Result<usize, InputError> {
         // Zero only memory not zeroed before: small reads (pipes) must not each pay for a whole chunk.
         let len = self.filled;
         if self.buf.len() < len + CHUNK {
@@ -315,7 +466,7 @@ impl Scanner {
             match input.read(&mut self.buf[len..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(InputError::Read(e)),
+                Err(e) => return Err(input.error(e, self.base + len as u64, self.count + 1)),
             }
         };
         self.filled = len + n;
