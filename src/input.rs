@@ -2,7 +2,8 @@
 //!
 //! It accepts every shape an operator is likely to have at hand: a JSON array of entries (a `/api/v2/logs`
 //! page or an export), a single entry, NDJSON (Auth0's default Log Stream format) or any concatenation of
-//! JSON values, `{log_id, data}` Log Stream wrappers, and `{"logs": [...]}` bodies. Any of these may be gzip
+//! JSON values, `{log_id, data}` Log Stream wrappers, Amazon EventBridge events from Auth0's partner event
+//! source (whose `detail` is such a wrapper), and `{"logs": [...]}` bodies. Any of these may be gzip
 //! compressed, as archives in S3 usually are: the magic bytes decide, not a file name, so stdin works too, and
 //! concatenated gzip members (what appending to an archive or Firehose produces) read as one stream.
 //!
@@ -284,8 +285,8 @@ impl Pools {
     }
 }
 
-/// Read Auth0 entries (a JSON array, one object, NDJSON or `{log_id,data}` wrappers, gzip compressed or
-/// not) from `input` and write a JSON array of RudderStack events to `output`, streaming.
+/// Read Auth0 entries (a JSON array, one object, NDJSON, `{log_id,data}` wrappers or EventBridge events,
+/// gzip compressed or not) from `input` and write a JSON array of RudderStack events to `output`, streaming.
 /// Entries that produce no event are reported through `on_set_aside` with a message that names the entry.
 pub fn transform_stream(
     tenant: &str,

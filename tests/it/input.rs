@@ -1,19 +1,44 @@
-//! The input reader on gzip input, against the same entries uncompressed.
+//! The input reader: gzip and EventBridge events, against the entries the input was made of.
 
 use std::io::{Read, Write};
 
 use auth0_rudderstack::input::{InputError, SetAside, transform_stream};
+use auth0_rudderstack::transform::{TransformError, message_id, transform_any, transform_entry};
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::support::fixtures::{self, TENANT};
 use crate::transform::run_cli;
+
+/// Parse JSON text into a `RawValue`.
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned()).expect("valid JSON")
+}
 
 /// `bytes` as one gzip member.
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
     encoder.write_all(bytes).expect("compress");
     encoder.finish().expect("compress")
+}
+
+/// An EventBridge event as Auth0's partner event source delivers it, around `detail`.
+fn eventbridge(detail: &str) -> String {
+    format!(
+        r#"{{"version":"0","id":"6a7e8feb-b491-4cf7-a9f1-bf3703467718","detail-type":"Auth0 log","source":"aws.partner/auth0.com/example-tenant-5c1fb3a8-1fe4-4b88-9c5b-d9a2c3f1e0aa/auth0.logs","account":"123456789012","time":"2021-01-16T12:12:32Z","region":"eu-west-1","resources":[],"detail":{detail}}}"#
+    )
+}
+
+/// A Log Streams wrapper around `entry` with `log_id` (JSON text).
+fn wrapper(log_id: &str, entry: &str) -> String {
+    format!(r#"{{"log_id":{log_id},"data":{entry}}}"#)
+}
+
+/// The entry's own `log_id` as JSON text (`null` when it has none).
+fn own_log_id(entry: &str) -> String {
+    serde_json::from_str::<Value>(entry).expect("JSON")["log_id"].to_string()
 }
 
 /// What `transform_stream` did: (entries, events, set aside), the output text, the set-aside indices.
@@ -134,4 +159,111 @@ fn the_binary_reports_a_cut_off_gzip_file() {
     let (code, _, stderr) = run_cli(&whole[..whole.len() - 6], true);
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("cut off") && stderr.contains("decompressed"), "{stderr}");
+}
+
+/// The real EventBridge-delivered entry gives upstream's event whether it comes raw or in an EventBridge
+/// event, with or without a `detail.log_id` (then `data.log_id` stands in, as the wrapper's log_id would).
+#[test]
+fn an_eventbridge_event_gives_the_event_of_the_entry_it_holds() {
+    let file = fixtures::transform_files()
+        .into_iter()
+        .find(|(name, _)| name == "thiscovery-eventbridge.json")
+        .expect("fixture")
+        .1;
+    let entry = serde_json::to_string(&file["input"][0]).expect("serialize");
+    let id = own_log_id(&entry);
+    let reference = transform_entry(TENANT, &raw(&entry)).expect("entry");
+    for detail in [
+        wrapper(&id, &entry),
+        format!(r#"{{"data":{entry}}}"#),
+        format!(r#"{{"log_id":null,"data":{entry}}}"#),
+    ] {
+        let event = transform_any(TENANT, &raw(&eventbridge(&detail))).expect("EventBridge");
+        assert_eq!(event.json, reference.json, "{detail}");
+        assert_eq!(event.message_id, message_id(TENANT, id.trim_matches('"')));
+    }
+    // `detail.log_id` is the wrapper's log_id when it has one, as in any wrapper.
+    let event = transform_any(TENANT, &raw(&eventbridge(&wrapper("\"EB-1\"", &entry)))).expect("EventBridge");
+    assert_eq!(event.message_id, message_id(TENANT, "EB-1"));
+    let event: Value = serde_json::from_str(&event.json).expect("JSON");
+    assert_eq!(event["properties"]["log_id"], "EB-1");
+}
+
+/// EventBridge events are told apart by their shape, not by exact header values; one without `data` is set
+/// aside by its log_id, and an entry that merely lacks a type is still an entry.
+#[test]
+fn eventbridge_events_are_recognised_by_their_shape() {
+    let entry = r#"{"type":"s","log_id":"L1","date":"2024-01-01T00:00:00.000Z"}"#;
+    let reference = transform_entry(TENANT, &raw(entry)).expect("entry").json;
+    let only_source = format!(r#"{{"source":"aws.partner/auth0.com/x/y","detail":{{"data":{entry}}}}}"#);
+    let only_type = format!(r#"{{"detail-type":"Auth0 log","detail":{{"log_id":"L1","data":{entry}}}}}"#);
+    for text in [only_source, only_type] {
+        assert_eq!(transform_any(TENANT, &raw(&text)).expect("EventBridge").json, reference, "{text}");
+    }
+    let no_data = eventbridge(r#"{"log_id":"EB-2"}"#);
+    assert_eq!(
+        transform_any(TENANT, &raw(&no_data)).expect_err("no data"),
+        TransformError::NoData { log_id: Some("EB-2".into()) }
+    );
+    // Without the EventBridge headers a `detail` is just a field of an entry without a type.
+    let bare = format!(r#"{{"log_id":"L2","detail":{{"data":{entry}}}}}"#);
+    assert_eq!(
+        transform_any(TENANT, &raw(&bare)).expect_err("no type"),
+        TransformError::NoType { log_id: Some("L2".into()) }
+    );
+}
+
+/// EventBridge events give the same events as the raw entries in every container shape `transform` takes.
+#[test]
+fn eventbridge_events_are_read_in_every_container_shape() {
+    let entries: Vec<String> = fixtures::synthetic_entries(40).collect();
+    let (_, reference, _) = transform_all(format!("[{}]", entries.join(",")).as_bytes()).expect("raw");
+    // Half with `detail.log_id`, half without.
+    let events: Vec<String> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let detail = if i % 2 == 0 { wrapper(&own_log_id(e), e) } else { format!(r#"{{"data":{e}}}"#) };
+            eventbridge(&detail)
+        })
+        .collect();
+    let array = format!("[{}]", events.join(",\n"));
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&array).expect("JSON")).expect("pretty");
+    let shapes = [
+        ("array", array.clone()),
+        ("pretty", pretty),
+        ("ndjson", events.iter().map(|e| e.clone() + "\n").collect()),
+        ("concatenated", events.concat()),
+        ("logs", format!(r#"{{"logs":{array}}}"#)),
+        ("logs last", format!(r#"{{"total":40,"logs":{array}}}"#)),
+    ];
+    // Pretty-printing changes the whitespace inside the entries, which the events copy: compare values.
+    let values = |text: &str| serde_json::from_str::<Value>(text).expect("JSON array out");
+    let reference = values(&reference);
+    for (shape, input) in shapes {
+        let (summary, out, _) = transform_all(input.as_bytes()).expect(shape);
+        assert_eq!(summary, (40, 40, 0), "{shape}");
+        assert_eq!(values(&out), reference, "{shape}");
+        let gz = transform_all(&gzip(input.as_bytes())[..]).expect(shape);
+        assert_eq!(values(&gz.1), reference, "{shape} gzip");
+    }
+}
+
+/// Raw entries, wrappers and EventBridge events mixed in one stream all give their entry's event.
+#[test]
+fn mixed_shapes_in_one_stream_give_the_events_of_their_entries() {
+    let entries: Vec<String> = fixtures::synthetic_entries(30).collect();
+    let (_, reference, _) = transform_all(format!("[{}]", entries.join(",")).as_bytes()).expect("raw");
+    let mixed: String = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match i % 3 {
+            0 => e.clone(),
+            1 => wrapper(&own_log_id(e), e),
+            _ => eventbridge(&format!(r#"{{"data":{e}}}"#)),
+        })
+        .map(|e| e + "\n")
+        .collect();
+    assert_eq!(transform_all(mixed.as_bytes()).expect("mixed").1, reference);
 }
