@@ -1,4 +1,5 @@
-//! The streaming reader behind `transform`: Auth0 entries in, a JSON array of RudderStack events out.
+//! The streaming reader of Auth0 entries: behind `transform` (entries in, a JSON array of RudderStack events
+//! out) and behind importing entries into the outbox (`EntryReader`: entries in, raw entries out in batches).
 //!
 //! It accepts every shape an operator is likely to have at hand: a JSON array of entries (a `/api/v2/logs`
 //! page or an export), a single entry, NDJSON (Auth0's default Log Stream format) or any concatenation of
@@ -10,16 +11,17 @@
 //! Inputs can be far larger than memory should be, so nothing is ever read whole. The calling thread reads
 //! fixed-size chunks (decompressing as it goes) and finds where each entry begins and ends with a small byte
 //! scanner that only tracks strings, escapes and bracket depth; each run of complete entries becomes a batch.
-//! Batches are transformed on worker threads (the transform is the costly part) and written back in input
-//! order by the calling thread, which owns the reader and the writer and so needs neither to be `Send`. At
-//! most a few batches are in flight, which bounds memory whatever the input size.
+//! For `transform`, batches are transformed on worker threads (the transform is the costly part) and written
+//! back in input order by the calling thread, which owns the reader and the writer and so needs neither to be
+//! `Send`. At most a few batches are in flight, which bounds memory whatever the input size. `EntryReader`
+//! hands its batches to the caller instead, one at a time, so the caller's pace bounds it.
 //!
 //! Malformed JSON stops the run with an error that says where; an entry that is valid JSON but yields no
 //! event (not an object, no type, a group without an organization path) is reported and skipped, and the
 //! run goes on. Byte offsets count the bytes of the input as the scanner sees them: for gzip input, those of
 //! the decompressed stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::sync::mpsc;
@@ -50,7 +52,8 @@ pub struct Summary {
     pub set_aside: u64,
 }
 
-/// An entry that produced no event, as reported to the caller.
+/// An entry that produced no event (or, for `EntryReader`, an element that holds no entry), as reported to
+/// the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetAside {
     /// 1-based position of the entry in the input.
@@ -140,6 +143,19 @@ impl InputError {
             }
             _ => false,
         }
+    }
+
+    /// The same error about entry `index`: the scanner counts values, and a `{"logs": [...]}` body read
+    /// whole is one value but many entries, which only the caller has counted.
+    fn at_entry(mut self, index: u64) -> InputError {
+        match &mut self {
+            InputError::Malformed { entry, .. }
+            | InputError::UnexpectedEnd { entry, .. }
+            | InputError::GzipTruncated { entry, .. }
+            | InputError::GzipCorrupt { entry, .. } => *entry = index,
+            InputError::Read(_) | InputError::Write(_) | InputError::Worker => {}
+        }
+        self
     }
 }
 
@@ -931,4 +947,243 @@ impl Writer<'_> {
         self.output.write_all(end).map_err(InputError::Write)?;
         self.output.flush().map_err(InputError::Write)
     }
+}
+
+/// One entry of the input as the raw Auth0 entry it holds, ready for the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    /// 1-based position of the entry in the input.
+    pub index: u64,
+    /// Byte offset where the element holding it (the entry, its wrapper or its EventBridge event) begins.
+    pub offset: u64,
+    /// The log_id to file it under: the wrapper's (a Log Streams wrapper's, or an EventBridge event's
+    /// `detail`) when it is a string, else the entry's own when that is one. The event's ids derive from it;
+    /// when it differs from the entry's own `log_id`, transform with `transform_entry_with_log_id` so that the
+    /// event is the one the wrapper gives.
+    pub log_id: Option<String>,
+    /// The raw entry's JSON text, byte for byte as in the input (for a wrapper, its `data` object).
+    pub raw: String,
+}
+
+/// What an `EntryReader` has read so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSummary {
+    /// Entries passed: the index of the last one.
+    pub entries: u64,
+    /// Of those, the ones skipped unread (see `EntryReader::skipping`).
+    pub skipped: u64,
+    /// Of those, the ones that hold no raw entry (reported as `SetAside`).
+    pub set_aside: u64,
+}
+
+/// Entries in input order: each the raw entry, or why its element holds none (not an object, or an
+/// EventBridge event without `data`).
+pub type EntryBatch = Vec<Result<RawEntry, SetAside>>;
+
+/// Reads the raw Auth0 entries of an input in batches, for importing them into the outbox.
+///
+/// It takes every input `transform_stream` takes (gzip included) and unwraps `{log_id, data}` wrappers and
+/// EventBridge events, keeping the wrapper's log_id in `RawEntry::log_id`. The caller pulls one batch at a
+/// time (`next_batch`, or as an iterator) and so can stop whenever it likes, for its own reasons; memory
+/// stays at a few chunks of input plus one batch. Malformed input ends the read with an `InputError` naming
+/// the entry and byte, after every entry before it was handed out. Once an error was returned, the reader
+/// yields nothing more.
+pub struct EntryReader<R> {
+    input: Decoded<R>,
+    scanner: Scanner,
+    batch_size: usize,
+    skip: u64,
+    /// The chunk holding the values in `queue`, and the input offset of its first byte.
+    bytes: Vec<u8>,
+    base: u64,
+    /// Values of `bytes` not yet handed out, in input order.
+    queue: VecDeque<Element>,
+    /// Entries passed so far (the index of the last one).
+    index: u64,
+    summary: ReadSummary,
+    /// An error met while filling a batch, returned after that batch.
+    error: Option<InputError>,
+    /// The scanner saw the end of the input.
+    eof: bool,
+    /// Nothing more will be read (end of input, or an error returned).
+    done: bool,
+}
+
+impl<R: Read> EntryReader<R> {
+    /// Read `input` in batches of at most `batch_size` entries (at least 1).
+    pub fn new(input: R, batch_size: usize) -> EntryReader<R> {
+        EntryReader {
+            input: Decoded::new(input),
+            scanner: Scanner::new(),
+            batch_size: batch_size.max(1),
+            skip: 0,
+            bytes: Vec::new(),
+            base: 0,
+            queue: VecDeque::new(),
+            index: 0,
+            summary: ReadSummary::default(),
+            error: None,
+            eof: false,
+            done: false,
+        }
+    }
+
+    /// Pass over the first `n` entries without handing them out, to resume an interrupted import. They are
+    /// only delimited, not parsed or copied (so neither are they checked: they were when first read).
+    pub fn skipping(mut self, n: u64) -> EntryReader<R> {
+        self.skip = n;
+        self
+    }
+
+    /// What was read so far.
+    pub fn summary(&self) -> ReadSummary {
+        self.summary
+    }
+
+    /// The next batch of entries, `None` at the end of the input. An error comes after the batch holding the
+    /// entries before it, and ends the read.
+    pub fn next_batch(&mut self) -> Result<Option<EntryBatch>, InputError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut batch = Vec::new();
+        loop {
+            // The queue holds the values before any error the scanner met, so it is drained first.
+            while batch.len() < self.batch_size {
+                let Some(element) = self.queue.pop_front() else { break };
+                if let Err(e) = self.take(element, &mut batch) {
+                    // This error comes before the scanner's, if any: it is the one to report.
+                    self.queue.clear();
+                    self.error = Some(e);
+                    break;
+                }
+            }
+            if batch.len() == self.batch_size {
+                return Ok(Some(batch));
+            }
+            if self.error.is_some() || self.eof {
+                // Hand out what came before the error (or the end) first.
+                if !batch.is_empty() {
+                    return Ok(Some(batch));
+                }
+                self.done = true;
+                return match self.error.take() {
+                    Some(e) => Err(e.at_entry(self.index + 1)),
+                    None => Ok(None),
+                };
+            }
+            self.refill();
+        }
+    }
+
+    /// Read until the scanner finds values (or the input ends, or fails) and queue them.
+    fn refill(&mut self) {
+        loop {
+            let n = match self.scanner.fill(&mut self.input) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            };
+            let (found, error) = match self.scanner.scan() {
+                Ok(found) => (found, None),
+                // The values before the error are still handed out.
+                Err(e) => (std::mem::take(&mut self.scanner.found), Some(e)),
+            };
+            if !found.is_empty() {
+                // The previous chunk is all handed out: it becomes the buffer the scanner goes on in.
+                let mut tail = std::mem::take(&mut self.bytes);
+                tail.clear();
+                (self.bytes, self.base) = self.scanner.take_consumed(tail);
+                self.queue.extend(found);
+            }
+            if error.is_some() {
+                self.error = error;
+                return;
+            }
+            if n == 0 {
+                self.eof = true;
+                if let Err(e) = self.scanner.finish() {
+                    self.error = Some(e);
+                }
+                return;
+            }
+            if !self.queue.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Hand out one value: an entry, or the entries of a `{"logs": [...]}` body (queued in its place).
+    fn take(&mut self, element: Element, batch: &mut EntryBatch) -> Result<(), InputError> {
+        let offset = self.base + element.start as u64;
+        let bytes = &self.bytes[element.start..element.end];
+        if element.top_level
+            && bytes.first() == Some(&b'{')
+            && memchr::memmem::find(bytes, b"\"logs\"").is_some()
+        {
+            let text = utf8(bytes, offset, self.index + 1)?;
+            match logs_list(text) {
+                Ok(Some(list)) => {
+                    // Each entry is a slice of `text`, so its place in the chunk is exact.
+                    for entry in list.iter().rev() {
+                        let start = element.start + (entry.get().as_ptr() as usize - text.as_ptr() as usize);
+                        let end = start + entry.get().len();
+                        self.queue.push_front(Element { start, end, top_level: false });
+                    }
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err((at, reason)) => {
+                    return Err(InputError::Malformed { entry: self.index + 1, offset: offset + at, reason });
+                }
+            }
+        }
+        // The index moves on only past an entry that was read (or skipped), so that an error names the
+        // entry it is about as `index + 1`, whichever step found it.
+        let index = self.index + 1;
+        if index <= self.skip {
+            self.index = index;
+            self.summary.entries = index;
+            self.summary.skipped += 1;
+            return Ok(());
+        }
+        let text = utf8(bytes, offset, index)?;
+        let item = match transform::unwrap_text(text) {
+            Ok(entry) => Ok(RawEntry { index, offset, log_id: entry.log_id(), raw: entry.text.to_owned() }),
+            Err(EntryError::Transform(error)) => {
+                self.summary.set_aside += 1;
+                Err(SetAside { index, offset, error })
+            }
+            Err(EntryError::Json(e)) => {
+                return Err(InputError::Malformed {
+                    entry: index,
+                    offset: offset + position_in(text, &e),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        batch.push(item);
+        self.index = index;
+        self.summary.entries = index;
+        Ok(())
+    }
+}
+
+impl<R: Read> Iterator for EntryReader<R> {
+    type Item = Result<EntryBatch, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
+
+/// A value's bytes as text, or the error naming where they stop being UTF-8.
+fn utf8(bytes: &[u8], offset: u64, entry: u64) -> Result<&str, InputError> {
+    std::str::from_utf8(bytes).map_err(|e| InputError::Malformed {
+        entry,
+        offset: offset + e.valid_up_to() as u64,
+        reason: "invalid UTF-8".into(),
+    })
 }

@@ -143,6 +143,26 @@ pub fn transform_any(tenant: &str, value: &RawValue) -> Result<Event, TransformE
     to_event(|out| write_any(tenant, value, out))
 }
 
+/// Transform a raw entry as if it came in a wrapper `{"log_id": log_id, "data": entry}`: the event carries
+/// `log_id` (in `properties.log_id` and the ids) whatever the entry's own `log_id` says.
+///
+/// This is how an entry taken out of a wrapper or an EventBridge event (see `input::EntryReader`) keeps the
+/// wrapper's log_id when the two differ or the entry has none.
+pub fn transform_entry_with_log_id(
+    tenant: &str,
+    log_id: &str,
+    entry: &RawValue,
+) -> Result<Event, TransformError> {
+    // A JSON string literal is always a valid raw value.
+    let literal = serde_json::to_string(log_id).unwrap_or_default();
+    let log_id = RawValue::from_string(literal)
+        .map_err(|e| TransformError::Unreadable { log_id: None, reason: e.to_string() })?;
+    to_event(|out| {
+        let data = Fields::read(entry.get()).map_err(known_json)?;
+        write_event(tenant, Some(&log_id), &data, entry.get(), out)
+    })
+}
+
 /// Run a writer into a fresh `String` sized for a typical event.
 fn to_event(
     write: impl FnOnce(&mut String) -> Result<Uuid, TransformError>,
@@ -322,7 +342,10 @@ pub(crate) fn write_any_text(tenant: &str, text: &str, out: &mut String) -> Resu
 }
 
 /// A raw entry found in an input element, with what its event needs from around it.
-struct Unwrapped<'a> {
+pub(crate) struct Unwrapped<'a> {
+    /// The raw entry's text, a slice of the element: the element itself, a wrapper's `data`, or an
+    /// EventBridge event's `detail.data`.
+    pub(crate) text: &'a str,
     /// The entry's top-level keys.
     fields: Fields<'a>,
     /// The log_id the event carries, as written (see `write_event`).
@@ -331,21 +354,37 @@ struct Unwrapped<'a> {
     whole: &'a str,
 }
 
+impl Unwrapped<'_> {
+    /// The log_id to file the entry under: the wrapper's when it is a string, else the entry's own when it
+    /// is one. The event's ids derive from this same value.
+    pub(crate) fn log_id(&self) -> Option<String> {
+        self.log_id
+            .and_then(json_str)
+            .or_else(|| self.fields.present(LOG_ID).and_then(json_str))
+            .map(Cow::into_owned)
+    }
+}
+
 /// Find the raw entry in an element of the input (see `transform_any` for the rules), validating the
 /// element's JSON on the way.
-fn unwrap_text(text: &str) -> Result<Unwrapped<'_>, EntryError> {
+pub(crate) fn unwrap_text(text: &str) -> Result<Unwrapped<'_>, EntryError> {
     let fields = Fields::read(text)?;
     // Every Auth0 entry has a type, so the wrapper checks cost nothing on the common path.
     if fields.present(TYPE).is_none() {
         if let Some(data) = fields.present(DATA).filter(|d| is_object(d)) {
             let inner = Fields::read(data.get()).map_err(known_json)?;
-            return Ok(Unwrapped { fields: inner, log_id: fields.get(LOG_ID), whole: text });
+            return Ok(Unwrapped {
+                text: data.get(),
+                fields: inner,
+                log_id: fields.get(LOG_ID),
+                whole: text,
+            });
         }
         if let Some(detail) = eventbridge_detail(text) {
             return Ok(unwrap_eventbridge(detail)?);
         }
     }
-    Ok(Unwrapped { log_id: fields.get(LOG_ID), fields, whole: text })
+    Ok(Unwrapped { text, log_id: fields.get(LOG_ID), fields, whole: text })
 }
 
 /// The `detail` of an object that looks like an Amazon EventBridge event (from Auth0's partner event
@@ -374,7 +413,7 @@ fn unwrap_eventbridge(detail: &RawValue) -> Result<Unwrapped<'_>, TransformError
     };
     let fields = Fields::read(data.get()).map_err(known_json)?;
     let log_id = outer.present(LOG_ID).or_else(|| fields.get(LOG_ID));
-    Ok(Unwrapped { fields, log_id, whole: detail.get() })
+    Ok(Unwrapped { text: data.get(), fields, log_id, whole: detail.get() })
 }
 
 /// The wrapper half of `write_wrapper`, once its keys are read.

@@ -1,11 +1,15 @@
-//! The input reader: gzip and EventBridge events, against the entries the input was made of.
+//! The input reader: gzip, EventBridge events, and the raw entries handed to an import, against the entries
+//! the input was made of.
 
 use std::io::{Read, Write};
 
-use auth0_rudderstack::input::{InputError, SetAside, transform_stream};
-use auth0_rudderstack::transform::{TransformError, message_id, transform_any, transform_entry};
+use auth0_rudderstack::input::{EntryBatch, EntryReader, InputError, RawEntry, SetAside, transform_stream};
+use auth0_rudderstack::transform::{
+    TransformError, message_id, transform_any, transform_entry, transform_entry_with_log_id,
+};
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use proptest::prelude::*;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -53,11 +57,46 @@ fn transform_all(input: impl Read) -> Result<Transformed, InputError> {
     Ok(((summary.entries, summary.events, summary.set_aside), text, set_aside))
 }
 
+/// Every batch of an `EntryReader`, flattened, and the error that ended it if any.
+fn read_all(reader: EntryReader<impl Read>) -> (Vec<Result<RawEntry, SetAside>>, Option<InputError>) {
+    let mut items = Vec::new();
+    for batch in reader {
+        match batch {
+            Ok(batch) => items.extend(batch),
+            Err(e) => return (items, Some(e)),
+        }
+    }
+    (items, None)
+}
+
+/// The raw entries of a read that must succeed with no set-asides.
+fn entries_of(reader: EntryReader<impl Read>) -> Vec<RawEntry> {
+    let (items, error) = read_all(reader);
+    assert!(error.is_none(), "{error:?}");
+    items.into_iter().map(|i| i.unwrap_or_else(|s| panic!("set aside: {s}"))).collect()
+}
+
+/// A reader that hands out at most `step` bytes per read, so every state meets a buffer edge.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
 /// A gzip file read through the library gives exactly the events of the same entries uncompressed.
 #[test]
 fn a_gzip_file_gives_the_same_events_as_the_plain_file() {
     // Arrange
-    let ndjson = fixtures::synthetic_entries(2000).map(|e| e + "\n").collect::<String>();
+    let entries: Vec<String> = fixtures::synthetic_entries(2000).collect();
+    let ndjson = entries.iter().map(|e| format!("{e}\n")).collect::<String>();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("logs");
     std::fs::write(&path, gzip(ndjson.as_bytes())).expect("write");
@@ -65,16 +104,19 @@ fn a_gzip_file_gives_the_same_events_as_the_plain_file() {
     // Act
     let plain = transform_all(ndjson.as_bytes()).expect("plain");
     let compressed = transform_all(std::fs::File::open(&path).expect("open")).expect("gzip");
+    let read = entries_of(EntryReader::new(std::fs::File::open(&path).expect("open"), 300));
 
     // Assert
     assert_eq!(plain.0, (2000, 2000, 0));
     assert_eq!(compressed, plain);
+    assert_eq!(read.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>(), entries);
 }
 
 /// Concatenated gzip members (an appended archive) read as one stream, even when a member ends mid-entry.
 #[test]
 fn concatenated_gzip_members_read_as_one_stream() {
-    let ndjson = fixtures::synthetic_entries(300).map(|e| e + "\n").collect::<String>();
+    let entries: Vec<String> = fixtures::synthetic_entries(300).collect();
+    let ndjson = entries.iter().map(|e| format!("{e}\n")).collect::<String>();
     let bytes = ndjson.as_bytes();
     // Cut points inside entries and strings, not at line ends.
     let cuts = [0, 17, bytes.len() / 3 + 5, bytes.len() / 2 + 1, bytes.len() - 3, bytes.len()];
@@ -84,6 +126,8 @@ fn concatenated_gzip_members_read_as_one_stream() {
     }
     let plain = transform_all(bytes).expect("plain");
     assert_eq!(transform_all(&members[..]).expect("members"), plain);
+    let read = entries_of(EntryReader::new(&members[..], 64));
+    assert_eq!(read.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>(), entries);
 }
 
 /// The binary takes gzip from a file or stdin alike.
@@ -132,6 +176,12 @@ fn a_truncated_gzip_stream_is_an_input_error_naming_the_offsets() {
             other => panic!("{what} cut at {cut}: {other:?}"),
         };
         check(transform_all(cut_input).expect_err("cut off"), "transform");
+        let (items, error) = read_all(EntryReader::new(cut_input, 1000));
+        check(error.expect("cut off"), "read");
+        // What came before the cut is handed out, in order, and the error names the entry that follows.
+        for (i, item) in items.iter().enumerate() {
+            assert_eq!(item.as_ref().expect("entry").index, i as u64 + 1);
+        }
     }
 }
 
@@ -147,9 +197,13 @@ fn a_corrupt_gzip_stream_is_an_input_error() {
     // A damaged byte may decompress to text that is not JSON before the checksum says so: either way the
     // input is refused.
     assert!(transform_all(&flipped[..]).is_err());
+    assert!(read_all(EntryReader::new(&flipped[..], 10)).1.is_some());
     let e = transform_all(&trailing[..]).expect_err("trailing bytes");
     assert!(matches!(e, InputError::GzipCorrupt { .. }), "{e:?}");
     assert!(e.to_string().contains("gzip") && e.to_string().contains("corrupt"), "{e}");
+    let (items, error) = read_all(EntryReader::new(&trailing[..], 10));
+    assert_eq!(items.len(), 20);
+    assert!(matches!(error, Some(InputError::GzipCorrupt { .. })), "{error:?}");
 }
 
 /// The binary exits with the input error code and names the offsets of a cut-off gzip file.
@@ -266,4 +320,319 @@ fn mixed_shapes_in_one_stream_give_the_events_of_their_entries() {
         .map(|e| e + "\n")
         .collect();
     assert_eq!(transform_all(mixed.as_bytes()).expect("mixed").1, reference);
+    let read = entries_of(EntryReader::new(mixed.as_bytes(), 7));
+    assert_eq!(read.iter().map(|e| e.raw.as_str()).collect::<Vec<_>>(), entries);
+}
+
+/// Each raw entry is its input entry byte for byte (whitespace and escapes kept, for a wrapper its `data`),
+/// with its 1-based index, the offset of the element holding it and the log_id to file it under.
+#[test]
+fn raw_entries_are_the_input_entries_byte_for_byte_with_index_offset_and_log_id() {
+    // Arrange: entries written in unusual ways that re-serialising would change.
+    let odd = [
+        "{ \"type\" : \"s\",\n  \"log_id\": \"A\", \"description\": \"caf\\u00e9 \\\"q\\\" ]}\" }",
+        "{\"log_id\":\"B\",\"type\":\"f\",\"date\":1.7E12,\"details\":{\"x\":[1,2,{}]}}",
+        "{\"type\":\"s\",\"user_name\":\"Zoë 🦀\"}",
+    ];
+    let elements = [
+        odd[0].to_string(),
+        wrapper("\"W-B\"", odd[1]),
+        eventbridge(&format!("{{\"data\":{}}}", odd[2])),
+        wrapper("\"W-A\"", odd[0]),
+        eventbridge(&wrapper("\"EB-B\"", odd[1])),
+        odd[2].to_string(),
+    ];
+    let input = format!("[\n  {}\n]\n", elements.join(" ,\n\t"));
+
+    // Act
+    let read = entries_of(EntryReader::new(input.as_bytes(), 4));
+
+    // Assert
+    let want = [
+        (odd[0], Some("A")),
+        (odd[1], Some("W-B")),
+        (odd[2], None),
+        (odd[0], Some("W-A")),
+        (odd[1], Some("EB-B")),
+        (odd[2], None),
+    ];
+    assert_eq!(read.len(), want.len());
+    for (i, (entry, (text, log_id))) in read.iter().zip(want).enumerate() {
+        assert_eq!(entry.index, i as u64 + 1);
+        assert_eq!(entry.raw, text, "entry {}", i + 1);
+        assert_eq!(entry.log_id.as_deref(), log_id, "entry {}", i + 1);
+        assert!(input[entry.offset as usize..].starts_with(&elements[i]), "entry {} offset", i + 1);
+    }
+}
+
+/// Over every fixture entry, in a wrapper with its own log_id, in a wrapper with another log_id and in
+/// EventBridge events: transforming the raw entry with its `log_id` gives the event of the element it came
+/// from, so an import delivers what `transform` would.
+#[test]
+fn transforming_a_raw_entry_with_its_log_id_gives_the_event_of_its_wrapper() {
+    let corpus = fixtures::corpus_entries();
+    let mut elements = Vec::new();
+    for (i, entry) in corpus.iter().enumerate() {
+        let id = own_log_id(entry);
+        if id != "null" {
+            elements.push(wrapper(&id, entry));
+            elements.push(eventbridge(&format!(r#"{{"data":{entry}}}"#)));
+        }
+        elements.push(wrapper(&format!("\"other-{i}\""), entry));
+        elements.push(eventbridge(&wrapper(&format!("\"eb-{i}\""), entry)));
+    }
+    let input = elements.join("\n");
+    let read = entries_of(EntryReader::new(input.as_bytes(), 50));
+    assert_eq!(read.len(), elements.len());
+    for (entry, element) in read.iter().zip(&elements) {
+        let expected = transform_any(TENANT, &raw(element)).expect("element");
+        let log_id = entry.log_id.as_deref().expect("every element here has a log_id");
+        let ours = transform_entry_with_log_id(TENANT, log_id, &raw(&entry.raw)).expect("raw");
+        assert_eq!(ours.json, expected.json, "entry {}", entry.index);
+        // When the log_ids agree, the raw entry alone gives the same event.
+        if own_log_id(&entry.raw).trim_matches('"') == log_id {
+            assert_eq!(transform_entry(TENANT, &raw(&entry.raw)).expect("raw").json, expected.json);
+        }
+    }
+}
+
+/// Elements that hold no entry are reported by index and offset, in order with the entries around them.
+#[test]
+fn elements_without_an_entry_are_reported_by_index_and_offset() {
+    let input = concat!(
+        "{\"type\":\"s\",\"log_id\":\"A\"}\n",
+        "null\n",
+        "[[1,2]]\n",
+        "\"text\" 42 true\n",
+        r#"{"detail-type":"Auth0 log","source":"aws.partner/auth0.com/x","detail":{"log_id":"EB"}}"#,
+        "\n{\"type\":\"s\",\"log_id\":\"B\"}\n",
+    );
+    let (items, error) = read_all(EntryReader::new(input.as_bytes(), 3));
+    assert!(error.is_none(), "{error:?}");
+    let summary: Vec<(u64, &str)> = items
+        .iter()
+        .map(|i| match i {
+            Ok(e) => (e.index, "entry"),
+            Err(s) => (
+                s.index,
+                match s.error {
+                    TransformError::NullEntry => "null",
+                    TransformError::NotAnObject { kind } => kind,
+                    TransformError::NoData { .. } => "no data",
+                    _ => "other",
+                },
+            ),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "entry"),
+            (2, "null"),
+            (3, "array"),
+            (4, "string"),
+            (5, "number"),
+            (6, "boolean"),
+            (7, "no data"),
+            (8, "entry")
+        ]
+    );
+    let starts = ["{", "null", "[1,2]", "\"text\"", "42", "true", "{\"detail-type\"", "{\"type\""];
+    for (item, start) in items.iter().zip(starts) {
+        let offset = match item {
+            Ok(e) => e.offset,
+            Err(s) => s.offset,
+        };
+        assert!(input[offset as usize..].starts_with(start), "{item:?}");
+    }
+    let Err(no_data) = &items[6] else { panic!("set aside") };
+    assert_eq!(no_data.error.log_id(), Some("EB"));
+}
+
+/// Batches hold at most `batch_size` entries, in order; the iterator and `next_batch` agree; the summary
+/// counts what was read.
+#[test]
+fn batches_are_bounded_and_in_input_order() {
+    let entries: Vec<String> = fixtures::synthetic_entries(1000).collect();
+    let input = format!("[{}]", entries.join(","));
+    let mut reader = EntryReader::new(input.as_bytes(), 128);
+    let mut sizes = Vec::new();
+    let mut next = 1;
+    while let Some(batch) = reader.next_batch().expect("reads") {
+        sizes.push(batch.len());
+        for item in batch {
+            assert_eq!(item.expect("entry").index, next);
+            next += 1;
+        }
+    }
+    assert_eq!(sizes, [128, 128, 128, 128, 128, 128, 128, 104]);
+    assert_eq!(reader.summary().entries, 1000);
+    assert!(reader.next_batch().expect("after the end").is_none());
+    let batches: Vec<EntryBatch> =
+        EntryReader::new(input.as_bytes(), 128).collect::<Result<_, _>>().expect("reads");
+    assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), sizes);
+}
+
+/// Skipping the first N entries resumes exactly after them, `{"logs": [...]}` bodies read whole included, and
+/// gives the same entries as reading everything.
+#[test]
+fn skipping_resumes_exactly_after_the_entries_already_read() {
+    let entries: Vec<String> = fixtures::synthetic_entries(60).collect();
+    let input = format!(
+        "[{}]\n{{\"total\":20,\"logs\":[{}]}}\n{}",
+        entries[..20].join(","),
+        entries[20..40].iter().map(|e| wrapper(&own_log_id(e), e)).collect::<Vec<_>>().join(","),
+        entries[40..].iter().map(|e| e.clone() + "\n").collect::<String>()
+    );
+    let all = entries_of(EntryReader::new(input.as_bytes(), 9));
+    assert_eq!(all.len(), 60);
+    for skip in [0, 1, 19, 20, 21, 39, 40, 41, 59, 60, 100] {
+        let mut reader = EntryReader::new(input.as_bytes(), 9).skipping(skip);
+        let mut rest = Vec::new();
+        while let Some(batch) = reader.next_batch().expect("reads") {
+            rest.extend(batch.into_iter().map(|i| i.expect("entry")));
+        }
+        assert_eq!(rest, all[(skip as usize).min(60)..], "skip {skip}");
+        let summary = reader.summary();
+        assert_eq!((summary.entries, summary.skipped), (60, skip.min(60)), "skip {skip}");
+    }
+}
+
+/// The reader reads only as far as the batches taken: a caller that stops early never pulls the rest.
+#[test]
+fn the_reader_reads_only_as_far_as_the_batches_taken() {
+    /// Counts the bytes handed out.
+    struct Counting<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<usize>>,
+    }
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n);
+            Ok(n)
+        }
+    }
+    let ndjson = fixtures::synthetic_entries(20_000).map(|e| e + "\n").collect::<String>();
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut reader = EntryReader::new(Counting { inner: ndjson.as_bytes(), read: read.clone() }, 100);
+    let first = reader.next_batch().expect("reads").expect("a batch");
+    assert_eq!(first.len(), 100);
+    assert!(read.get() <= 2 << 20, "read {} of {} bytes for one batch", read.get(), ndjson.len());
+}
+
+/// Malformed input ends the read after the entries before it, naming the entry and byte; so does a cut.
+#[test]
+fn malformed_input_ends_the_read_after_the_entries_before_it() {
+    let good = "{\"type\":\"s\",\"log_id\":\"A\"}\n{\"type\":\"s\",\"log_id\":\"B\"}\n";
+    for (bad, entry, at) in [
+        ("{\"type\":\"s\",\"date\": oops}\n", 3, good.len() + 20),
+        ("{\"type\":\"s\" \"date\":1}\n", 3, good.len() + 12),
+        ("]\n", 3, good.len()),
+        ("{\"type\":\"s\"", 3, good.len() + 11),
+        // A body read whole is parsed whole: its error names its first entry, and the exact byte.
+        ("{\"total\":1,\"logs\":[{\"type\":\"s\"},{\"type\":}]}", 3, good.len() + 40),
+    ] {
+        let input = format!("{good}{bad}");
+        let mut reader = EntryReader::new(input.as_bytes(), 1);
+        let mut read = Vec::new();
+        let error = loop {
+            match reader.next_batch() {
+                Ok(Some(batch)) => read.extend(batch.into_iter().map(|i| i.expect("entry").raw)),
+                Ok(None) => panic!("{bad}: no error"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(read, ["{\"type\":\"s\",\"log_id\":\"A\"}", "{\"type\":\"s\",\"log_id\":\"B\"}"], "{bad}");
+        let (e_entry, e_offset) = match &error {
+            InputError::Malformed { entry, offset, .. } => (*entry, *offset),
+            InputError::UnexpectedEnd { entry, offset, .. } => (*entry, *offset),
+            other => panic!("{bad}: {other:?}"),
+        };
+        assert_eq!((e_entry, e_offset), (entry, at as u64), "{bad}: {error}");
+        assert!(reader.next_batch().expect("after an error").is_none());
+    }
+}
+
+/// Reading a few bytes at a time gives the same entries and errors as reading whole, plain or gzip.
+#[test]
+fn entries_split_at_every_possible_point_read_the_same() {
+    let input = concat!(
+        r#"{"logs": [{"log_id":"A","data":{"type":"s","description":"q\"uo]te}\\","details":{"a":[1,{"b":"\\\\"}]}}}], "x": {"y": "]"}}"#,
+        "\n",
+        r#"[ {"type":"f","log_id":"B","user_agent":"ends with backslash \\"} , 7 ,"str", null ]"#,
+        "\n",
+        r#"{"type":"s","log_id":"C"}{"detail-type":"Auth0 log","detail":{"data":{"type":"s","log_id":"D"}}}"#,
+        "\n  true\n",
+        r#"{"total":2,"logs":[{"type":"s","log_id":"E"},{"log_id":"F2","data":{"type":"s","log_id":"F"}}]}"#,
+    );
+    let gz = gzip(input.as_bytes());
+    let run = |data: &[u8], step: usize| {
+        let (items, error) = read_all(EntryReader::new(Trickle { data, step }, 3));
+        (items, error.map(|e| e.to_string()))
+    };
+    let whole = run(input.as_bytes(), usize::MAX);
+    assert!(whole.1.is_none(), "{whole:?}");
+    let ids: Vec<(u64, Option<&str>)> = whole
+        .0
+        .iter()
+        .map(|i| match i {
+            Ok(e) => (e.index, e.log_id.as_deref()),
+            Err(s) => (s.index, None),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (1, Some("A")),
+            (2, Some("B")),
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, Some("C")),
+            (7, Some("D")),
+            (8, None),
+            (9, Some("E")),
+            (10, Some("F2"))
+        ]
+    );
+    for step in [1, 2, 3, 5, 7, 64] {
+        assert_eq!(run(input.as_bytes(), step), whole, "step {step}");
+        assert_eq!(run(&gz, step), whole, "gzip, step {step}");
+    }
+    // Cut short, the same prefix and the same error whatever the step.
+    let cut = &input.as_bytes()[..input.len() - 30];
+    let short = run(cut, usize::MAX);
+    assert!(short.1.is_some());
+    for step in [1, 2, 3, 7] {
+        assert_eq!(run(cut, step), short, "cut, step {step}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any bytes, and any damage to a valid input, end in entries or an error: never a panic.
+    #[test]
+    fn any_bytes_read_without_panicking(
+        bytes in prop::collection::vec(prop_oneof![
+            Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b'"'), Just(b'\\'), Just(b','), Just(b':'),
+            Just(b' '), Just(b'\n'), Just(0u8), Just(0xffu8), Just(0x1fu8), Just(0x8bu8), any::<u8>()
+        ], 0..200),
+        cut in 0usize..400,
+        flip in any::<u8>(),
+    ) {
+        let _ = transform_all(&bytes[..]);
+        let _ = read_all(EntryReader::new(&bytes[..], 3));
+        let valid = b"[{\"log_id\":\"A\",\"data\":{\"type\":\"s\",\"description\":\"a\\\"b\"}},null,{\"logs\":[7]}]";
+        let mut damaged = gzip(valid);
+        let at = cut % damaged.len();
+        damaged[at] ^= flip;
+        let _ = transform_all(&damaged[..]);
+        let _ = read_all(EntryReader::new(&damaged[..], 3));
+        let mut damaged = valid.to_vec();
+        damaged[cut % valid.len()] ^= flip;
+        let _ = transform_all(&damaged[..]);
+        let _ = read_all(EntryReader::new(Trickle { data: &damaged, step: 3 }, 2));
+    }
 }
