@@ -36,6 +36,12 @@ use crate::transform::{self, EntryError, TransformError};
 const CHUNK: usize = 1 << 20;
 /// Batches allowed in flight (read but not yet written): bounds memory to a few chunks in and out.
 const IN_FLIGHT: usize = 6;
+/// The largest value read whole. Auth0 entries are kilobytes; only a hostile or broken input (a gzip bomb
+/// of one endless string) comes near, and it must end in an error rather than in exhausting memory. A
+/// `{"logs": [...]}` body that starts with its `logs` is streamed entry by entry and is not bound by this.
+const MAX_VALUE: usize = 256 << 20;
+/// How far past a top-level `{` to look for `"logs": [` before reading the object whole instead.
+const LOGS_LOOKAHEAD: usize = 4096;
 /// Compressed bytes buffered ahead of the gzip decoder.
 const GZIP_BUFFER: usize = 64 << 10;
 /// The first two bytes of every gzip member.
@@ -100,6 +106,16 @@ pub enum InputError {
         /// The input's length.
         offset: u64,
     },
+    /// One value is too large to be an entry (or a body read whole).
+    #[error("entry {entry}, which begins at byte {offset}, is larger than {} MiB", .limit >> 20)]
+    TooLarge {
+        /// 1-based index of the entry.
+        entry: u64,
+        /// Where it begins.
+        offset: u64,
+        /// The largest value read whole, in bytes.
+        limit: usize,
+    },
     /// The gzip input ends before its last member does: the file was cut off (an interrupted upload or copy).
     #[error(
         "the gzip input is cut off after {compressed} compressed bytes, at byte {offset} of the decompressed \
@@ -151,6 +167,7 @@ impl InputError {
         match &mut self {
             InputError::Malformed { entry, .. }
             | InputError::UnexpectedEnd { entry, .. }
+            | InputError::TooLarge { entry, .. }
             | InputError::GzipTruncated { entry, .. }
             | InputError::GzipCorrupt { entry, .. } => *entry = index,
             InputError::Read(_) | InputError::Write(_) | InputError::Worker => {}
@@ -373,6 +390,8 @@ fn drive<R: Read>(
                 writer.accept(done)?;
             }
             work_tx.send(batch).map_err(|_| InputError::Worker)?;
+        } else {
+            scanner.discard_consumed();
         }
         while let Ok(done) = done_rx.try_recv() {
             writer.accept(done)?;
@@ -455,6 +474,8 @@ struct Scanner {
     /// Values found so far (for messages).
     count: u64,
     eof: bool,
+    /// The largest value read whole (`MAX_VALUE`; smaller in tests).
+    max_value: usize,
 }
 
 impl Scanner {
@@ -469,11 +490,20 @@ impl Scanner {
             found: Vec::new(),
             count: 0,
             eof: false,
+            max_value: MAX_VALUE,
         }
     }
 
     /// Read up to one chunk more; returns the bytes read (0 at the end of the input).
     fn fill<R: Read>(&mut self, input: &mut Decoded<R>) -> Result<usize, InputError> {
+        let start = self.partial.map_or(self.pos, |p| p.start);
+        if self.filled - start > self.max_value {
+            return Err(InputError::TooLarge {
+                entry: self.count + 1,
+                offset: self.base + start as u64,
+                limit: self.max_value,
+            });
+        }
         // Zero only memory not zeroed before: small reads (pipes) must not each pay for a whole chunk.
         let len = self.filled;
         if self.buf.len() < len + CHUNK {
@@ -509,6 +539,22 @@ impl Scanner {
             p.start -= keep;
         }
         (bytes, base)
+    }
+
+    /// Drop the bytes before the next value when no value was found in them (whitespace, `[`, `,`): without
+    /// this, a long run of them (a gzip bomb of spaces) would pile up in the buffer.
+    fn discard_consumed(&mut self) {
+        let keep = self.partial.map_or(self.pos, |p| p.start);
+        if keep == 0 {
+            return;
+        }
+        self.buf.copy_within(keep..self.filled, 0);
+        self.filled -= keep;
+        self.base += keep as u64;
+        self.pos -= keep;
+        if let Some(p) = &mut self.partial {
+            p.start -= keep;
+        }
     }
 
     /// The end of the input: anything unfinished is an error.
@@ -761,7 +807,9 @@ fn logs_array_prefix(bytes: &[u8], eof: bool) -> Lookahead {
     };
     for want in [&b"\"logs\""[..], b":", b"["] {
         match expect(&mut i, want) {
-            None if eof => return Lookahead::No,
+            // Whitespace that long is no `{"logs": [` body anyone wrote; looking further would rescan it on
+            // every read.
+            None if eof || bytes.len() > LOGS_LOOKAHEAD => return Lookahead::No,
             None => return Lookahead::NeedMore,
             Some(false) => return Lookahead::No,
             Some(true) => {}
@@ -1097,6 +1145,8 @@ impl<R: Read> EntryReader<R> {
                 tail.clear();
                 (self.bytes, self.base) = self.scanner.take_consumed(tail);
                 self.queue.extend(found);
+            } else {
+                self.scanner.discard_consumed();
             }
             if error.is_some() {
                 self.error = error;
@@ -1186,4 +1236,54 @@ fn utf8(bytes: &[u8], offset: u64, entry: u64) -> Result<&str, InputError> {
         offset: offset + e.valid_up_to() as u64,
         reason: "invalid UTF-8".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value larger than the limit is an error naming where it began, from either reader.
+    #[test]
+    fn a_value_larger_than_the_limit_is_an_error() {
+        let big = format!(r#"{{"type":"s","description":"{}"}}"#, "x".repeat(3 * CHUNK));
+        let input = format!("{{\"type\":\"s\"}}\n{big}\n");
+        let mut reader = EntryReader::new(input.as_bytes(), 10);
+        reader.scanner.max_value = CHUNK;
+        let first = reader.next_batch().expect("the small entry").expect("a batch");
+        assert_eq!(first.len(), 1);
+        match reader.next_batch() {
+            Err(InputError::TooLarge { entry: 2, offset: 13, limit }) => assert_eq!(limit, CHUNK),
+            other => panic!("{other:?}"),
+        }
+        let mut unlimited = EntryReader::new(input.as_bytes(), 10);
+        assert_eq!(unlimited.next_batch().expect("reads").map(|b| b.len()), Some(2));
+    }
+
+    /// Whitespace between values does not pile up in the scanner's buffer.
+    #[test]
+    fn whitespace_between_values_is_not_kept() {
+        let mut input = b"{\"type\":\"s\"}".to_vec();
+        input.extend(std::iter::repeat_n(b' ', 20 * CHUNK));
+        input.extend(b"[\n\n\n");
+        input.extend(std::iter::repeat_n(b'\n', 20 * CHUNK));
+        input.extend(b"{\"type\":\"s\"}]");
+        let mut reader = EntryReader::new(&input[..], 10);
+        let mut read = 0;
+        while let Some(batch) = reader.next_batch().expect("reads") {
+            read += batch.len();
+            assert!(reader.scanner.buf.capacity() <= 4 * CHUNK, "{}", reader.scanner.buf.capacity());
+        }
+        assert_eq!(read, 2);
+        assert!(reader.scanner.buf.capacity() <= 4 * CHUNK, "{}", reader.scanner.buf.capacity());
+    }
+
+    /// Whitespace after a top-level `{` ends the look for `"logs": [` instead of being rescanned per read.
+    #[test]
+    fn the_look_for_a_logs_body_is_bounded() {
+        let mut text = b"{".to_vec();
+        text.extend(std::iter::repeat_n(b' ', LOGS_LOOKAHEAD + 1));
+        assert!(matches!(logs_array_prefix(&text, false), Lookahead::No));
+        assert!(matches!(logs_array_prefix(b"{  \"logs\"", false), Lookahead::NeedMore));
+        assert!(matches!(logs_array_prefix(b"{ \"logs\" : [", false), Lookahead::Yes(12)));
+    }
 }

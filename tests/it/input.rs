@@ -609,6 +609,68 @@ fn entries_split_at_every_possible_point_read_the_same() {
     }
 }
 
+/// Deep nesting, huge strings, NUL bytes and invalid UTF-8 end in an entry or an error, never a panic, and
+/// memory stays bounded.
+#[test]
+fn hostile_input_never_panics() {
+    let deep_array = "[".repeat(1_000_000);
+    let deep_entry = format!(r#"{{"type":"s","details":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+    let huge = format!(r#"{{"type":"s","log_id":"H","description":"{}"}}"#, "x".repeat(20 << 20));
+    let inputs: Vec<Vec<u8>> = vec![
+        deep_array.clone().into_bytes(),
+        deep_entry.clone().into_bytes(),
+        format!("{deep_entry}\n{deep_entry}").into_bytes(),
+        huge.clone().into_bytes(),
+        b"{\"type\":\"s\",\"log_id\":\"a\0b\"}".to_vec(),
+        b"\0\0\0".to_vec(),
+        b"{\"type\":\"s\",\"log_id\":\"\xff\xfe\"}".to_vec(),
+        b"[{\"type\":\"s\"},\xc3]".to_vec(),
+        b"\x1f".to_vec(),
+        b"\x1f\x8b".to_vec(),
+        vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff],
+        b"{\"logs\":".to_vec(),
+        b"{\"logs\":[".to_vec(),
+        b"{\"logs\":[{\"type\":\"s\"}".to_vec(),
+        b"{\"logs\":{}}".to_vec(),
+        b"{\"logs\":\"x\"}".to_vec(),
+        b"]]]]}}}}".to_vec(),
+        b"\"\\".to_vec(),
+        b"-".to_vec(),
+        format!("{{{}", " ".repeat(100_000)).into_bytes(),
+    ];
+    for input in &inputs {
+        let _ = transform_all(&input[..]);
+        let _ = transform_all(&gzip(input)[..]);
+        let _ = read_all(EntryReader::new(&input[..], 10));
+        let _ = read_all(EntryReader::new(Trickle { data: input, step: 4093 }, 10));
+    }
+    // The huge entry is still an entry, read whole.
+    let read = entries_of(EntryReader::new(huge.as_bytes(), 1));
+    assert_eq!(read[0].raw, huge);
+    let (summary, _, _) = transform_all(huge.as_bytes()).expect("a huge entry");
+    assert_eq!(summary, (1, 1, 0));
+    // An entry nested beyond the JSON parser's limit is read, not refused.
+    assert_eq!(entries_of(EntryReader::new(deep_entry.as_bytes(), 1))[0].raw, deep_entry);
+}
+
+/// A long run of whitespace between entries (a gzip bomb of spaces) is read through, offsets intact.
+#[test]
+fn long_runs_of_whitespace_between_entries_are_read_through() {
+    let spaces = vec![b' '; 8 << 20];
+    let bomb = [
+        gzip(b"{\"type\":\"s\",\"log_id\":\"A\"}"),
+        gzip(&spaces),
+        gzip(b"[{\"type\":\"s\",\"log_id\":\"B\"}]"),
+    ]
+    .concat();
+    assert!(bomb.len() < 1 << 20);
+    let read = entries_of(EntryReader::new(&bomb[..], 10));
+    assert_eq!(read.iter().map(|e| e.log_id.as_deref()).collect::<Vec<_>>(), [Some("A"), Some("B")]);
+    assert_eq!(read[1].offset, 25 + (8 << 20) + 1);
+    let (summary, _, _) = transform_all(&bomb[..]).expect("reads");
+    assert_eq!(summary, (2, 2, 0));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
