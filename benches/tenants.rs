@@ -124,7 +124,12 @@ async fn idle_with(n: usize, table: Option<&mut Table>) -> (f64, f64) {
     let total = n * 10;
     let deadline = Instant::now() + Duration::from_secs(120);
     while rudder.event_count() < total {
-        assert!(Instant::now() < deadline, "only {} of {total} events:\n{}", rudder.event_count(), app.run_log());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} events:\n{}",
+            rudder.event_count(),
+            app.run_log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivered_in = started.elapsed();
@@ -137,7 +142,12 @@ async fn idle_with(n: usize, table: Option<&mut Table>) -> (f64, f64) {
         table.section(&format!("{n} tenants on one fake Auth0, 10 entries each, poll_interval = 30s"));
         table.row(
             "events delivered, distinct messageIds",
-            format!("{} events, {} distinct, in {:.1} s", rudder.event_count(), ids.len(), delivered_in.as_secs_f64()),
+            format!(
+                "{} events, {} distinct, in {:.1} s",
+                rudder.event_count(),
+                ids.len(),
+                delivered_in.as_secs_f64()
+            ),
             format!("{total} and {total}"),
             rudder.event_count() == total && ids.len() == total,
         );
@@ -179,7 +189,9 @@ async fn budget(table: &mut Table) {
     let out = app.run(&["sync"], Duration::from_secs(300)).await;
     assert!(out.status.success(), "{}", support::app::text(&out));
     assert_eq!(rudder.event_count(), TENANTS * ENTRIES);
-    table.section(&format!("{TENANTS} tenants catching up at once, each against its own bucket (burst 10, 10/s)"));
+    table.section(&format!(
+        "{TENANTS} tenants catching up at once, each against its own bucket (burst 10, 10/s)"
+    ));
     let mut worst = f64::MAX;
     let mut limited = 0;
     for f in &fakes {
@@ -208,7 +220,8 @@ async fn fairness(table: &mut Table) {
         ..fake_rudderstack::Options::default()
     })
     .await;
-    let specs = [TenantSpec::of(&backlog.tenant(), &backlog.url()), TenantSpec::of(&quiet.tenant(), &quiet.url())];
+    let specs =
+        [TenantSpec::of(&backlog.tenant(), &backlog.url()), TenantSpec::of(&quiet.tenant(), &quiet.url())];
     let mut app = App::with_tenants(&specs, &rudder.url());
     app.set_tenant(0, "poll_interval", "1s").set_tenant(1, "poll_interval", "1s");
     let child = app.spawn_run();
@@ -236,7 +249,8 @@ async fn fairness(table: &mut Table) {
         };
         worst = worst.max(arrived.saturating_duration_since(*at));
     }
-    let backlog_left = 60_000 - rudder.arrivals().iter().filter(|a| a.log_id.starts_with("900")).count().min(60_000);
+    let backlog_left =
+        60_000 - rudder.arrivals().iter().filter(|a| a.log_id.starts_with("900")).count().min(60_000);
     stop(child).await;
     table.section("one tenant catching up 60,000 entries, another receiving an entry every 0.5 s");
     table.row(
@@ -247,10 +261,13 @@ async fn fairness(table: &mut Table) {
     );
 }
 
+/// One printed line: what, the figure, and the target with its verdict.
+type Line = (String, String, Option<(String, bool)>);
+
 /// The printed results.
 #[derive(Default)]
 struct Table {
-    lines: Vec<(String, String, Option<(String, bool)>)>,
+    lines: Vec<Line>,
 }
 
 impl Table {

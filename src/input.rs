@@ -1,26 +1,33 @@
-//! The streaming reader behind `transform`: Auth0 entries in, a JSON array of RudderStack events out.
+//! The streaming reader of Auth0 entries: behind `transform` (entries in, a JSON array of RudderStack events
+//! out) and behind importing entries into the outbox (`EntryReader`: entries in, raw entries out in batches).
 //!
 //! It accepts every shape an operator is likely to have at hand: a JSON array of entries (a `/api/v2/logs`
 //! page or an export), a single entry, NDJSON (Auth0's default Log Stream format) or any concatenation of
-//! JSON values, `{log_id, data}` Log Stream wrappers, and `{"logs": [...]}` bodies.
+//! JSON values, `{log_id, data}` Log Stream wrappers, Amazon EventBridge events from Auth0's partner event
+//! source (whose `detail` is such a wrapper), and `{"logs": [...]}` bodies. Any of these may be gzip
+//! compressed, as archives in S3 usually are: the magic bytes decide, not a file name, so stdin works too, and
+//! concatenated gzip members (what appending to an archive or Firehose produces) read as one stream.
 //!
 //! Inputs can be far larger than memory should be, so nothing is ever read whole. The calling thread reads
-//! fixed-size chunks and finds where each entry begins and ends with a small byte scanner that only tracks
-//! strings, escapes and bracket depth; each run of complete entries becomes a batch. Batches are transformed
-//! on worker threads (the transform is the costly part) and written back in input order by the calling
-//! thread, which owns the reader and the writer and so needs neither to be `Send`. At most a few batches are
-//! in flight, which bounds memory whatever the input size.
+//! fixed-size chunks (decompressing as it goes) and finds where each entry begins and ends with a small byte
+//! scanner that only tracks strings, escapes and bracket depth; each run of complete entries becomes a batch.
+//! For `transform`, batches are transformed on worker threads (the transform is the costly part) and written
+//! back in input order by the calling thread, which owns the reader and the writer and so needs neither to be
+//! `Send`. At most a few batches are in flight, which bounds memory whatever the input size. `EntryReader`
+//! hands its batches to the caller instead, one at a time, so the caller's pace bounds it.
 //!
 //! Malformed JSON stops the run with an error that says where; an entry that is valid JSON but yields no
 //! event (not an object, no type, a group without an organization path) is reported and skipped, and the
-//! run goes on.
+//! run goes on. Byte offsets count the bytes of the input as the scanner sees them: for gzip input, those of
+//! the decompressed stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use flate2::bufread::MultiGzDecoder;
 use serde_json::value::RawValue;
 
 use crate::transform::{self, EntryError, TransformError};
@@ -29,6 +36,16 @@ use crate::transform::{self, EntryError, TransformError};
 const CHUNK: usize = 1 << 20;
 /// Batches allowed in flight (read but not yet written): bounds memory to a few chunks in and out.
 const IN_FLIGHT: usize = 6;
+/// The largest value read whole. Auth0 entries are kilobytes; only a hostile or broken input (a gzip bomb
+/// of one endless string) comes near, and it must end in an error rather than in exhausting memory. A
+/// `{"logs": [...]}` body that starts with its `logs` is streamed entry by entry and is not bound by this.
+const MAX_VALUE: usize = 256 << 20;
+/// How far past a top-level `{` to look for `"logs": [` before reading the object whole instead.
+const LOGS_LOOKAHEAD: usize = 4096;
+/// Compressed bytes buffered ahead of the gzip decoder.
+const GZIP_BUFFER: usize = 64 << 10;
+/// The first two bytes of every gzip member.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// What a `transform` run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +58,8 @@ pub struct Summary {
     pub set_aside: u64,
 }
 
-/// An entry that produced no event, as reported to the caller.
+/// An entry that produced no event (or, for `EntryReader`, an element that holds no entry), as reported to
+/// the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetAside {
     /// 1-based position of the entry in the input.
@@ -58,14 +76,15 @@ impl fmt::Display for SetAside {
     }
 }
 
-/// Input that cannot be read as Auth0 entries, or output that cannot be written.
+/// Input that cannot be read as Auth0 entries, or output that cannot be written. Byte offsets are those of
+/// the decompressed stream when the input is gzip.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// Reading the input failed.
-    #[error("reading the input: {0}")]
+    #[error("cannot read the input")]
     Read(#[source] std::io::Error),
     /// Writing the events failed.
-    #[error("writing the events: {0}")]
+    #[error("cannot write the events")]
     Write(#[source] std::io::Error),
     /// The input is not valid JSON here.
     #[error("malformed JSON in entry {entry} at byte {offset}: {reason}")]
@@ -87,6 +106,45 @@ pub enum InputError {
         /// The input's length.
         offset: u64,
     },
+    /// One value is too large to be an entry (or a body read whole).
+    #[error("entry {entry}, which begins at byte {offset}, is larger than {} MiB", .limit >> 20)]
+    TooLarge {
+        /// 1-based index of the entry.
+        entry: u64,
+        /// Where it begins.
+        offset: u64,
+        /// The largest value read whole, in bytes.
+        limit: usize,
+    },
+    /// The gzip input ends before its last member does: the file was cut off (an interrupted upload or copy).
+    #[error(
+        "the gzip input is cut off after {compressed} compressed bytes, at byte {offset} of the decompressed \
+         input, while reading entry {entry}"
+    )]
+    GzipTruncated {
+        /// 1-based index of the entry being read.
+        entry: u64,
+        /// Decompressed bytes read before the end.
+        offset: u64,
+        /// Compressed bytes read (the whole input).
+        compressed: u64,
+    },
+    /// The gzip input is damaged (or has trailing bytes that are not another gzip member).
+    #[error(
+        "the gzip input is corrupt within its first {compressed} compressed bytes, at byte {offset} of the \
+         decompressed input, while reading entry {entry}"
+    )]
+    GzipCorrupt {
+        /// 1-based index of the entry being read.
+        entry: u64,
+        /// Decompressed bytes read before the damage.
+        offset: u64,
+        /// Compressed bytes read so far (the decoder reads ahead, so the damage is at or before this).
+        compressed: u64,
+        /// What the decoder found.
+        #[source]
+        source: std::io::Error,
+    },
     /// A worker thread died (a bug: the transform never panics by design).
     #[error("a transform worker stopped unexpectedly")]
     Worker,
@@ -100,6 +158,132 @@ impl InputError {
                 matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock)
             }
             _ => false,
+        }
+    }
+
+    /// The same error about entry `index`: the scanner counts values, and a `{"logs": [...]}` body read
+    /// whole is one value but many entries, which only the caller has counted.
+    fn at_entry(mut self, index: u64) -> InputError {
+        match &mut self {
+            InputError::Malformed { entry, .. }
+            | InputError::UnexpectedEnd { entry, .. }
+            | InputError::TooLarge { entry, .. }
+            | InputError::GzipTruncated { entry, .. }
+            | InputError::GzipCorrupt { entry, .. } => *entry = index,
+            InputError::Read(_) | InputError::Write(_) | InputError::Worker => {}
+        }
+        self
+    }
+}
+
+/// The input as given, with the bytes read to tell gzip from JSON put back in front, counted so that a gzip
+/// error can say how far into the compressed input it is.
+struct Raw<R> {
+    input: R,
+    /// The first bytes of the input, read before anything else to look for the gzip magic.
+    head: [u8; 2],
+    head_len: usize,
+    /// How many of `head` were handed on.
+    head_pos: usize,
+    /// Bytes handed on so far.
+    count: u64,
+    /// Reading `input` itself failed (as opposed to decompressing what it gave).
+    failed: bool,
+}
+
+impl<R: Read> Raw<R> {
+    /// Read the first two bytes (fewer only at the end of the input): a pipe may give them one at a time.
+    fn fill_head(&mut self) -> std::io::Result<()> {
+        while self.head_len < self.head.len() {
+            match self.input.read(&mut self.head[self.head_len..]) {
+                Ok(0) => break,
+                Ok(n) => self.head_len += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Raw<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = if self.head_pos < self.head_len {
+            let n = (self.head_len - self.head_pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
+            self.head_pos += n;
+            n
+        } else {
+            self.input.read(buf).inspect_err(|e| self.failed |= e.kind() != ErrorKind::Interrupted)?
+        };
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// The input, decompressed while it is read when it starts with the gzip magic bytes (no JSON text can).
+enum Decoded<R> {
+    /// Nothing read yet.
+    Undecided(Raw<R>),
+    Plain(Raw<R>),
+    /// Boxed: the decoder's state is tens of kilobytes.
+    Gzip(Box<MultiGzDecoder<BufReader<Raw<R>>>>),
+    /// Only while switching from `Undecided`.
+    Gone,
+}
+
+impl<R: Read> Decoded<R> {
+    fn new(input: R) -> Decoded<R> {
+        Decoded::Undecided(Raw { input, head: [0; 2], head_len: 0, head_pos: 0, count: 0, failed: false })
+    }
+
+    /// Look at the first bytes and pick the reader for the rest.
+    fn decide(&mut self) -> std::io::Result<()> {
+        match self {
+            Decoded::Undecided(raw) => raw.fill_head()?,
+            _ => return Ok(()),
+        }
+        *self = match std::mem::replace(self, Decoded::Gone) {
+            Decoded::Undecided(raw) if raw.head[..raw.head_len] == GZIP_MAGIC => {
+                Decoded::Gzip(Box::new(MultiGzDecoder::new(BufReader::with_capacity(GZIP_BUFFER, raw))))
+            }
+            Decoded::Undecided(raw) => Decoded::Plain(raw),
+            other => other,
+        };
+        Ok(())
+    }
+
+    /// Turn a failed read into an input error. `offset` is the decompressed bytes read so far and `entry`
+    /// the entry being read.
+    fn error(&self, e: std::io::Error, offset: u64, entry: u64) -> InputError {
+        let Decoded::Gzip(gz) = self else {
+            return InputError::Read(e);
+        };
+        let raw = gz.get_ref().get_ref();
+        if raw.failed {
+            return InputError::Read(e);
+        }
+        let compressed = raw.count;
+        // The decoder reports a missing end (of the deflate data, the trailer or a header) as an
+        // unexpected end of file, and anything else as invalid input.
+        if e.kind() == ErrorKind::UnexpectedEof {
+            InputError::GzipTruncated { entry, offset, compressed }
+        } else {
+            InputError::GzipCorrupt { entry, offset, compressed, source: e }
+        }
+    }
+}
+
+impl<R: Read> Read for Decoded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.decide()?;
+        match self {
+            Decoded::Plain(raw) => raw.read(buf),
+            Decoded::Gzip(gz) => gz.read(buf),
+            Decoded::Undecided(_) | Decoded::Gone => Ok(0),
         }
     }
 }
@@ -134,12 +318,12 @@ impl Pools {
     }
 }
 
-/// Read Auth0 entries (a JSON array, one object, NDJSON, or `{log_id,data}` wrappers) from `input` and write
-/// a JSON array of RudderStack events to `output`, streaming. Entries that produce no event are reported
-/// through `on_set_aside` with a message that names the entry.
+/// Read Auth0 entries (a JSON array, one object, NDJSON, `{log_id,data}` wrappers or EventBridge events,
+/// gzip compressed or not) from `input` and write a JSON array of RudderStack events to `output`, streaming.
+/// Entries that produce no event are reported through `on_set_aside` with a message that names the entry.
 pub fn transform_stream(
     tenant: &str,
-    mut input: impl Read,
+    input: impl Read,
     mut output: impl Write,
     on_set_aside: &mut dyn FnMut(&SetAside),
 ) -> Result<Summary, InputError> {
@@ -149,6 +333,7 @@ pub fn transform_stream(
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let pools = Pools::default();
     let pools = &pools;
+    let mut input = Decoded::new(input);
 
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -183,8 +368,8 @@ pub fn transform_stream(
 }
 
 /// Read, split and dispatch the whole input, writing results as they come back in order.
-fn drive(
-    input: &mut dyn Read,
+fn drive<R: Read>(
+    input: &mut Decoded<R>,
     work_tx: &mpsc::Sender<Batch>,
     done_rx: &mpsc::Receiver<Done>,
     writer: &mut Writer<'_>,
@@ -205,6 +390,8 @@ fn drive(
                 writer.accept(done)?;
             }
             work_tx.send(batch).map_err(|_| InputError::Worker)?;
+        } else {
+            scanner.discard_consumed();
         }
         while let Ok(done) = done_rx.try_recv() {
             writer.accept(done)?;
@@ -287,6 +474,8 @@ struct Scanner {
     /// Values found so far (for messages).
     count: u64,
     eof: bool,
+    /// The largest value read whole (`MAX_VALUE`; smaller in tests).
+    max_value: usize,
 }
 
 impl Scanner {
@@ -301,11 +490,20 @@ impl Scanner {
             found: Vec::new(),
             count: 0,
             eof: false,
+            max_value: MAX_VALUE,
         }
     }
 
     /// Read up to one chunk more; returns the bytes read (0 at the end of the input).
-    fn fill(&mut self, input: &mut dyn Read) -> Result<usize, InputError> {
+    fn fill<R: Read>(&mut self, input: &mut Decoded<R>) -> Result<usize, InputError> {
+        let start = self.partial.map_or(self.pos, |p| p.start);
+        if self.filled - start > self.max_value {
+            return Err(InputError::TooLarge {
+                entry: self.count + 1,
+                offset: self.base + start as u64,
+                limit: self.max_value,
+            });
+        }
         // Zero only memory not zeroed before: small reads (pipes) must not each pay for a whole chunk.
         let len = self.filled;
         if self.buf.len() < len + CHUNK {
@@ -315,7 +513,7 @@ impl Scanner {
             match input.read(&mut self.buf[len..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(InputError::Read(e)),
+                Err(e) => return Err(input.error(e, self.base + len as u64, self.count + 1)),
             }
         };
         self.filled = len + n;
@@ -341,6 +539,22 @@ impl Scanner {
             p.start -= keep;
         }
         (bytes, base)
+    }
+
+    /// Drop the bytes before the next value when no value was found in them (whitespace, `[`, `,`): without
+    /// this, a long run of them (a gzip bomb of spaces) would pile up in the buffer.
+    fn discard_consumed(&mut self) {
+        let keep = self.partial.map_or(self.pos, |p| p.start);
+        if keep == 0 {
+            return;
+        }
+        self.buf.copy_within(keep..self.filled, 0);
+        self.filled -= keep;
+        self.base += keep as u64;
+        self.pos -= keep;
+        if let Some(p) = &mut self.partial {
+            p.start -= keep;
+        }
     }
 
     /// The end of the input: anything unfinished is an error.
@@ -593,7 +807,9 @@ fn logs_array_prefix(bytes: &[u8], eof: bool) -> Lookahead {
     };
     for want in [&b"\"logs\""[..], b":", b"["] {
         match expect(&mut i, want) {
-            None if eof => return Lookahead::No,
+            // Whitespace that long is no `{"logs": [` body anyone wrote; looking further would rescan it on
+            // every read.
+            None if eof || bytes.len() > LOGS_LOOKAHEAD => return Lookahead::No,
             None => return Lookahead::NeedMore,
             Some(false) => return Lookahead::No,
             Some(true) => {}
@@ -778,5 +994,296 @@ impl Writer<'_> {
         let end: &[u8] = if self.started { b"\n]\n" } else { b"[]\n" };
         self.output.write_all(end).map_err(InputError::Write)?;
         self.output.flush().map_err(InputError::Write)
+    }
+}
+
+/// One entry of the input as the raw Auth0 entry it holds, ready for the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    /// 1-based position of the entry in the input.
+    pub index: u64,
+    /// Byte offset where the element holding it (the entry, its wrapper or its EventBridge event) begins.
+    pub offset: u64,
+    /// The log_id to file it under: the wrapper's (a Log Streams wrapper's, or an EventBridge event's
+    /// `detail`) when it is a string, else the entry's own when that is one. The event's ids derive from it;
+    /// when it differs from the entry's own `log_id`, transform with `transform_entry_with_log_id` so that the
+    /// event is the one the wrapper gives.
+    pub log_id: Option<String>,
+    /// The raw entry's JSON text, byte for byte as in the input (for a wrapper, its `data` object).
+    pub raw: String,
+}
+
+/// What an `EntryReader` has read so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSummary {
+    /// Entries passed: the index of the last one.
+    pub entries: u64,
+    /// Of those, the ones skipped unread (see `EntryReader::skipping`).
+    pub skipped: u64,
+    /// Of those, the ones that hold no raw entry (reported as `SetAside`).
+    pub set_aside: u64,
+}
+
+/// Entries in input order: each the raw entry, or why its element holds none (not an object, or an
+/// EventBridge event without `data`).
+pub type EntryBatch = Vec<Result<RawEntry, SetAside>>;
+
+/// Reads the raw Auth0 entries of an input in batches, for importing them into the outbox.
+///
+/// It takes every input `transform_stream` takes (gzip included) and unwraps `{log_id, data}` wrappers and
+/// EventBridge events, keeping the wrapper's log_id in `RawEntry::log_id`. The caller pulls one batch at a
+/// time (`next_batch`, or as an iterator) and so can stop whenever it likes, for its own reasons; memory
+/// stays at a few chunks of input plus one batch. Malformed input ends the read with an `InputError` naming
+/// the entry and byte, after every entry before it was handed out. Once an error was returned, the reader
+/// yields nothing more.
+pub struct EntryReader<R> {
+    input: Decoded<R>,
+    scanner: Scanner,
+    batch_size: usize,
+    skip: u64,
+    /// The chunk holding the values in `queue`, and the input offset of its first byte.
+    bytes: Vec<u8>,
+    base: u64,
+    /// Values of `bytes` not yet handed out, in input order.
+    queue: VecDeque<Element>,
+    /// Entries passed so far (the index of the last one).
+    index: u64,
+    summary: ReadSummary,
+    /// An error met while filling a batch, returned after that batch.
+    error: Option<InputError>,
+    /// The scanner saw the end of the input.
+    eof: bool,
+    /// Nothing more will be read (end of input, or an error returned).
+    done: bool,
+}
+
+impl<R: Read> EntryReader<R> {
+    /// Read `input` in batches of at most `batch_size` entries (at least 1).
+    pub fn new(input: R, batch_size: usize) -> EntryReader<R> {
+        EntryReader {
+            input: Decoded::new(input),
+            scanner: Scanner::new(),
+            batch_size: batch_size.max(1),
+            skip: 0,
+            bytes: Vec::new(),
+            base: 0,
+            queue: VecDeque::new(),
+            index: 0,
+            summary: ReadSummary::default(),
+            error: None,
+            eof: false,
+            done: false,
+        }
+    }
+
+    /// Pass over the first `n` entries without handing them out, to resume an interrupted import. They are
+    /// only delimited, not parsed or copied (so neither are they checked: they were when first read).
+    pub fn skipping(mut self, n: u64) -> EntryReader<R> {
+        self.skip = n;
+        self
+    }
+
+    /// What was read so far.
+    pub fn summary(&self) -> ReadSummary {
+        self.summary
+    }
+
+    /// The next batch of entries, `None` at the end of the input. An error comes after the batch holding the
+    /// entries before it, and ends the read.
+    pub fn next_batch(&mut self) -> Result<Option<EntryBatch>, InputError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut batch = Vec::new();
+        loop {
+            // The queue holds the values before any error the scanner met, so it is drained first.
+            while batch.len() < self.batch_size {
+                let Some(element) = self.queue.pop_front() else { break };
+                if let Err(e) = self.take(element, &mut batch) {
+                    // This error comes before the scanner's, if any: it is the one to report.
+                    self.queue.clear();
+                    self.error = Some(e);
+                    break;
+                }
+            }
+            if batch.len() == self.batch_size {
+                return Ok(Some(batch));
+            }
+            if self.error.is_some() || self.eof {
+                // Hand out what came before the error (or the end) first.
+                if !batch.is_empty() {
+                    return Ok(Some(batch));
+                }
+                self.done = true;
+                return match self.error.take() {
+                    Some(e) => Err(e.at_entry(self.index + 1)),
+                    None => Ok(None),
+                };
+            }
+            self.refill();
+        }
+    }
+
+    /// Read until the scanner finds values (or the input ends, or fails) and queue them.
+    fn refill(&mut self) {
+        loop {
+            let n = match self.scanner.fill(&mut self.input) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            };
+            let (found, error) = match self.scanner.scan() {
+                Ok(found) => (found, None),
+                // The values before the error are still handed out.
+                Err(e) => (std::mem::take(&mut self.scanner.found), Some(e)),
+            };
+            if !found.is_empty() {
+                // The previous chunk is all handed out: it becomes the buffer the scanner goes on in.
+                let mut tail = std::mem::take(&mut self.bytes);
+                tail.clear();
+                (self.bytes, self.base) = self.scanner.take_consumed(tail);
+                self.queue.extend(found);
+            } else {
+                self.scanner.discard_consumed();
+            }
+            if error.is_some() {
+                self.error = error;
+                return;
+            }
+            if n == 0 {
+                self.eof = true;
+                if let Err(e) = self.scanner.finish() {
+                    self.error = Some(e);
+                }
+                return;
+            }
+            if !self.queue.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Hand out one value: an entry, or the entries of a `{"logs": [...]}` body (queued in its place).
+    fn take(&mut self, element: Element, batch: &mut EntryBatch) -> Result<(), InputError> {
+        let offset = self.base + element.start as u64;
+        let bytes = &self.bytes[element.start..element.end];
+        if element.top_level
+            && bytes.first() == Some(&b'{')
+            && memchr::memmem::find(bytes, b"\"logs\"").is_some()
+        {
+            let text = utf8(bytes, offset, self.index + 1)?;
+            match logs_list(text) {
+                Ok(Some(list)) => {
+                    // Each entry is a slice of `text`, so its place in the chunk is exact.
+                    for entry in list.iter().rev() {
+                        let start = element.start + (entry.get().as_ptr() as usize - text.as_ptr() as usize);
+                        let end = start + entry.get().len();
+                        self.queue.push_front(Element { start, end, top_level: false });
+                    }
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err((at, reason)) => {
+                    return Err(InputError::Malformed { entry: self.index + 1, offset: offset + at, reason });
+                }
+            }
+        }
+        // The index moves on only past an entry that was read (or skipped), so that an error names the
+        // entry it is about as `index + 1`, whichever step found it.
+        let index = self.index + 1;
+        if index <= self.skip {
+            self.index = index;
+            self.summary.entries = index;
+            self.summary.skipped += 1;
+            return Ok(());
+        }
+        let text = utf8(bytes, offset, index)?;
+        let item = match transform::unwrap_text(text) {
+            Ok(entry) => Ok(RawEntry { index, offset, log_id: entry.log_id(), raw: entry.text.to_owned() }),
+            Err(EntryError::Transform(error)) => {
+                self.summary.set_aside += 1;
+                Err(SetAside { index, offset, error })
+            }
+            Err(EntryError::Json(e)) => {
+                return Err(InputError::Malformed {
+                    entry: index,
+                    offset: offset + position_in(text, &e),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        batch.push(item);
+        self.index = index;
+        self.summary.entries = index;
+        Ok(())
+    }
+}
+
+impl<R: Read> Iterator for EntryReader<R> {
+    type Item = Result<EntryBatch, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
+
+/// A value's bytes as text, or the error naming where they stop being UTF-8.
+fn utf8(bytes: &[u8], offset: u64, entry: u64) -> Result<&str, InputError> {
+    std::str::from_utf8(bytes).map_err(|e| InputError::Malformed {
+        entry,
+        offset: offset + e.valid_up_to() as u64,
+        reason: "invalid UTF-8".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value larger than the limit is an error naming where it began, from either reader.
+    #[test]
+    fn a_value_larger_than_the_limit_is_an_error() {
+        let big = format!(r#"{{"type":"s","description":"{}"}}"#, "x".repeat(3 * CHUNK));
+        let input = format!("{{\"type\":\"s\"}}\n{big}\n");
+        let mut reader = EntryReader::new(input.as_bytes(), 10);
+        reader.scanner.max_value = CHUNK;
+        let first = reader.next_batch().expect("the small entry").expect("a batch");
+        assert_eq!(first.len(), 1);
+        match reader.next_batch() {
+            Err(InputError::TooLarge { entry: 2, offset: 13, limit }) => assert_eq!(limit, CHUNK),
+            other => panic!("{other:?}"),
+        }
+        let mut unlimited = EntryReader::new(input.as_bytes(), 10);
+        assert_eq!(unlimited.next_batch().expect("reads").map(|b| b.len()), Some(2));
+    }
+
+    /// Whitespace between values does not pile up in the scanner's buffer.
+    #[test]
+    fn whitespace_between_values_is_not_kept() {
+        let mut input = b"{\"type\":\"s\"}".to_vec();
+        input.extend(std::iter::repeat_n(b' ', 20 * CHUNK));
+        input.extend(b"[\n\n\n");
+        input.extend(std::iter::repeat_n(b'\n', 20 * CHUNK));
+        input.extend(b"{\"type\":\"s\"}]");
+        let mut reader = EntryReader::new(&input[..], 10);
+        let mut read = 0;
+        while let Some(batch) = reader.next_batch().expect("reads") {
+            read += batch.len();
+            assert!(reader.scanner.buf.capacity() <= 4 * CHUNK, "{}", reader.scanner.buf.capacity());
+        }
+        assert_eq!(read, 2);
+        assert!(reader.scanner.buf.capacity() <= 4 * CHUNK, "{}", reader.scanner.buf.capacity());
+    }
+
+    /// Whitespace after a top-level `{` ends the look for `"logs": [` instead of being rescanned per read.
+    #[test]
+    fn the_look_for_a_logs_body_is_bounded() {
+        let mut text = b"{".to_vec();
+        text.extend(std::iter::repeat_n(b' ', LOGS_LOOKAHEAD + 1));
+        assert!(matches!(logs_array_prefix(&text, false), Lookahead::No));
+        assert!(matches!(logs_array_prefix(b"{  \"logs\"", false), Lookahead::NeedMore));
+        assert!(matches!(logs_array_prefix(b"{ \"logs\" : [", false), Lookahead::Yes(12)));
     }
 }

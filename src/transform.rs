@@ -135,10 +135,32 @@ pub fn transform_wrapper(tenant: &str, wrapper: &RawValue) -> Result<Event, Tran
     to_event(|out| write_wrapper(tenant, wrapper, out))
 }
 
-/// Transform either a raw entry or a `{log_id, data}` wrapper, deciding which it is: an object that has a
-/// `data` object and no (non-null) `type` is a wrapper; anything else is an entry.
+/// Transform a raw entry, a `{log_id, data}` wrapper or an Amazon EventBridge event, deciding which it is:
+/// an object that has a `data` object and no (non-null) `type` is a wrapper; one without either whose
+/// `detail` is an object and whose `detail-type` or `source` is a string is an EventBridge event, whose
+/// `detail` is the wrapper; anything else is an entry.
 pub fn transform_any(tenant: &str, value: &RawValue) -> Result<Event, TransformError> {
     to_event(|out| write_any(tenant, value, out))
+}
+
+/// Transform a raw entry as if it came in a wrapper `{"log_id": log_id, "data": entry}`: the event carries
+/// `log_id` (in `properties.log_id` and the ids) whatever the entry's own `log_id` says.
+///
+/// This is how an entry taken out of a wrapper or an EventBridge event (see `input::EntryReader`) keeps the
+/// wrapper's log_id when the two differ or the entry has none.
+pub fn transform_entry_with_log_id(
+    tenant: &str,
+    log_id: &str,
+    entry: &RawValue,
+) -> Result<Event, TransformError> {
+    // A JSON string literal is always a valid raw value.
+    let literal = serde_json::to_string(log_id).unwrap_or_default();
+    let log_id = RawValue::from_string(literal)
+        .map_err(|e| TransformError::Unreadable { log_id: None, reason: e.to_string() })?;
+    to_event(|out| {
+        let data = Fields::read(entry.get()).map_err(known_json)?;
+        write_event(tenant, Some(&log_id), &data, entry.get(), out)
+    })
 }
 
 /// Run a writer into a fresh `String` sized for a typical event.
@@ -315,12 +337,83 @@ fn write_any(tenant: &str, value: &RawValue, out: &mut String) -> Result<Uuid, T
 /// `transform_any` on text that may not even be JSON, appending to `out` (left as it was on error). This is
 /// the entry point of the stream reader: it validates and reads the entry in one pass.
 pub(crate) fn write_any_text(tenant: &str, text: &str, out: &mut String) -> Result<Uuid, EntryError> {
-    let fields = Fields::read(text)?;
-    if fields.present(TYPE).is_none() && fields.present(DATA).is_some_and(is_object) {
-        Ok(write_wrapped(tenant, &fields, text, out)?)
-    } else {
-        Ok(write_event(tenant, fields.get(LOG_ID), &fields, text, out)?)
+    let entry = unwrap_text(text)?;
+    Ok(write_event(tenant, entry.log_id, &entry.fields, entry.whole, out)?)
+}
+
+/// A raw entry found in an input element, with what its event needs from around it.
+pub(crate) struct Unwrapped<'a> {
+    /// The raw entry's text, a slice of the element: the element itself, a wrapper's `data`, or an
+    /// EventBridge event's `detail.data`.
+    pub(crate) text: &'a str,
+    /// The entry's top-level keys.
+    fields: Fields<'a>,
+    /// The log_id the event carries, as written (see `write_event`).
+    log_id: Option<&'a RawValue>,
+    /// What the stand-in id of an entry without any log_id derives from: the wrapper as given.
+    whole: &'a str,
+}
+
+impl Unwrapped<'_> {
+    /// The log_id to file the entry under: the wrapper's when it is a string, else the entry's own when it
+    /// is one. The event's ids derive from this same value.
+    pub(crate) fn log_id(&self) -> Option<String> {
+        self.log_id
+            .and_then(json_str)
+            .or_else(|| self.fields.present(LOG_ID).and_then(json_str))
+            .map(Cow::into_owned)
     }
+}
+
+/// Find the raw entry in an element of the input (see `transform_any` for the rules), validating the
+/// element's JSON on the way.
+pub(crate) fn unwrap_text(text: &str) -> Result<Unwrapped<'_>, EntryError> {
+    let fields = Fields::read(text)?;
+    // Every Auth0 entry has a type, so the wrapper checks cost nothing on the common path.
+    if fields.present(TYPE).is_none() {
+        if let Some(data) = fields.present(DATA).filter(|d| is_object(d)) {
+            let inner = Fields::read(data.get()).map_err(known_json)?;
+            return Ok(Unwrapped {
+                text: data.get(),
+                fields: inner,
+                log_id: fields.get(LOG_ID),
+                whole: text,
+            });
+        }
+        if let Some(detail) = eventbridge_detail(text) {
+            return Ok(unwrap_eventbridge(detail)?);
+        }
+    }
+    Ok(Unwrapped { text, log_id: fields.get(LOG_ID), fields, whole: text })
+}
+
+/// The `detail` of an object that looks like an Amazon EventBridge event (from Auth0's partner event
+/// source: `{"version", "id", "detail-type": "Auth0 log", "source": "aws.partner/auth0.com/...", ...,
+/// "detail": {"log_id", "data"}}`): `detail` is an object and `detail-type` or `source` is a string. Only
+/// asked of objects with neither a `type` nor a `data` object (every Auth0 entry has a type).
+fn eventbridge_detail(text: &str) -> Option<&RawValue> {
+    // Skip the second parse unless the key can be there (it can only be spelled with `\u` escapes when the
+    // text has some).
+    if !text.contains("\\u") && !contains_key(text, "detail") {
+        return None;
+    }
+    let [detail, detail_type, source] = pick_text(text, &["detail", "detail-type", "source"]).ok()?;
+    let is_string = |v: Option<&RawValue>| v.is_some_and(|v| v.get().starts_with('"'));
+    detail.filter(|d| is_object(d)).filter(|_| is_string(detail_type) || is_string(source))
+}
+
+/// The entry in an EventBridge event's `detail`, which is a Log Streams wrapper except that its `log_id` may
+/// be missing: then the entry's own stands in, so the event is the one the entry would give by itself.
+fn unwrap_eventbridge(detail: &RawValue) -> Result<Unwrapped<'_>, TransformError> {
+    let outer = Fields::read(detail.get()).map_err(known_json)?;
+    let Some(data) = outer.present(DATA).filter(|d| is_object(d)) else {
+        return Err(TransformError::NoData {
+            log_id: outer.get(LOG_ID).and_then(json_str).map(Cow::into_owned),
+        });
+    };
+    let fields = Fields::read(data.get()).map_err(known_json)?;
+    let log_id = outer.present(LOG_ID).or_else(|| fields.get(LOG_ID));
+    Ok(Unwrapped { text: data.get(), fields, log_id, whole: detail.get() })
 }
 
 /// The wrapper half of `write_wrapper`, once its keys are read.

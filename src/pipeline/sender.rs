@@ -108,8 +108,14 @@ impl Sender {
         let mut items = Vec::with_capacity(rows.len());
         for row in rows {
             match self.t.cfg.rudderstack.mode {
+                // The row's log_id is the one the entry came with (an imported wrapper's may differ from the
+                // entry's own); the event carries it, as RudderStack's source would.
                 Mode::Batch => match RawValue::from_string(row.raw) {
-                    Ok(raw) => match transform::transform_entry(tenant, &raw) {
+                    Ok(raw) => match if row.log_id.is_empty() {
+                        transform::transform_entry(tenant, &raw)
+                    } else {
+                        transform::transform_entry_with_log_id(tenant, &row.log_id, &raw)
+                    } {
                         Ok(event) => items.push(Item { seq: row.seq, json: event.json }),
                         Err(e) => rejected.push((row.seq, format!("transform: {e}"))),
                     },

@@ -282,7 +282,7 @@ fn with_log_ids(n: usize) -> Vec<String> {
 }
 
 /// Run the binary's `transform` on `input`, via a file or stdin; returns (status, stdout, stderr).
-fn run_cli(input: &[u8], via_stdin: bool) -> (i32, Vec<u8>, String) {
+pub(crate) fn run_cli(input: &[u8], via_stdin: bool) -> (i32, Vec<u8>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_auth0-rudderstack"));
     let dir = tempfile::tempdir().expect("tempdir");
     let output = if via_stdin {
