@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod input;
 pub mod pipeline;
+pub mod privacy;
 pub mod rudderstack;
 pub mod store;
 pub mod transform;
