@@ -4,6 +4,7 @@
 mod auth0;
 mod cli;
 mod faults;
+mod privacy;
 mod rudderstack;
 mod store;
 mod support;
