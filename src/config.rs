@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretBox, SecretString};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::Spanned;
@@ -329,18 +329,23 @@ pub struct PrivacyKeys {
     /// Truncate IP addresses (IPv4 /24, IPv6 /48).
     #[serde(default)]
     pub truncate_ip: bool,
-    /// A file holding the hash key.
+    /// A file holding the hash key (else the environment variable `AUTH0_RUDDERSTACK_HASH_KEY`).
     #[serde(default)]
     pub hash_key_file: Option<PathBuf>,
-    /// The hash key, from the environment or the file (resolved after parsing).
+    /// The rules, compiled with the key (resolved after parsing; the key itself is not kept).
     #[serde(skip)]
-    pub hash_key: Option<std::sync::Arc<SecretBox<[u8]>>>,
+    pub compiled: Option<std::sync::Arc<crate::privacy::Privacy>>,
 }
 
 impl PrivacyKeys {
     /// Whether any rule is set.
     pub fn is_active(&self) -> bool {
         !(self.hash.is_empty() && self.mask.is_empty() && self.drop.is_empty()) || self.truncate_ip
+    }
+
+    /// The compiled rules, when any rule is set.
+    pub fn rules(&self) -> Option<&std::sync::Arc<crate::privacy::Privacy>> {
+        self.compiled.as_ref().filter(|p| !p.is_noop())
     }
 }
 
@@ -1027,34 +1032,34 @@ impl Ctx<'_> {
     }
 
     fn privacy(&mut self, section: &str, value: Spanned<DeValue<'_>>) -> Result<PrivacyKeys, Error> {
+        use crate::privacy::{Privacy, PrivacyError, Rules, load_key};
         let mut p: PrivacyKeys = self.section(section, value)?;
-        let key = match self.env.var(ENV_HASH_KEY) {
-            Some(v) => Some(v),
-            None => match &p.hash_key_file {
-                Some(f) => Some(
-                    read_secret_file(f).map_err(|m| self.invalid(&format!("{section}.hash_key_file"), m))?,
-                ),
-                None => None,
-            },
+        let env = self.env.var(ENV_HASH_KEY).map(std::ffi::OsString::from);
+        let key_name = format!("{section}.hash_key_file");
+        let key =
+            load_key(p.hash_key_file.as_deref(), env).map_err(|e| self.invalid(&key_name, e.to_string()))?;
+        if let Some(k) = &key
+            && let Ok(text) = std::str::from_utf8(k.expose_secret())
+        {
+            crate::logging::register_secret(text);
+        }
+        let rules = Rules {
+            hash: p.hash.clone(),
+            mask: p.mask.clone(),
+            drop: p.drop.clone(),
+            truncate_ip: p.truncate_ip,
         };
-        if let Some(k) = &key {
-            crate::logging::register_secret(k);
-        }
-        if !p.hash.is_empty() {
-            let Some(k) = &key else {
-                return Err(self.invalid(
-                    &format!("{section}.hash_key_file"),
-                    format!("missing: `hash` needs a key: set hash_key_file, or {ENV_HASH_KEY}"),
-                ));
+        let compiled = Privacy::new(&rules, key).map_err(|e| {
+            let key = match &e {
+                PrivacyError::EmptyName { list } | PrivacyError::UnsupportedName { list, .. } => {
+                    format!("{section}.{list}")
+                }
+                PrivacyError::NameInTwoLists { second, .. } => format!("{section}.{second}"),
+                _ => key_name.clone(),
             };
-            if k.len() < 16 {
-                return Err(self.invalid(
-                    &format!("{section}.hash_key_file"),
-                    format!("the hash key is {} bytes long; it must have at least 16", k.len()),
-                ));
-            }
-        }
-        p.hash_key = key.map(|k| std::sync::Arc::new(SecretBox::new(k.into_bytes().into_boxed_slice())));
+            self.invalid(&key, e.to_string())
+        })?;
+        p.compiled = Some(std::sync::Arc::new(compiled));
         Ok(p)
     }
 }

@@ -324,9 +324,23 @@ impl Pools {
 pub fn transform_stream(
     tenant: &str,
     input: impl Read,
+    output: impl Write,
+    on_set_aside: &mut dyn FnMut(&SetAside),
+) -> Result<Summary, InputError> {
+    transform_stream_with(tenant, None, input, output, on_set_aside)
+}
+
+/// [`transform_stream`], with an operator's privacy rules applied to each entry before it is transformed. An
+/// entry the rules cannot be applied to is set aside, never written in clear.
+pub fn transform_stream_with(
+    tenant: &str,
+    privacy: Option<&crate::privacy::Privacy>,
+    input: impl Read,
     mut output: impl Write,
     on_set_aside: &mut dyn FnMut(&SetAside),
 ) -> Result<Summary, InputError> {
+    let privacy = privacy.filter(|p| !p.is_noop());
+    let ctx = Ctx { tenant, privacy };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let (work_tx, work_rx) = mpsc::channel::<Batch>();
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -344,7 +358,7 @@ pub fn transform_stream(
                     // Hold the lock only to take a batch, not while transforming it.
                     let next = work_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok(batch)) = next else { break };
-                    if done_tx.send(transform_batch(tenant, batch, pools)).is_err() {
+                    if done_tx.send(transform_batch(ctx, batch, pools)).is_err() {
                         break;
                     }
                 }
@@ -840,17 +854,24 @@ struct Done {
     error: Option<(u64, u64, String)>,
 }
 
+/// What every worker transforms with.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    tenant: &'a str,
+    privacy: Option<&'a crate::privacy::Privacy>,
+}
+
 /// Transform every value of a batch (on a worker thread).
-fn transform_batch(tenant: &str, batch: Batch, pools: &Pools) -> Done {
+fn transform_batch(ctx: Ctx<'_>, batch: Batch, pools: &Pools) -> Done {
     let mut text = pools.output();
     text.reserve(batch.bytes.len() + batch.bytes.len() / 4);
-    let done = transform_elements(tenant, &batch, text);
+    let done = transform_elements(ctx, &batch, text);
     pools.give_input(batch.bytes);
     done
 }
 
 /// The body of `transform_batch`: stops at the first malformed value.
-fn transform_elements(tenant: &str, batch: &Batch, text: String) -> Done {
+fn transform_elements(ctx: Ctx<'_>, batch: &Batch, text: String) -> Done {
     let mut done = Done { seq: batch.seq, text, entries: 0, events: 0, set_aside: Vec::new(), error: None };
     for element in &batch.elements {
         let offset = batch.base + element.start as u64;
@@ -867,7 +888,7 @@ fn transform_elements(tenant: &str, batch: &Batch, text: String) -> Done {
                     for entry in list {
                         // Offsets inside the list are exact: each entry is a slice of `text`.
                         let at = offset + (entry.get().as_ptr() as usize - text.as_ptr() as usize) as u64;
-                        if let Err(e) = transform_one(tenant, entry.get(), at, &mut done) {
+                        if let Err(e) = transform_one(ctx, entry.get(), at, &mut done) {
                             done.error = Some(e);
                             return done;
                         }
@@ -881,7 +902,7 @@ fn transform_elements(tenant: &str, batch: &Batch, text: String) -> Done {
                 }
             }
         }
-        if let Err(e) = transform_one(tenant, text, offset, &mut done) {
+        if let Err(e) = transform_one(ctx, text, offset, &mut done) {
             done.error = Some(e);
             return done;
         }
@@ -890,12 +911,25 @@ fn transform_elements(tenant: &str, batch: &Batch, text: String) -> Done {
 }
 
 /// Transform one entry into the batch result; `Err` only for malformed JSON.
-fn transform_one(tenant: &str, text: &str, offset: u64, done: &mut Done) -> Result<(), (u64, u64, String)> {
+fn transform_one(ctx: Ctx<'_>, text: &str, offset: u64, done: &mut Done) -> Result<(), (u64, u64, String)> {
     let index = done.entries;
     done.entries += 1;
+    let rewritten = match ctx.privacy.map(|p| p.apply(text)) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            let error = TransformError::Unreadable {
+                log_id: None,
+                reason: format!("the privacy rules cannot be applied: {e}"),
+            };
+            done.set_aside.push((index, offset, error));
+            return Ok(());
+        }
+    };
+    let text = rewritten.as_ref();
     let mark = done.text.len();
     done.text.push_str(",\n");
-    match transform::write_any_text(tenant, text, &mut done.text) {
+    match transform::write_any_text(ctx.tenant, text, &mut done.text) {
         Ok(_) => {
             done.events += 1;
             Ok(())

@@ -15,6 +15,7 @@ pub mod input;
 pub mod logging;
 pub mod ops;
 pub mod pipeline;
+pub mod privacy;
 pub mod rudderstack;
 pub mod store;
 pub mod telemetry;

@@ -149,19 +149,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
 }
 
 /// `transform`: ids from `--domain`, or from the config given explicitly with `-c` (never from a config file
-/// that merely happens to be in the working directory).
+/// that merely happens to be in the working directory), whose `[privacy]` rules then apply too.
 fn transform(
     file: Option<&Path>,
     domain: Option<String>,
     tenant: Option<String>,
     config: Option<&Path>,
 ) -> Result<ExitCode, Error> {
-    let domain = match (domain, config) {
-        (Some(d), _) => d,
-        (None, Some(path)) => {
-            let config = load_config(path)?;
-            ops::admin::single(&config, tenant.as_deref(), "transform")?.domain().to_string()
+    let config = config.map(load_config).transpose()?;
+    let chosen = match &config {
+        Some(c) => Some(ops::admin::single(c, tenant.as_deref(), "transform")?),
+        None if tenant.is_some() => {
+            return Err(Error::Usage("--tenant needs the config that names it (-c FILE)".into()));
         }
+        None => None,
+    };
+    let domain = match (domain, chosen) {
+        (Some(d), _) => d,
+        (None, Some(t)) => t.domain().to_string(),
         (None, None) => {
             logging::note(
                 "note: no --domain given: the ids derive from an empty tenant name, so they will not match the \
@@ -170,6 +175,7 @@ fn transform(
             String::new()
         }
     };
+    let privacy = chosen.and_then(|t| t.privacy.as_ref()).and_then(|p| p.rules()).cloned();
     let name = file.map(|f| f.display().to_string()).unwrap_or_else(|| "stdin".into());
     let input: Box<dyn Read> = match file {
         Some(f) => {
@@ -180,7 +186,7 @@ fn transform(
     let stdout = std::io::stdout();
     let out = BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut set_aside = |msg: &input::SetAside| logging::note(&format!("warning: {name}: {msg}"));
-    let summary = input::transform_stream(&domain, input, out, &mut set_aside)?;
+    let summary = input::transform_stream_with(&domain, privacy.as_deref(), input, out, &mut set_aside)?;
     if summary.set_aside > 0 {
         logging::note(&format!(
             "{name}: {} entries, {} events, {} entries set aside (see the warnings above)",

@@ -72,7 +72,7 @@ impl Error {
             Error::Pipeline(pipeline::Error::Orphans(_)) => EXIT_CONFIG,
             Error::Pipeline(e) if e.is_unusable_store() => EXIT_STATE,
             Error::Input(_) => EXIT_INPUT,
-            Error::Open { .. } => EXIT_INPUT,
+            Error::Open { .. } => EXIT_CONFIG,
             _ => EXIT_FAILURE,
         }
     }
@@ -91,19 +91,8 @@ pub fn human_chrono(d: chrono::Duration) -> String {
 
 /// A tenant's privacy rules in words, never the key.
 pub fn privacy_description(t: &Tenant) -> String {
-    match &t.privacy {
-        Some(p) if p.is_active() => {
-            let mut parts = Vec::new();
-            for (what, keys) in [("hash", &p.hash), ("mask", &p.mask), ("drop", &p.drop)] {
-                if !keys.is_empty() {
-                    parts.push(format!("{what} {}", keys.join(",")));
-                }
-            }
-            if p.truncate_ip {
-                parts.push("truncate ip".into());
-            }
-            parts.join("; ")
-        }
-        _ => "none".into(),
+    match t.privacy.as_ref().and_then(|p| p.rules()) {
+        Some(p) => p.describe(),
+        None => "none".into(),
     }
 }

@@ -7,6 +7,7 @@ mod fakes;
 mod faults;
 mod input;
 mod ops;
+mod privacy;
 mod rudderstack;
 mod store;
 mod support;

@@ -1,0 +1,212 @@
+//! What the privacy rules cost on top of the transform.
+//!
+//! `cargo bench --bench privacy` runs the pure transform and privacy + transform over the same entries in one
+//! process, alternating the two in short rounds so that other load on the machine hits both alike, and prints
+//! both rates, their ratio and whether privacy stays within its budget: at most 30 % slower than the
+//! transform alone, with `hash = ["email", "user_name", "name"]` and `truncate_ip = true`.
+//!
+//! Two corpora: the 142 fixture entries (they stay in the CPU caches), and 100,000 synthetic entries made
+//! from them with unique log_ids (they do not). Two comparisons on each:
+//!
+//! - **strict**: `transform_entry` on an already parsed entry, against `Privacy::apply` on the entry's text
+//!   plus `transform_entry` on the rewritten entry (parsed beforehand, outside the timing). This is the
+//!   budget's comparison: privacy's whole cost against the transform's alone.
+//! - **as the pipeline runs**: entry text → `RawValue::from_string` → `transform_entry`, against entry text →
+//!   `apply` → `RawValue::from_string` → `transform_entry`. The pipeline parses stored text anyway, so this is
+//!   the slowdown an operator would see.
+//!
+//! Times are CPU time of the benchmark thread (`/proc/thread-self/schedstat`), which time spent waiting for
+//! a core does not inflate; wall-clock ratios are printed beside them. Set `BENCH_QUICK=1` for fewer rounds.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use auth0_rudderstack::privacy::{Privacy, Rules};
+use auth0_rudderstack::transform::transform_entry;
+use secrecy::SecretSlice;
+use serde_json::value::RawValue;
+
+#[path = "../tests/it/support/fixtures.rs"]
+mod fixtures;
+
+/// The budget: privacy + transform may take at most this many times the transform's time.
+const BUDGET: f64 = 1.30;
+
+fn main() {
+    println!("load average at start: {}", load_average());
+    let quick = std::env::var_os("BENCH_QUICK").is_some();
+    let privacy = Privacy::new(
+        &Rules {
+            hash: vec!["email".into(), "user_name".into(), "name".into()],
+            truncate_ip: true,
+            ..Rules::default()
+        },
+        Some(SecretSlice::from(b"bench-key-0123456789abcdef".to_vec())),
+    )
+    .expect("rules");
+    println!("privacy: {}", privacy.describe());
+    let rounds = if quick { 6 } else { 20 };
+    let fixture = fixtures::corpus_entries();
+    let synthetic: Vec<String> = fixtures::synthetic_entries(100_000).collect();
+    let mut pass = true;
+    for (name, corpus, round_time) in [
+        ("fixture corpus (142 entries)", &fixture, Duration::from_millis(250)),
+        ("synthetic, 100,000 entries", &synthetic, Duration::ZERO),
+    ] {
+        pass &= compare(name, corpus, &privacy, rounds, round_time);
+    }
+    println!("load average at end: {}", load_average());
+    println!("overall: {}", if pass { "PASS" } else { "MISS" });
+}
+
+/// Time both comparisons over `corpus` in `rounds` alternating rounds; each round runs every entry at least
+/// once and for at least `round_time`. Returns whether the strict ratio is within the budget.
+fn compare(name: &str, corpus: &[String], privacy: &Privacy, rounds: u32, round_time: Duration) -> bool {
+    let tenant = fixtures::TENANT;
+    let parsed: Vec<Box<RawValue>> =
+        corpus.iter().map(|e| RawValue::from_string(e.clone()).expect("JSON")).collect();
+    let rewritten: Vec<Box<RawValue>> = corpus
+        .iter()
+        .map(|e| RawValue::from_string(privacy.apply(e).expect("applies").into_owned()).expect("JSON"))
+        .collect();
+    let changed = corpus.iter().zip(&rewritten).filter(|(a, b)| a.as_str() != b.get()).count();
+    let bytes: usize = corpus.iter().map(String::len).sum();
+
+    // Each closure runs the whole corpus once.
+    let transform_alone = || {
+        for entry in &parsed {
+            black_box(transform_entry(tenant, entry).expect("transforms"));
+        }
+    };
+    let privacy_alone = || {
+        for entry in corpus {
+            black_box(privacy.apply(entry).expect("applies"));
+        }
+    };
+    let transform_rewritten = || {
+        for entry in &rewritten {
+            black_box(transform_entry(tenant, entry).expect("transforms"));
+        }
+    };
+    let pipeline_without = || {
+        for entry in corpus {
+            let raw = RawValue::from_string(entry.clone()).expect("JSON");
+            black_box(transform_entry(tenant, &raw).expect("transforms"));
+        }
+    };
+    let pipeline_with = || {
+        for entry in corpus {
+            let text = privacy.apply(entry).expect("applies").into_owned();
+            let raw = RawValue::from_string(text).expect("JSON");
+            black_box(transform_entry(tenant, &raw).expect("transforms"));
+        }
+    };
+
+    let mut cpu = [0u64; 5];
+    let mut wall = [Duration::ZERO; 5];
+    let mut runs = [0u64; 5];
+    let work: [&dyn Fn(); 5] =
+        [&transform_alone, &privacy_alone, &transform_rewritten, &pipeline_without, &pipeline_with];
+    for _ in 0..rounds {
+        for (i, run) in work.iter().enumerate() {
+            let cpu_start = cpu_ns();
+            let start = Instant::now();
+            loop {
+                run();
+                runs[i] += 1;
+                if start.elapsed() >= round_time {
+                    break;
+                }
+            }
+            wall[i] += start.elapsed();
+            cpu[i] += cpu_ns() - cpu_start;
+        }
+    }
+    // CPU seconds per entry of each piece of work, and the same in wall-clock time.
+    let entries = |i: usize| runs[i] as f64 * corpus.len() as f64;
+    let per_entry: Vec<f64> = (0..5).map(|i| cpu[i] as f64 / 1e9 / entries(i)).collect();
+    let wall_per_entry: Vec<f64> = (0..5).map(|i| wall[i].as_secs_f64() / entries(i)).collect();
+    let rate = |secs: f64| fmt_int(1.0 / secs);
+    let strict_with = per_entry[1] + per_entry[2];
+    let strict = strict_with / per_entry[0];
+    let strict_wall = (wall_per_entry[1] + wall_per_entry[2]) / wall_per_entry[0];
+    let pipeline = per_entry[4] / per_entry[3];
+    let pipeline_wall = wall_per_entry[4] / wall_per_entry[3];
+
+    println!();
+    println!(
+        "{name}: {} bytes per entry on average, {changed} of {} entries rewritten",
+        bytes / corpus.len(),
+        corpus.len()
+    );
+    println!("  strict (the budget's comparison), CPU time per entry");
+    println!(
+        "    transform alone            {:>10} entries/s  {:>7.3} µs",
+        rate(per_entry[0]),
+        per_entry[0] * 1e6
+    );
+    println!(
+        "    privacy alone              {:>10} entries/s  {:>7.3} µs",
+        rate(per_entry[1]),
+        per_entry[1] * 1e6
+    );
+    println!(
+        "    transform, rewritten entry {:>10} entries/s  {:>7.3} µs",
+        rate(per_entry[2]),
+        per_entry[2] * 1e6
+    );
+    println!(
+        "    privacy + transform        {:>10} entries/s  {:>7.3} µs",
+        rate(strict_with),
+        strict_with * 1e6
+    );
+    println!(
+        "    ratio {strict:.3} (privacy costs {:+.1} %; wall clock {strict_wall:.3}): {} against ≤ {BUDGET:.2}",
+        (strict - 1.0) * 100.0,
+        if strict <= BUDGET { "PASS" } else { "MISS" }
+    );
+    println!("  as the pipeline runs (stored text parsed, then transformed), CPU time per entry");
+    println!(
+        "    without privacy            {:>10} entries/s  {:>7.3} µs",
+        rate(per_entry[3]),
+        per_entry[3] * 1e6
+    );
+    println!(
+        "    with privacy               {:>10} entries/s  {:>7.3} µs",
+        rate(per_entry[4]),
+        per_entry[4] * 1e6
+    );
+    println!(
+        "    ratio {pipeline:.3} (privacy costs {:+.1} %; wall clock {pipeline_wall:.3})",
+        (pipeline - 1.0) * 100.0
+    );
+    strict <= BUDGET
+}
+
+/// Nanoseconds this thread has run on a CPU: the first field of `/proc/thread-self/schedstat`.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .expect("read /proc/thread-self/schedstat")
+}
+
+/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A count with thousands separators.
+fn fmt_int(x: f64) -> String {
+    let digits = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
