@@ -5,6 +5,7 @@ mod auth0;
 mod cli;
 mod faults;
 mod rudderstack;
+mod sandbox;
 mod store;
 mod support;
 mod sync;
