@@ -18,6 +18,9 @@ use crate::support::app::{App, bin, run_bounded, text};
 use crate::support::{fixture_pairs_rekeyed, start_fakes, strip_ids};
 
 const WRAPPER_VAR: &str = "AUTH0_RUDDERSTACK_SANDBOX";
+/// Another build of the daemon to run in the sandbox instead of this one: CI points it at the binary in the
+/// Debian package, so that the optimized, stripped build is tried too.
+const BINARY_VAR: &str = "AUTH0_RUDDERSTACK_SANDBOX_BINARY";
 /// Where the unit's `LoadCredential=` puts the config (`%d`), and the wrapper too.
 const CREDENTIALS: &str = "/run/credentials/auth0-rudderstack.service";
 /// The unit's `StateDirectory=`.
@@ -37,6 +40,14 @@ fn wrapper(test: &str) -> Option<PathBuf> {
             );
             None
         }
+    }
+}
+
+/// The daemon to run: [`BINARY_VAR`] or the binary cargo built for these tests.
+fn daemon() -> PathBuf {
+    match std::env::var_os(BINARY_VAR) {
+        Some(b) if !b.is_empty() => PathBuf::from(b),
+        _ => PathBuf::from(bin()),
     }
 }
 
@@ -85,14 +96,10 @@ async fn sync_delivers_every_entry_inside_the_units_sandbox() {
     let synthetic = auth0.push_synthetic(358);
     let (app, state) = packaged_like_app(&auth0.url(), &rudder.url());
     let config = format!("{CREDENTIALS}/config.toml");
+    let daemon = daemon();
+    eprintln!("running {} in the sandbox", daemon.display());
 
-    let cmd = sandboxed(
-        &wrapper,
-        &state,
-        Some(&app.config_path()),
-        Path::new(bin()),
-        &["--config", &config, "sync"],
-    );
+    let cmd = sandboxed(&wrapper, &state, Some(&app.config_path()), &daemon, &["--config", &config, "sync"]);
     let out = run_bounded(cmd, Duration::from_secs(120)).await;
     assert_eq!(out.status.code(), Some(0), "sync in the sandbox failed: {}", text(&out));
 
@@ -115,7 +122,7 @@ async fn sync_delivers_every_entry_inside_the_units_sandbox() {
         &wrapper,
         &state,
         Some(&app.config_path()),
-        Path::new(bin()),
+        &daemon,
         &["--config", &config, "status", "--json"],
     );
     let out = run_bounded(cmd, Duration::from_secs(30)).await;
