@@ -9,6 +9,7 @@ mod input;
 mod ops;
 mod privacy;
 mod rudderstack;
+mod sandbox;
 mod store;
 mod support;
 mod sync;
