@@ -852,6 +852,8 @@ struct Done {
     set_aside: Vec<(u64, u64, TransformError)>,
     /// Malformed JSON: (0-based index within the batch, offset, why). Ends the run.
     error: Option<(u64, u64, String)>,
+    /// Where the privacy rules rewrite an entry, reused from entry to entry.
+    scratch: String,
 }
 
 /// What every worker transforms with.
@@ -872,7 +874,15 @@ fn transform_batch(ctx: Ctx<'_>, batch: Batch, pools: &Pools) -> Done {
 
 /// The body of `transform_batch`: stops at the first malformed value.
 fn transform_elements(ctx: Ctx<'_>, batch: &Batch, text: String) -> Done {
-    let mut done = Done { seq: batch.seq, text, entries: 0, events: 0, set_aside: Vec::new(), error: None };
+    let mut done = Done {
+        seq: batch.seq,
+        text,
+        entries: 0,
+        events: 0,
+        set_aside: Vec::new(),
+        error: None,
+        scratch: String::new(),
+    };
     for element in &batch.elements {
         let offset = batch.base + element.start as u64;
         let text = match std::str::from_utf8(&batch.bytes[element.start..element.end]) {
@@ -914,9 +924,9 @@ fn transform_elements(ctx: Ctx<'_>, batch: &Batch, text: String) -> Done {
 fn transform_one(ctx: Ctx<'_>, text: &str, offset: u64, done: &mut Done) -> Result<(), (u64, u64, String)> {
     let index = done.entries;
     done.entries += 1;
-    let rewritten = match ctx.privacy.map(|p| p.apply(text)) {
-        None => std::borrow::Cow::Borrowed(text),
-        Some(Ok(t)) => t,
+    let text = match ctx.privacy.map(|p| p.apply_into(text, &mut done.scratch)) {
+        None | Some(Ok(false)) => text,
+        Some(Ok(true)) => done.scratch.as_str(),
         Some(Err(e)) => {
             let error = TransformError::Unreadable {
                 log_id: None,
@@ -926,7 +936,6 @@ fn transform_one(ctx: Ctx<'_>, text: &str, offset: u64, done: &mut Done) -> Resu
             return Ok(());
         }
     };
-    let text = rewritten.as_ref();
     let mark = done.text.len();
     done.text.push_str(",\n");
     match transform::write_any_text(ctx.tenant, text, &mut done.text) {
