@@ -68,6 +68,8 @@ pub struct SetAside {
     pub offset: u64,
     /// Why it produced no event (names the entry's log_id when it has one).
     pub error: TransformError,
+    /// The element's text, when the reader keeps it (`EntryReader` does, so an import can set it aside whole).
+    pub text: Option<String>,
 }
 
 impl fmt::Display for SetAside {
@@ -1025,7 +1027,7 @@ impl Writer<'_> {
         self.summary.events += events;
         for (index, offset, error) in set_aside {
             self.summary.set_aside += 1;
-            (self.on_set_aside)(&SetAside { index: first + index + 1, offset, error });
+            (self.on_set_aside)(&SetAside { index: first + index + 1, offset, error, text: None });
         }
         if let Some((index, offset, reason)) = error {
             return Err(InputError::Malformed { entry: first + index + 1, offset, reason });
@@ -1247,7 +1249,7 @@ impl<R: Read> EntryReader<R> {
             Ok(entry) => Ok(RawEntry { index, offset, log_id: entry.log_id(), raw: entry.text.to_owned() }),
             Err(EntryError::Transform(error)) => {
                 self.summary.set_aside += 1;
-                Err(SetAside { index, offset, error })
+                Err(SetAside { index, offset, error, text: Some(text.to_owned()) })
             }
             Err(EntryError::Json(e)) => {
                 return Err(InputError::Malformed {

@@ -94,9 +94,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { files, tenant, force } => {
-            let config = load_config(&path)?;
-            let _ = (files, tenant, force, config);
-            Err(Error::Usage("import is not available in this build".into()))
+            import(load_config(&path)?, tenant.as_deref(), &files, force)
         }
         Command::DeadLetter { action } => {
             let config = load_config(&path)?;
@@ -194,6 +192,49 @@ fn transform(
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `import`: enqueue archived entries, and deliver them unless a running daemon does.
+fn import(
+    config: Config,
+    tenant: Option<&str>,
+    files: &[std::path::PathBuf],
+    force: bool,
+) -> Result<ExitCode, Error> {
+    let domain = ops::admin::single(&config, tenant, "import")?.domain().to_string();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        let options = pipeline::import::Options { force, progress_bar: std::io::stderr().is_terminal() };
+        let summary = pipeline::import::import(Arc::new(config), &domain, files, options, shutdown).await?;
+        let total = |f: fn(&pipeline::import::FileSummary) -> u64| summary.files.iter().map(f).sum::<u64>();
+        let skipped_files = summary.files.iter().filter(|f| f.already_imported).count();
+        tracing::info!(
+            tenant = %domain,
+            files = summary.files.len(),
+            skipped_files,
+            read = total(|f| f.read),
+            enqueued = total(|f| f.enqueued),
+            skipped = total(|f| f.duplicates + f.resumed_after),
+            filtered = total(|f| f.filtered),
+            dead_letters = total(|f| f.dead_lettered),
+            delivered = summary.delivered,
+            "{}",
+            if summary.interrupted {
+                "import stopped by signal; run it again to go on where it stopped"
+            } else if summary.daemon_delivers {
+                "import done; the running daemon delivers what was enqueued"
+            } else {
+                "import done"
+            }
+        );
+        let signal = SIGNAL.load(Ordering::SeqCst);
+        if summary.interrupted && signal > 0 {
+            return Ok(ExitCode::from((128 + signal) as u8));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// The signal that stopped the process, if any (its number).

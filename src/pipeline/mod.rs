@@ -16,6 +16,7 @@
 //! keeps within its own deadline, so a wedged loop is restarted by systemd rather than left hanging.
 
 pub mod fetcher;
+pub mod import;
 pub mod lock;
 pub mod progress;
 pub mod retry;
@@ -108,6 +109,22 @@ pub enum Error {
     /// Several tenants failed (`sync`), or every tenant has a stopped loop (`run`).
     #[error("{0}")]
     Failed(String),
+    /// An archive given to `import` is not JSON, or is cut off.
+    #[error("cannot import {file}")]
+    Input {
+        /// The file as named.
+        file: String,
+        /// What is wrong, and where.
+        source: crate::input::InputError,
+    },
+    /// A file named on the command line cannot be read.
+    #[error("cannot read {}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A worker task failed (a bug).
     #[error("internal error: {0}")]
     Internal(String),

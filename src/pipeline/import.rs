@@ -1,0 +1,464 @@
+//! `import`: archived entries (Log Streams exports, EventBridge archives, old dumps; gzip or not) into a
+//! tenant's outbox, delivered by the same sender with the same rules as fetched entries: the same ids, privacy
+//! rules, filters, dead letters, batching and retries. The cursor is never touched.
+//!
+//! Who delivers: the state lock decides. If no daemon holds it, `import` takes it and delivers what it
+//! enqueues itself, with a sender running while the files are read, and ends once the outbox is empty (as
+//! `sync` does); a `run` started meanwhile is refused by the lock. If a daemon holds it, `import` only
+//! enqueues, and the daemon's sender (woken by SQLite's `data_version`) delivers. Only the lock holder ever
+//! sends, so no row is delivered twice by the two.
+//!
+//! Resuming: a file is identified by its content (a hash of its first MiB and its size), and the number of
+//! its entries read and settled is committed in the same transaction as the rows they produced. Run again,
+//! an interrupted import skips those entries (the reader delimits them without parsing) and goes on; a file
+//! imported in full is skipped unless `--force`. An entry whose `log_id` is already waiting in the outbox is
+//! not enqueued again. Reading streams in batches, so memory stays flat whatever the file's size.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::retry::RetryPolicy;
+use super::sender::Sender;
+use super::{Error, RunMode, TenantRun};
+use crate::config::Config;
+use crate::entry::{self, LogId};
+use crate::input::EntryReader;
+use crate::store::{ImportProgress, NewDeadLetter, NewEntry, Store, StoreError};
+
+/// Entries per transaction.
+const BATCH: usize = 2_000;
+/// How much of a file identifies it.
+const ID_BYTES: usize = 1 << 20;
+
+/// What happened to one file.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FileSummary {
+    /// The file as named on the command line.
+    pub name: String,
+    /// Skipped whole: it was imported in full before.
+    pub already_imported: bool,
+    /// Entries read in this run (not counting those skipped to resume).
+    pub read: u64,
+    /// Entries skipped because an earlier, interrupted import had settled them.
+    pub resumed_after: u64,
+    /// Entries put into the outbox.
+    pub enqueued: u64,
+    /// Entries not enqueued because the same `log_id` was already waiting in the outbox.
+    pub duplicates: u64,
+    /// Entries the filters kept back.
+    pub filtered: u64,
+    /// Entries set aside as dead letters.
+    pub dead_lettered: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Per file.
+    pub files: Vec<FileSummary>,
+    /// Events delivered by this process (0 when a running daemon delivers).
+    pub delivered: u64,
+    /// Whether a running daemon delivers (this process only enqueued).
+    pub daemon_delivers: bool,
+    /// Whether a shutdown signal ended the import early.
+    pub interrupted: bool,
+}
+
+/// Options of an import that are not in the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Import files again that were imported in full before.
+    pub force: bool,
+    /// Draw a progress bar (a terminal) instead of progress lines.
+    pub progress_bar: bool,
+}
+
+/// Import `files` (a path, or `-` for stdin) into `tenant`'s outbox, and deliver them unless a daemon does.
+pub async fn import(
+    config: Arc<Config>,
+    tenant: &str,
+    files: &[PathBuf],
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<Summary, Error> {
+    let t =
+        config.tenant(tenant).ok_or_else(|| Error::Internal(format!("{tenant} is not configured")))?.clone();
+    let lock = match super::lock::StateLock::acquire(&config.state.path) {
+        Ok(lock) => Some(lock),
+        Err(Error::AlreadyRunning { .. }) => {
+            tracing::info!(tenant = %tenant, "a daemon is using this state: the entries are only enqueued, and it delivers them");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let path = config.state.path.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the state database: {e}")))??;
+    drop(opened);
+
+    // The sender, when this process delivers: the one the daemon runs, in `sync` mode, ending once the
+    // outbox is empty and the files are read.
+    let mut delivery = None;
+    let run = if lock.is_some() {
+        let store = Store::open(&config.state.path)?;
+        store.set_synchronous(config.state.synchronous)?;
+        let send_store = crate::store::Handle::spawn(store, "state-send")?;
+        let telemetry = crate::telemetry::Telemetry::new();
+        let clients = crate::http::Clients::default();
+        let run =
+            Arc::new(super::tenant_run(&config, &t, &clients, &telemetry, &send_store, &send_store).await?);
+        let sender = Sender::new(run.clone(), send_store.clone(), RunMode::Sync);
+        let policy = RetryPolicy::new(&config.retry, RunMode::Sync);
+        let (r, stop, down) = (run.clone(), shutdown.child_token(), shutdown.clone());
+        delivery = Some(tokio::spawn(super::send_loop(sender, r, send_store, policy, stop, down)));
+        Some(run)
+    } else {
+        None
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (stop, shutdown) = (stop.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let progress = Arc::new(Progress::default());
+    let reporter =
+        tokio::spawn(report(progress.clone(), run.clone(), options.progress_bar, shutdown.child_token()));
+    let reader = {
+        let (config, files, stop, progress, run) =
+            (config.clone(), files.to_vec(), stop.clone(), progress.clone(), run.clone());
+        let tenant = t.clone();
+        tokio::task::spawn_blocking(move || {
+            read_files(&config, &tenant, &files, options, &stop, &progress, run.as_deref())
+        })
+    };
+    let read = reader.await.map_err(|e| Error::Internal(format!("the import reader failed: {e}")))?;
+    if let Some(run) = &run {
+        run.fetch_done.store(true, Ordering::SeqCst);
+        run.wake_sender.notify_one();
+    }
+    // A read that failed still leaves what was enqueued before it; deliver that, then report the failure.
+    let delivered = match delivery {
+        Some(task) => {
+            let result = task.await.map_err(|e| Error::Internal(format!("the import sender failed: {e}")))?;
+            let delivered = run.as_ref().map_or(0, |r| r.counters.delivered.load(Ordering::Relaxed));
+            if read.is_ok() {
+                result?;
+            }
+            delivered
+        }
+        None => 0,
+    };
+    watch.abort();
+    progress.done.store(true, Ordering::SeqCst);
+    let _ = reporter.await;
+    drop(lock);
+    let files = read?;
+    Ok(Summary { files, delivered, daemon_delivers: run.is_none(), interrupted: shutdown.is_cancelled() })
+}
+
+/// Figures the reporter shows, updated by the reading thread.
+#[derive(Default)]
+struct Progress {
+    file: std::sync::Mutex<String>,
+    bytes: Arc<AtomicU64>,
+    size: AtomicU64,
+    read: AtomicU64,
+    enqueued: AtomicU64,
+    done: AtomicBool,
+}
+
+/// Read every file on this (blocking) thread, committing batch by batch.
+fn read_files(
+    config: &Config,
+    tenant: &crate::config::Tenant,
+    files: &[PathBuf],
+    options: Options,
+    stop: &AtomicBool,
+    progress: &Progress,
+    run: Option<&TenantRun>,
+) -> Result<Vec<FileSummary>, Error> {
+    let mut store = Store::open(&config.state.path)?;
+    store.set_synchronous(config.state.synchronous)?;
+    let rewrite = super::privacy_rewrite(tenant);
+    let mut summaries = Vec::new();
+    for file in files {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let name = file.display().to_string();
+        let (input, file_id, size): (Box<dyn Read>, Option<String>, u64) = if name == "-" {
+            (Box::new(std::io::stdin().lock()), None, 0)
+        } else {
+            let (id, size) = identify(file)?;
+            let f = std::fs::File::open(file).map_err(|source| open_error(file, source))?;
+            (Box::new(f), Some(id), size)
+        };
+        *progress.file.lock().unwrap_or_else(|p| p.into_inner()) = name.clone();
+        progress.size.store(size, Ordering::Relaxed);
+        progress.bytes.store(0, Ordering::Relaxed);
+        let mut summary = FileSummary { name: name.clone(), ..FileSummary::default() };
+        let domain = tenant.domain();
+        let mut resume = 0;
+        if let Some(id) = &file_id {
+            if options.force {
+                store.reset_import(domain, id)?;
+            }
+            match store.import_progress(domain, id)? {
+                Some(p) if p.complete => {
+                    tracing::info!(file = %name, entries = p.entries, "imported in full before; skipped (use --force to import it again)");
+                    summary.already_imported = true;
+                    summaries.push(summary);
+                    continue;
+                }
+                Some(p) => {
+                    tracing::info!(file = %name, after = p.entries, "resuming an interrupted import");
+                    resume = p.entries;
+                }
+                None => {}
+            }
+        }
+        summary.resumed_after = resume;
+        let counted = Counted { inner: input, bytes: progress.bytes.clone() };
+        let mut reader = EntryReader::new(counted, BATCH).skipping(resume);
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            wait_for_room(&store, domain, config.state.max_outbox_entries, stop, run)?;
+            let batch = match reader.next_batch() {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(source) => return Err(Error::Input { file: name, source }),
+            };
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut dead = Vec::new();
+            let mut filtered = 0;
+            for item in batch {
+                summary.read += 1;
+                match item {
+                    Err(set_aside) => dead.push(NewDeadLetter {
+                        log_id: None,
+                        raw: set_aside.text.clone().unwrap_or_default(),
+                        reason: format!("{name}: {set_aside}"),
+                    }),
+                    Ok(e) => {
+                        let head = entry::read_head(&e.raw);
+                        let own = head.as_ref().ok().and_then(|h| h.log_id.as_ref().ok().cloned());
+                        let log_id = match e.log_id.as_deref().map(LogId::parse) {
+                            Some(Ok(id)) => Some(id),
+                            Some(Err(_)) => None,
+                            None => own,
+                        };
+                        let (kind, client) = match &head {
+                            Ok(h) => (h.kind.clone(), h.client_id.clone()),
+                            Err(_) => (None, None),
+                        };
+                        let raw = match rewrite.as_deref().map(|f| f(&e.raw)) {
+                            Some(Ok(r)) => r,
+                            Some(Err(why)) => {
+                                dead.push(NewDeadLetter {
+                                    log_id,
+                                    raw: e.raw,
+                                    reason: format!(
+                                        "{name} entry {} (byte {}): the privacy rules cannot be applied: {why}",
+                                        e.index, e.offset
+                                    ),
+                                });
+                                continue;
+                            }
+                            None => e.raw,
+                        };
+                        let Some(log_id) = log_id else {
+                            dead.push(NewDeadLetter {
+                                log_id: None,
+                                raw,
+                                reason: format!(
+                                    "{name} entry {} (byte {}): no valid log_id",
+                                    e.index, e.offset
+                                ),
+                            });
+                            continue;
+                        };
+                        if !tenant.auth0.filter.keeps(kind.as_deref(), client.as_deref()) {
+                            filtered += 1;
+                            continue;
+                        }
+                        entries.push(NewEntry { log_id, raw });
+                    }
+                }
+            }
+            let read_so_far =
+                ImportProgress { entries: reader.summary().entries, enqueued: 0, complete: false };
+            let offered = entries.len() as u64;
+            let committed = match &file_id {
+                Some(id) => store.import_batch(domain, id, &name, &entries, &dead, filtered, &read_so_far)?,
+                // Standard input has no identity to resume by; its rows still go in one transaction a batch.
+                None => {
+                    store.import_batch(domain, "stdin", &name, &entries, &dead, filtered, &read_so_far)?
+                }
+            };
+            summary.enqueued += committed.entries;
+            summary.duplicates += offered - committed.entries;
+            summary.filtered += filtered;
+            summary.dead_lettered += committed.dead_letters.len() as u64;
+            progress.read.fetch_add(offered + filtered + dead.len() as u64, Ordering::Relaxed);
+            progress.enqueued.fetch_add(committed.entries, Ordering::Relaxed);
+            if let Some(run) = run {
+                run.counters.fetched.fetch_add(committed.entries, Ordering::Relaxed);
+                run.wake_sender.notify_one();
+            }
+        }
+        let complete = !stop.load(Ordering::SeqCst);
+        let last = ImportProgress {
+            entries: reader.summary().entries,
+            enqueued: 0,
+            complete: complete && file_id.is_some(),
+        };
+        let id = file_id.as_deref().unwrap_or("stdin");
+        store.import_batch(domain, id, &name, &[], &[], 0, &last)?;
+        if file_id.is_none() {
+            store.reset_import(domain, "stdin")?;
+        }
+        tracing::info!(
+            file = %name,
+            read = summary.read,
+            enqueued = summary.enqueued,
+            duplicates = summary.duplicates,
+            filtered = summary.filtered,
+            dead_letters = summary.dead_lettered,
+            "{}",
+            if complete { "file read" } else { "stopped by signal; run the import again to go on" }
+        );
+        summaries.push(summary);
+    }
+    Ok(summaries)
+}
+
+/// Hold the reader while the outbox is full, as the fetcher does, so an archive never bloats the state.
+fn wait_for_room(
+    store: &Store,
+    tenant: &str,
+    max: u64,
+    stop: &AtomicBool,
+    run: Option<&TenantRun>,
+) -> Result<(), StoreError> {
+    let mut said = false;
+    while store.outbox_depth(tenant)? >= max && !stop.load(Ordering::SeqCst) {
+        if !said {
+            tracing::info!(
+                tenant,
+                max_outbox_entries = max,
+                "the outbox is full; reading waits until it has room"
+            );
+            said = true;
+        }
+        if let Some(run) = run {
+            run.wake_sender.notify_one();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn open_error(file: &Path, source: std::io::Error) -> Error {
+    Error::File { path: file.to_path_buf(), source }
+}
+
+/// A file's identity: SHA-256 of its first MiB (as stored, compressed or not) and its size.
+fn identify(file: &Path) -> Result<(String, u64), Error> {
+    let mut f = std::fs::File::open(file).map_err(|source| open_error(file, source))?;
+    let size = f.metadata().map_err(|source| open_error(file, source))?.len();
+    let mut head = Vec::with_capacity(ID_BYTES);
+    (&mut f).take(ID_BYTES as u64).read_to_end(&mut head).map_err(|source| open_error(file, source))?;
+    let digest = Sha256::digest(&head);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((format!("sha256:{hex}:{size}"), size))
+}
+
+/// A reader that counts the bytes read through it (for the progress of a file of known size).
+struct Counted<R> {
+    inner: R,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Report the import's progress: a line every 10 s, or a bar on a terminal.
+async fn report(progress: Arc<Progress>, run: Option<Arc<TenantRun>>, bar: bool, stop: CancellationToken) {
+    let started = Instant::now();
+    let bar = (bar && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::with_draw_target(Some(1), indicatif::ProgressDrawTarget::stderr());
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {percent:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b
+    });
+    let tick = if bar.is_some() { Duration::from_millis(250) } else { super::progress::REPORT_EVERY };
+    let mut last_read = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        if progress.done.load(Ordering::SeqCst) {
+            break;
+        }
+        let file = progress.file.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (bytes, size) = (progress.bytes.load(Ordering::Relaxed), progress.size.load(Ordering::Relaxed));
+        let read = progress.read.load(Ordering::Relaxed);
+        let enqueued = progress.enqueued.load(Ordering::Relaxed);
+        let delivered = run.as_ref().map_or(0, |r| r.counters.delivered.load(Ordering::Relaxed));
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let rate = read as f64 / secs;
+        let share = if size > 0 { (bytes as f64 / size as f64).min(1.0) } else { 0.0 };
+        let eta = if share > 0.0 && share < 1.0 {
+            super::progress::human(Duration::from_secs_f64(secs / share * (1.0 - share)))
+        } else {
+            "unknown".into()
+        };
+        let delivered_text =
+            if run.is_some() { delivered.to_string() } else { "by the running daemon".to_string() };
+        match &bar {
+            Some(b) => {
+                b.set_length(size.max(1));
+                b.set_position(bytes.min(size.max(1)));
+                b.set_prefix(file.clone());
+                b.set_message(format!(
+                    "read={read} enqueued={enqueued} delivered={delivered_text} rate={rate:.0}/s eta={eta}"
+                ));
+            }
+            None if read != last_read => {
+                tracing::info!(
+                    file = %file,
+                    "import progress: read={read} enqueued={enqueued} delivered={delivered_text} rate={rate:.0}/s \
+                     done={:.0}% eta={eta}",
+                    share * 100.0
+                );
+            }
+            None => {}
+        }
+        last_read = read;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}

@@ -1,0 +1,242 @@
+//! `import`: archives (gzip NDJSON, EventBridge events) into the outbox and on to RudderStack with the ids of
+//! live delivery, never touching Auth0 or the cursor; resumable, idempotent, and sharing the work with a
+//! running daemon without sending anything twice.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::app::{App, run_bounded, text, wait_until};
+use crate::support::fake_auth0::{DOMAIN, FakeAuth0, FakeOptions};
+use crate::support::fake_rudderstack::{self, FakeRudderStack};
+
+/// A config whose Auth0 is a closed port: any request to it would fail the import.
+fn app_without_auth0(rudder: &FakeRudderStack) -> App {
+    App::with_urls("http://127.0.0.1:9", &rudder.url())
+}
+
+async fn rudder() -> FakeRudderStack {
+    FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![crate::support::app::WRITE_KEY.into()],
+        ..fake_rudderstack::Options::default()
+    })
+    .await
+}
+
+/// `n` synthetic entries, made by a fake that serves nothing (only its entry maker is used).
+async fn entries(n: usize) -> Vec<Value> {
+    FakeAuth0::start(FakeOptions::default()).await.make_entries(n)
+}
+
+fn write_gzip_ndjson(path: &Path, entries: &[Value]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    for e in entries {
+        serde_json::to_writer(&mut gz, e).unwrap();
+        gz.write_all(b"\n").unwrap();
+    }
+    gz.finish().unwrap();
+}
+
+/// EventBridge events from Auth0's partner source; every third one without `detail.log_id`.
+fn eventbridge(entries: &[Value]) -> Vec<Value> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut detail = json!({ "log_id": e["log_id"], "data": e });
+            if i % 3 == 0 {
+                detail.as_object_mut().unwrap().remove("log_id");
+            }
+            json!({
+                "version": "0",
+                "id": format!("6a7e8feb-b491-4cf7-a9f1-bf3703467718-{i}"),
+                "detail-type": "Auth0 log",
+                "source": "aws.partner/auth0.com/fake-tenant-a1b2c3/auth0.logs",
+                "account": "123456789012",
+                "time": e["date"],
+                "region": "eu-west-1",
+                "resources": [],
+                "detail": detail,
+            })
+        })
+        .collect()
+}
+
+/// log_id → messageId from `transform --domain DOMAIN FILE`.
+async fn transform_ids(file: &Path) -> HashMap<String, String> {
+    let mut cmd = tokio::process::Command::new(crate::support::app::bin());
+    cmd.args(["transform", "--domain", DOMAIN]).arg(file).kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["properties"]["log_id"].as_str().unwrap().to_string(),
+                e["messageId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every accepted event's log_id → messageId; every copy of an entry must carry its first messageId.
+fn delivered(rudder: &FakeRudderStack) -> (HashMap<String, String>, usize) {
+    let mut ids = HashMap::new();
+    let mut copies = 0;
+    for e in rudder.events() {
+        let log_id = e["properties"]["log_id"].as_str().unwrap().to_string();
+        let mid = e["messageId"].as_str().unwrap().to_string();
+        match ids.get(&log_id) {
+            Some(first) => {
+                assert_eq!(first, &mid, "a copy of {log_id} carries another messageId");
+                copies += 1;
+            }
+            None => {
+                ids.insert(log_id, mid);
+            }
+        }
+    }
+    (ids, copies)
+}
+
+fn import_cmd(app: &App, files: &[&PathBuf]) -> tokio::process::Command {
+    let mut args = vec!["import".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    app.command(&refs)
+}
+
+/// A gzipped NDJSON file of 20,000 entries and a JSON array of 10,000 EventBridge events: all 30,000 are
+/// delivered exactly once with the messageIds `transform --domain` gives, no request goes to Auth0 (a closed
+/// port), the cursor is untouched; and the same import again delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_are_delivered_once_with_live_ids_and_never_twice() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let all = entries(30_000).await;
+    let ndjson = app.dir.path().join("archive.ndjson.gz");
+    write_gzip_ndjson(&ndjson, &all[..20_000]);
+    let events = app.dir.path().join("eventbridge.json");
+    std::fs::write(&events, serde_json::to_vec(&eventbridge(&all[20_000..])).unwrap()).unwrap();
+
+    let out = run_bounded(import_cmd(&app, &[&ndjson, &events]), Duration::from_secs(180)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!((ids.len(), copies), (30_000, 0), "every entry exactly once");
+    let mut expected = transform_ids(&ndjson).await;
+    expected.extend(transform_ids(&events).await);
+    assert_eq!(ids, expected, "the ids of live delivery");
+    let s = app.status().await;
+    assert_eq!(s["cursor"], Value::Null, "import never moves the cursor: {s}");
+    assert_eq!(s["outbox_depth"], 0);
+
+    let again = run_bounded(import_cmd(&app, &[&ndjson, &events]), Duration::from_secs(60)).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("imported in full before"), "{}", text(&again));
+    assert_eq!(rudder.event_count(), 30_000, "the same import again delivers nothing");
+}
+
+/// An import killed with SIGKILL part-way, then run again, delivers every entry; each copy sent twice carries
+/// its first messageId.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_part_way_goes_on_where_it_stopped() {
+    let rudder = rudder().await;
+    rudder.set_delay(Some(Duration::from_millis(20)));
+    let app = app_without_auth0(&rudder);
+    let all = entries(20_000).await;
+    let file = app.dir.path().join("archive.ndjson.gz");
+    write_gzip_ndjson(&file, &all);
+    let mut child = import_cmd(&app, &[&file])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || rudder.event_count() >= 2_000).await,
+        "nothing was delivered"
+    );
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let before = rudder.event_count();
+    assert!(before < 20_000, "the kill came too late to interrupt anything");
+    rudder.set_delay(None);
+    let out = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(180)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!(ids.len(), 20_000, "every entry arrived");
+    let expected: HashSet<String> = all.iter().map(|e| e["log_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), expected);
+    eprintln!("killed after {before} events; {copies} sent again, each with its first messageId");
+}
+
+/// With `run` active on the same state, `import` only enqueues, and the daemon delivers, without duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_running_daemon_import_enqueues_and_the_daemon_delivers() {
+    let (auth0, rudder) = crate::support::start_fakes().await;
+    let app = App::new(&auth0, &rudder);
+    let live = auth0.push_synthetic(50);
+    let child = app.spawn_run();
+    rudder.wait_for_events(live.len(), Duration::from_secs(20)).await;
+    let archived = entries(3_000).await;
+    // Archived entries are older and have their own ids: give them a prefix live ids never have.
+    let archived: Vec<Value> = archived
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            let id = format!("800{:053}", i);
+            e["log_id"] = json!(id);
+            e["_id"] = json!(id);
+            e
+        })
+        .collect();
+    let file = app.dir.path().join("old.json");
+    std::fs::write(&file, serde_json::to_vec(&archived).unwrap()).unwrap();
+    let out = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the running daemon delivers"), "{}", text(&out));
+    let total = live.len() + archived.len();
+    assert!(
+        wait_until(Duration::from_secs(60), || rudder.event_count() >= total).await,
+        "the daemon delivered {} of {total}:\n{}",
+        rudder.event_count(),
+        app.run_log()
+    );
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!((ids.len(), copies), (total, 0), "no duplicates");
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A file that is cut off exits 4 naming the file and the byte offset, and what was enqueued before the
+/// damage is kept (and delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_archive_exits_4_naming_the_offset_and_keeps_what_came_before() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let all = entries(5_000).await;
+    let file = app.dir.path().join("cut.ndjson");
+    let mut text_of: Vec<u8> = Vec::new();
+    for e in &all {
+        serde_json::to_writer(&mut text_of, e).unwrap();
+        text_of.push(b'\n');
+    }
+    let cut = text_of.len() - 500;
+    std::fs::write(&file, &text_of[..cut]).unwrap();
+    let out = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cut.ndjson") && err.contains("byte"), "{err}");
+    assert!(rudder.event_count() >= 4_000, "what came before the damage arrived: {}", rudder.event_count());
+}
