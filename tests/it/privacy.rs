@@ -218,3 +218,247 @@ fn the_same_key_repeats_and_another_key_gives_other_hashes() {
     }
     assert!(compared > 300, "only {compared} hashes compared");
 }
+
+// Through the real binary: the rules apply where entries enter, so nothing downstream ever sees clear values.
+
+mod daemon {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use crate::support::app::{App, run_bounded, text};
+    use crate::support::fake_auth0::FakeAuth0;
+    use crate::support::start_fakes;
+
+    const KEY: &str = "a-hash-key-of-more-than-16-bytes";
+
+    /// Entries holding personal data in the listed fields at several depths, and a full IPv4 address.
+    fn personal(auth0: &FakeAuth0, n: usize) -> Vec<Value> {
+        let mut entries = auth0.make_entries(n);
+        for (i, e) in entries.iter_mut().enumerate() {
+            e["user_name"] = json!(format!("person{i}@private.example.org"));
+            e["ip"] = json!(format!("198.51.100.{}", 1 + i % 250));
+            e["details"]["auth"] = json!({"user": {"email": format!("person{i}@private.example.org"), "name": format!("Person Number{i}")}});
+            e["user_agent"] = json!("Chrome 134.0.0 / Windows 10.0.0");
+        }
+        entries
+    }
+
+    /// Every clear value of the listed fields in these entries.
+    fn secrets_of(entries: &[Value]) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in entries {
+            out.push(e["user_name"].as_str().unwrap().to_string());
+            out.push(e["details"]["auth"]["user"]["name"].as_str().unwrap().to_string());
+            out.push(e["ip"].as_str().unwrap().to_string());
+        }
+        out
+    }
+
+    fn protect(app: &mut App) {
+        let key = app.dir.path().join("hash.key");
+        std::fs::write(&key, KEY).unwrap();
+        app.set("privacy", "hash", vec!["email", "user_name", "name"])
+            .set("privacy", "truncate_ip", true)
+            .set("privacy", "drop", vec!["user_agent"])
+            .set("privacy", "hash_key_file", key.display().to_string());
+    }
+
+    fn files_text(app: &App) -> Vec<u8> {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            let p = format!("{}{suffix}", app.db_path().display());
+            if let Ok(b) = std::fs::read(&p) {
+                all.extend(b);
+            }
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    /// A `sync` while RudderStack is down, then a byte search of the state file and its WAL, finds no listed
+    /// value in clear (and no full IP address); after the outage the delivered events hold none either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_clear_value_reaches_the_state_file_or_rudderstack() {
+        let (auth0, rudder) = start_fakes().await;
+        let entries = personal(&auth0, 120);
+        auth0.push(entries.clone());
+        rudder.set_outage(true);
+        let mut app = App::new(&auth0, &rudder);
+        protect(&mut app);
+        app.set("retry", "sync_give_up_after", "2s");
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(1), "RudderStack is down: {}", text(&out));
+        assert_eq!(app.status().await["outbox_depth"], 120);
+        let bytes = files_text(&app);
+        assert!(bytes.len() > 100_000, "the state holds the outbox");
+        for s in secrets_of(&entries) {
+            assert!(!contains(&bytes, &s), "{s} is in the state file in clear");
+        }
+        assert!(!contains(&bytes, "Chrome 134"), "a dropped field is in the state file");
+        assert!(!contains(&bytes, KEY), "the hash key is in the state file");
+
+        rudder.set_outage(false);
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let events = rudder.events();
+        assert_eq!(events.len(), 120);
+        let all = serde_json::to_string(&events).unwrap();
+        for s in secrets_of(&entries) {
+            assert!(!all.contains(&s), "{s} reached RudderStack in clear");
+        }
+        for e in &events {
+            let ip = e["context"]["ip"].as_str().unwrap();
+            assert!(ip.ends_with(".0"), "{ip}");
+            assert_eq!(e["context"]["traits"]["user_name"].as_str().unwrap().len(), 64, "{e}");
+        }
+        assert!(!all.contains("Chrome 134"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains(KEY));
+    }
+
+    /// Webhook mode posts the rewritten raw entries; `transform -c` applies the chosen tenant's rules; a dead
+    /// letter holds the rewritten entry; the same hash comes out of all three.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhook_mode_transform_and_dead_letters_apply_the_same_rules() {
+        let (auth0, rudder) = start_fakes().await;
+        let mut entries = personal(&auth0, 10);
+        // One the transform refuses (no type): it becomes a dead letter, rewritten.
+        entries[3].as_object_mut().unwrap().remove("type");
+        auth0.push(entries.clone());
+        let mut app = App::new(&auth0, &rudder);
+        protect(&mut app);
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let batch_events = rudder.events();
+        assert_eq!(batch_events.len(), 9);
+        let dead = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+        let dead: Value = serde_json::from_slice(&dead.stdout).unwrap();
+        let dead_text = dead.to_string();
+        for s in secrets_of(&entries[3..4]) {
+            assert!(!dead_text.contains(&s), "the dead letter holds {s} in clear");
+        }
+        let hashed_in_dead: Value = serde_json::from_str(dead[0]["raw"].as_str().unwrap()).unwrap();
+
+        // transform -c on the same entries gives the same hashes.
+        let file = app.dir.path().join("entries.json");
+        std::fs::write(&file, serde_json::to_vec(&entries).unwrap()).unwrap();
+        let mut cmd = app.command(&["transform"]);
+        cmd.arg(&file);
+        let out = run_bounded(cmd, Duration::from_secs(30)).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let offline: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let offline_text = serde_json::to_string(&offline).unwrap();
+        for s in secrets_of(&entries) {
+            assert!(!offline_text.contains(&s), "transform -c printed {s} in clear");
+        }
+        let strip = |e: &Value| crate::support::strip_ids(e);
+        let mut a: Vec<Value> = batch_events.iter().map(strip).collect();
+        let mut b: Vec<Value> = offline.iter().map(strip).collect();
+        a.sort_by_key(|e| e["properties"]["log_id"].to_string());
+        b.sort_by_key(|e| e["properties"]["log_id"].to_string());
+        assert_eq!(a, b, "transform -c gives what the daemon sent");
+
+        // Webhook mode: the raw entries RudderStack's own source would transform, rewritten too.
+        let (auth0_w, rudder_w) = start_fakes().await;
+        auth0_w.push(entries.clone());
+        let mut app_w = App::new(&auth0_w, &rudder_w);
+        protect(&mut app_w);
+        app_w.set("rudderstack", "mode", "webhook");
+        let out = app_w.sync().await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let wrappers = rudder_w.wrappers();
+        assert_eq!(wrappers.len(), 10);
+        let wrapped = serde_json::to_string(&wrappers).unwrap();
+        for s in secrets_of(&entries) {
+            assert!(!wrapped.contains(&s), "webhook mode posted {s} in clear");
+        }
+        let same: HashSet<String> =
+            wrappers.iter().map(|w| w["data"]["user_name"].as_str().unwrap().to_string()).collect();
+        let from_batch: HashSet<String> = batch_events
+            .iter()
+            .map(|e| e["context"]["traits"]["user_name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(from_batch.is_subset(&same), "the same key gives the same hashes in both modes");
+        // The entry batch mode set aside went out in webhook mode (RudderStack's source decides there), with
+        // the hash its dead letter holds.
+        let wrapped_dead = wrappers.iter().find(|w| w["log_id"] == entries[3]["log_id"]).expect("forwarded");
+        let hash = hashed_in_dead["user_name"].as_str().unwrap();
+        assert_eq!(hash.len(), 64, "{hash}");
+        assert_eq!(wrapped_dead["data"]["user_name"], hashed_in_dead["user_name"]);
+    }
+
+    /// `categories = ["Login - Failure", "Signup - Success"]` forwards exactly their documented codes;
+    /// `exclude_types` wins over both; an unknown category exits 2 naming the known ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn categories_forward_their_documented_codes_and_exclusions_win() {
+        let (auth0, rudder) = start_fakes().await;
+        let codes = ["f", "fp", "fu", "ss", "s", "sapi", "seccft", "fc", "w", "fs"];
+        let mut entries = auth0.make_entries(codes.len() * 3);
+        for (i, e) in entries.iter_mut().enumerate() {
+            e["type"] = json!(codes[i % codes.len()]);
+        }
+        auth0.push(entries.clone());
+        let mut app = App::new(&auth0, &rudder);
+        app.set("auth0", "categories", vec!["Login - Failure", "Signup - Success"]);
+        app.set("auth0", "exclude_types", vec!["fp"]);
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let login_failure = auth0_rudderstack::transform::category_codes("Login - Failure").unwrap();
+        let expected: Vec<String> = entries
+            .iter()
+            .filter(|e| {
+                let t = e["type"].as_str().unwrap();
+                t != "fp" && (login_failure.contains(&t) || t == "ss")
+            })
+            .map(|e| e["log_id"].as_str().unwrap().to_string())
+            .collect();
+        let got: Vec<String> =
+            rudder.events().iter().map(|e| e["properties"]["log_id"].as_str().unwrap().to_string()).collect();
+        assert_eq!(got, expected);
+        assert!(!got.is_empty());
+        let s = app.status().await;
+        assert_eq!(s["filtered_total"].as_u64().unwrap() as usize, entries.len() - expected.len());
+        assert!(s["filter"].as_str().unwrap().contains("never types fp"), "{s}");
+
+        app.set("auth0", "categories", vec!["Login - Failure", "Logins that failed"]);
+        let out = app.run(&["status"], Duration::from_secs(20)).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("auth0.categories")
+                && err.contains("Logins that failed")
+                && err.contains("Signup - Success"),
+            "{err}"
+        );
+    }
+
+    /// `status` and the metrics say which privacy rules and filters are active, never the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_and_metrics_name_the_active_rules() {
+        let (auth0, rudder) = start_fakes().await;
+        auth0.push_synthetic(5);
+        let mut app = App::new(&auth0, &rudder);
+        protect(&mut app);
+        app.set("auth0", "log_types", vec!["s", "f"]);
+        assert_eq!(app.sync().await.status.code(), Some(0));
+        let s = app.status().await;
+        let privacy = s["privacy"].as_str().unwrap();
+        assert!(
+            privacy.contains("hash [email, user_name, name]") && privacy.contains("drop [user_agent]"),
+            "{s}"
+        );
+        assert!(s["filter"].as_str().unwrap().contains("only types f,s"), "{s}");
+        let m = app.run(&["metrics"], Duration::from_secs(20)).await;
+        let m = String::from_utf8_lossy(&m.stdout);
+        assert!(
+            m.contains("auth0_rudderstack_rules{") && m.contains("privacy=\"hash [email, user_name, name]"),
+            "{m}"
+        );
+        assert!(!m.contains(KEY) && !s.to_string().contains(KEY));
+    }
+}
