@@ -118,6 +118,10 @@ impl Sender {
                 Mode::Webhook => items.push(Item::webhook(row.seq, &row.log_id, &row.raw)),
             }
         }
+        // Said here, like every other way an entry becomes a dead letter, so none is set aside silently.
+        for (seq, reason) in &rejected {
+            tracing::warn!(tenant = %tenant, row = seq, reason = %reason, "entry set aside as a dead letter");
+        }
 
         // A shutdown lets the request in flight finish (up to the grace period) so its rows can be deleted;
         // no new request starts after it.
