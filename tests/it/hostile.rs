@@ -1,0 +1,395 @@
+//! Hostile upstreams, driven through the real binary: bodies that never end or inflate to gigabytes, absurd
+//! waits and lifetimes, and ids built to break the cursor.
+//!
+//! The memory figures are the daemon's own peak resident set (`VmHWM` of the child), read while it runs.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, text, wait_until};
+use crate::support::fake_auth0::{FakeAuth0, FakeOptions};
+use crate::support::fake_rudderstack::{Answers, FakeRudderStack};
+use crate::support::http::{EndReason, Hostile, Reply, Request, Server};
+use crate::support::start_fakes;
+
+/// The most resident memory the daemon may ever hold, whatever an upstream sends.
+const MAX_PEAK_RSS_KIB: u64 = 64 * 1024;
+/// How soon after SIGTERM the daemon must have exited.
+const MAX_STOP: Duration = Duration::from_secs(7);
+/// A generous bound for conditions that take well under a second on an idle machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The peak resident set of a live process, in KiB (`VmHWM` in `/proc/<pid>/status`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmHWM line")
+}
+
+/// Send SIGTERM and wait (at most `limit`) for the process to exit; its status and how long it took.
+async fn sigterm(mut child: tokio::process::Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let pid = child.id().expect("the child is running");
+    let started = Instant::now();
+    // The crate forbids unsafe code, so the signal goes through kill(1) rather than libc.
+    let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid} failed");
+    let status = tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the daemon did not exit within {limit:?} of SIGTERM"))
+        .unwrap();
+    (status, started.elapsed())
+}
+
+/// Streamed replies of `server` that ended because the client hung up.
+fn client_gone(server: &Server) -> usize {
+    server.stream_ends().iter().filter(|e| e.why == EndReason::ClientGone).count()
+}
+
+/// Every streamed reply of `server` ended because the client hung up, none because the fake gave up on a
+/// client that kept reading (or kept the connection open without reading).
+fn assert_client_always_hung_up(case: &str, server: &Server) {
+    let ends = server.stream_ends();
+    assert!(ends.iter().all(|e| e.why == EndReason::ClientGone), "{case}: {ends:?}");
+}
+
+/// Run `run` until `ready` holds and its log says `said`, then check that it is still up, that its peak memory
+/// stayed within [`MAX_PEAK_RSS_KIB`], that it never panicked, and that SIGTERM ends it with 0 within
+/// [`MAX_STOP`]. Prints the figures and returns the daemon's log.
+async fn hold_out(case: &str, app: &App, said: &str, mut ready: impl FnMut() -> bool) -> String {
+    let mut child = app.spawn_run();
+    let pid = child.id().expect("run started");
+    let reached = wait_until(PATIENCE, || ready() && app.run_log().contains(said)).await;
+    assert!(reached, "{case}: the condition or {said:?} never came:\n{}", app.run_log());
+    assert!(child.try_wait().unwrap().is_none(), "{case}: run exited:\n{}", app.run_log());
+    let peak_kib = peak_rss_kib(pid);
+    let (status, stopped_after) = sigterm(child, Duration::from_secs(30)).await;
+    let log = app.run_log();
+    eprintln!(
+        "{case}: peak RSS {:.1} MiB, exited {:?} {:.2} s after SIGTERM",
+        peak_kib as f64 / 1024.0,
+        status.code(),
+        stopped_after.as_secs_f64()
+    );
+    assert!(!log.contains("panicked") && !log.contains("internal error (a bug)"), "{case}:\n{log}");
+    assert_eq!(status.code(), Some(0), "{case}:\n{log}");
+    assert!(stopped_after <= MAX_STOP, "{case}: took {stopped_after:?} to stop after SIGTERM:\n{log}");
+    assert!(peak_kib <= MAX_PEAK_RSS_KIB, "{case}: peak RSS {peak_kib} KiB:\n{log}");
+    log
+}
+
+/// A gzip body inflating to 16 GiB of JSON whitespace after `prefix`.
+fn bomb(prefix: &str) -> Hostile {
+    Hostile::GzipBomb { prefix: prefix.as_bytes().to_vec(), fill: b' ', inflated: 16 << 30 }
+}
+
+/// A body that never ends: `prefix`, then `chunk` over and over.
+fn endless(prefix: &str, chunk: &str) -> Hostile {
+    Hostile::Endless { prefix: prefix.as_bytes().to_vec(), chunk: chunk.as_bytes().to_vec() }
+}
+
+async fn auth0_with(options: FakeOptions) -> FakeAuth0 {
+    FakeAuth0::start(FakeOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        ..options
+    })
+    .await
+}
+
+/// `/oauth/token` answers with `body` every time: `run` keeps retrying, each answer is cut at its limit.
+async fn token_endpoint_sends(case: &str, body: Hostile) {
+    let auth0 = auth0_with(FakeOptions { hostile_token: Some(body), ..FakeOptions::default() }).await;
+    let (_unused, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    let app = App::new(&auth0, &rudder);
+    let server = auth0.server();
+    let log = hold_out(case, &app, "larger than the 65536-byte limit", || client_gone(server) >= 3).await;
+    assert!(log.contains("/oauth/token"), "{log}");
+    assert_client_always_hung_up(case, server);
+    assert_eq!(rudder.event_count(), 0, "nothing can be read without a token");
+}
+
+/// `/api/v2/logs` answers every 200 with `body`: each page is cut at `auth0.max_page_bytes`.
+async fn logs_endpoint_sends(case: &str, body: Hostile) {
+    let auth0 = auth0_with(FakeOptions { hostile_logs: Some(body), ..FakeOptions::default() }).await;
+    let (_unused, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    let app = App::new(&auth0, &rudder);
+    let server = auth0.server();
+    let log = hold_out(case, &app, "larger than auth0.max_page_bytes", || client_gone(server) >= 3).await;
+    assert!(log.contains("will retry"), "{log}");
+    assert_client_always_hung_up(case, server);
+    assert_eq!(rudder.event_count(), 0);
+}
+
+/// `/v1/batch` answers every request with `body` after storing the events: delivery goes on, each answer is
+/// cut at its limit.
+async fn batch_endpoint_sends(case: &str, body: Hostile) {
+    let (auth0, rudder) = start_fakes().await;
+    rudder.set_hostile_body(Some((body, Answers::All)));
+    auth0.push_synthetic(200);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "max_batch_events", 20);
+    let server = rudder.server();
+    let log = hold_out(case, &app, "larger than the 65536-byte limit", || {
+        rudder.event_count() >= 200 && client_gone(server) >= 3
+    })
+    .await;
+    assert!(log.contains("/v1/batch"), "{log}");
+    assert_client_always_hung_up(case, server);
+    assert_eq!(rudder.event_count(), 200, "a 2xx is stored whatever its body: nothing is sent twice");
+}
+
+/// A gzip bomb from `/oauth/token`: `run` stays up within 64 MB, says the answer is over its limit, hangs up
+/// on the bomb, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_from_the_token_endpoint_is_cut_off_and_survived() {
+    token_endpoint_sends("token gzip bomb", bomb(r#"{"access_token":""#)).await;
+}
+
+/// An endless body from `/oauth/token`: `run` stays up within 64 MB, says the answer is over its limit, hangs
+/// up on it, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_from_the_token_endpoint_is_cut_off_and_survived() {
+    token_endpoint_sends("token endless", endless(r#"{"access_token":""#, "aaaaaaaaaaaaaaaa")).await;
+}
+
+/// A gzip bomb from `/api/v2/logs`: `run` stays up within 64 MB, says the page is over
+/// `auth0.max_page_bytes`, hangs up on the bomb, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_from_the_logs_endpoint_is_cut_off_and_survived() {
+    logs_endpoint_sends("logs gzip bomb", bomb("[")).await;
+}
+
+/// An endless body from `/api/v2/logs`: `run` stays up within 64 MB, says the page is over
+/// `auth0.max_page_bytes`, hangs up on it, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_from_the_logs_endpoint_is_cut_off_and_survived() {
+    logs_endpoint_sends("logs endless", endless("[", r#"{"log_id":"1","type":"s"},"#)).await;
+}
+
+/// A gzip bomb in every answer of `/v1/batch`: `run` delivers everything, stays within 64 MB, says the answer
+/// is over its limit, hangs up on the bomb, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_from_the_batch_endpoint_is_cut_off_and_survived() {
+    batch_endpoint_sends("batch gzip bomb", bomb("ok")).await;
+}
+
+/// An endless body in every answer of `/v1/batch`: `run` delivers everything, stays within 64 MB, says the
+/// answer is over its limit, hangs up on it, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_from_the_batch_endpoint_is_cut_off_and_survived() {
+    batch_endpoint_sends("batch endless", endless("ok", "okokokokokokokok")).await;
+}
+
+/// The number of `/api/v2/logs` requests the fake has seen.
+fn logs_requests(auth0: &FakeAuth0) -> usize {
+    auth0.log_requests().len()
+}
+
+/// Whether the first `/api/v2/logs` request is at least `age` old: the window in which a daemon that ignored
+/// a hold would have asked again (it polls every 200 ms).
+fn first_logs_request_older_than(auth0: &FakeAuth0, age: Duration) -> bool {
+    auth0.log_requests().first().is_some_and(|r| r.at.elapsed() >= age)
+}
+
+/// A 429 with `Retry-After: 1e20` from `/api/v2/logs`: the wait is capped and said so, no overflow, no
+/// hammering while it lasts, and SIGTERM still ends the wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_1e20_is_capped_and_sigterm_still_ends_the_wait() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    auth0.set_hook(|req: &Request, _| {
+        (req.path == "/api/v2/logs").then(|| {
+            Reply::json(429, &json!({"statusCode":429,"error":"Too Many Requests","message":"Global limit has been reached"}))
+                .header("retry-after", "1e20")
+        })
+    });
+    let app = App::new(&auth0, &rudder);
+    let log = hold_out("Retry-After 1e20", &app, "waiting 5m instead", || {
+        first_logs_request_older_than(&auth0, Duration::from_millis(1500))
+    })
+    .await;
+    assert!(log.contains("Retry-After"), "{log}");
+    assert_eq!(logs_requests(&auth0), 1, "asked again during a capped wait of five minutes");
+}
+
+/// `x-ratelimit-remaining: 0` with `x-ratelimit-reset: 1e20`: the hold is capped and said so, no request is
+/// made while it lasts, and SIGTERM still ends the wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_reset_of_1e20_is_capped_and_sigterm_still_ends_the_wait() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.set_hook(|req: &Request, _| {
+        (req.path == "/api/v2/logs").then(|| {
+            Reply::json(200, &json!([]))
+                .header("x-ratelimit-limit", "100")
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", "1e20")
+        })
+    });
+    let app = App::new(&auth0, &rudder);
+    let log = hold_out("x-ratelimit-reset 1e20", &app, "waiting 1m instead", || {
+        first_logs_request_older_than(&auth0, Duration::from_millis(1500))
+    })
+    .await;
+    assert!(log.contains("x-ratelimit-reset"), "{log}");
+    // The empty answer means "caught up": the next poll is due after 200 ms but must wait for the hold.
+    assert_eq!(logs_requests(&auth0), 1, "asked again during a held minute");
+}
+
+/// `expires_in` = u64::MAX: the lifetime is clamped and said so, no arithmetic overflows, one token serves
+/// the whole run, and everything is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expires_in_of_u64_max_is_clamped_and_one_token_serves_the_run() {
+    let auth0 =
+        auth0_with(FakeOptions { expires_in_raw: Some(u64::MAX.to_string()), ..FakeOptions::default() })
+            .await;
+    let (_unused, rudder) = start_fakes().await;
+    auth0.push_synthetic(50);
+    let app = App::new(&auth0, &rudder);
+    hold_out("expires_in u64::MAX", &app, "taking it as 30 days", || rudder.event_count() >= 50).await;
+    assert_eq!(auth0.tokens_minted(), 1);
+    assert_eq!(rudder.event_count(), 50);
+}
+
+fn id_of(entry: &Value) -> String {
+    entry["log_id"].as_str().expect("a string log_id").to_string()
+}
+
+/// How many times each `log_id` reached RudderStack.
+fn deliveries(rudder: &FakeRudderStack) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for e in rudder.events() {
+        *n.entry(e["properties"]["log_id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    n
+}
+
+/// Every `from` the daemon sent to `/api/v2/logs`.
+fn froms(auth0: &FakeAuth0) -> Vec<String> {
+    auth0.log_requests().iter().filter_map(|r| r.query("from").map(str::to_string)).collect()
+}
+
+/// A page holding a megabyte-long `log_id`, a backwards `log_id` and a repeated one, then a page that repeats
+/// the cursor: the cursor ends at the greatest valid id, no `from` over 128 characters is ever sent, the bad id
+/// is one dead letter, and every valid entry is delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_a_backwards_and_a_repeated_log_id_leave_the_cursor_at_the_greatest_valid_id() {
+    let (auth0, rudder) = start_fakes().await;
+    let e = auth0.push_synthetic(8);
+    // The bootstrap forwards e0; the page after it is the hostile one. The huge id is all nines, so it would be
+    // the greatest of all if it were trusted.
+    let mut huge = e[5].clone();
+    huge["log_id"] = json!("9".repeat(1 << 20));
+    let page = json!([e[1], e[2], huge, e[4], e[3], e[4]]);
+    let after = id_of(&e[0]);
+    auth0.set_hook(move |req: &Request, _| {
+        (req.path == "/api/v2/logs" && req.query("from") == Some(after.as_str()))
+            .then(|| Reply::json(200, &page))
+    });
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = app.status().await;
+    assert_eq!(s["cursor"], json!(id_of(&e[4])), "{s}");
+    assert_eq!(s["dead_letters"], 1, "{s}");
+
+    // The next page starts with the cursor's own entry again, as some Auth0 answers do.
+    auth0.clear_hook();
+    auth0.update(|o| o.below_cursor = 1);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = app.status().await;
+    assert_eq!(s["cursor"], json!(id_of(&e[7])), "{s}");
+    assert_eq!(s["dead_letters"], 1, "{s}");
+    assert!(s["repeated_total"].as_u64().unwrap() >= 2, "{s}");
+
+    let sent = froms(&auth0);
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter().all(|f| f.len() <= 128),
+        "a from of {} characters",
+        sent.iter().map(String::len).max().unwrap()
+    );
+    let expected: BTreeMap<String, usize> = e.iter().map(|x| (id_of(x), 1)).collect();
+    assert_eq!(deliveries(&rudder), expected, "each valid entry exactly once");
+}
+
+/// The dead letters of the state, by a direct count.
+fn dead_letter_count(app: &App) -> i64 {
+    let db = rusqlite::Connection::open(app.db_path()).expect("open the state");
+    db.query_row("SELECT count(*) FROM dead_letter", [], |r| r.get(0)).expect("count dead letters")
+}
+
+/// A full page of entries without a `log_id`, served again and again: each is set aside once however often
+/// it comes; `sync` exits 1 saying fetching cannot advance, and `run` shows the stall in `status` and backs
+/// off instead of looping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_without_log_ids_is_set_aside_once_and_stalls_with_a_backoff() {
+    let (auth0, rudder) = start_fakes().await;
+    let e = auth0.push_synthetic(3);
+    let nameless: Vec<Value> = e[1..]
+        .iter()
+        .map(|x| {
+            let mut x = x.clone();
+            x.as_object_mut().unwrap().remove("log_id");
+            x
+        })
+        .collect();
+    let after = id_of(&e[0]);
+    auth0.set_hook(move |req: &Request, _| {
+        (req.path == "/api/v2/logs" && req.query("from") == Some(after.as_str()))
+            .then(|| Reply::json(200, &Value::Array(nameless.clone())))
+    });
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "page_size", 2);
+    app.set("retry", "initial_backoff", "100ms").set("retry", "max_backoff", "2s");
+
+    for round in 1..=2 {
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(1), "sync {round}: {}", text(&out));
+        assert!(stderr(&out).contains("cannot move past it"), "sync {round}: {}", text(&out));
+        assert_eq!(dead_letter_count(&app), 2, "sync {round}: one dead letter per entry");
+    }
+    assert_eq!(rudder.event_count(), 1, "the entry before the stall is delivered");
+
+    let stalled = || froms(&auth0).iter().filter(|f| **f == id_of(&e[0])).count();
+    let before = stalled();
+    let child = app.spawn_run();
+    assert!(
+        wait_until(PATIENCE, || stalled() >= before + 6).await,
+        "run did not retry the stalled page:\n{}",
+        app.run_log()
+    );
+    let s = app.status().await;
+    assert!(s["stall"].as_str().is_some_and(|w| w.contains("cannot move past it")), "{s}");
+    assert!(s["warnings"].to_string().contains("fetching cannot advance"), "{s}");
+    assert_eq!(dead_letter_count(&app), 2, "run must not add a dead letter per attempt");
+    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    assert!(app.run_log().contains("will retry"), "{}", app.run_log());
+
+    // Back-off: the waits between attempts of `run` grow (100 ms doubling up to 2 s; jitter adds at most as much
+    // again), so the fifth is at least 1.6 s while the first is at most 0.2 s plus scheduling.
+    let times: Vec<Instant> = auth0
+        .log_requests()
+        .iter()
+        .filter(|r| r.query("from") == Some(id_of(&e[0]).as_str()))
+        .map(|r| r.at)
+        .skip(before)
+        .collect();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    assert!(gaps[0] >= Duration::from_millis(90), "no back-off at all: {gaps:?}");
+    assert!(gaps[4] > gaps[0] * 2, "the waits do not grow: {gaps:?}");
+}
