@@ -1,18 +1,21 @@
-//! Hostile upstreams, driven through the real binary: bodies that never end or inflate to gigabytes, absurd
-//! waits and lifetimes, and ids built to break the cursor.
+//! Hostile upstreams and a hostile machine, driven through the real binary: bodies that never end or inflate
+//! to gigabytes, absurd waits and lifetimes, ids built to break the cursor, plain HTTP and private CAs, state
+//! files in odd places, and a full disk.
 //!
 //! The memory figures are the daemon's own peak resident set (`VmHWM` of the child), read while it runs.
 
-use std::collections::BTreeMap;
-use std::process::Output;
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, text, wait_until};
+use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, bin, run_bounded, text, wait_until};
 use crate::support::fake_auth0::{FakeAuth0, FakeOptions};
-use crate::support::fake_rudderstack::{Answers, FakeRudderStack};
-use crate::support::http::{EndReason, Hostile, Reply, Request, Server};
+use crate::support::fake_rudderstack::{self, Answers, FakeRudderStack};
+use crate::support::http::{EndReason, Hostile, Reply, Request, Server, Tls};
 use crate::support::start_fakes;
 
 /// The most resident memory the daemon may ever hold, whatever an upstream sends.
@@ -392,4 +395,304 @@ async fn a_page_without_log_ids_is_set_aside_once_and_stalls_with_a_backoff() {
     assert!(gaps.len() >= 5, "{gaps:?}");
     assert!(gaps[0] >= Duration::from_millis(90), "no back-off at all: {gaps:?}");
     assert!(gaps[4] > gaps[0] * 2, "the waits do not grow: {gaps:?}");
+}
+
+/// A proxy that only counts: every HTTP client the daemon builds would send its requests here.
+async fn counting_proxy() -> (Server, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    let server = Server::start(std::sync::Arc::new(move |_: &Request| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Reply::text(502, "no traffic expected")
+    }))
+    .await;
+    (server, seen)
+}
+
+/// `status` with every proxy variable pointing at `proxy`, so that any request would be counted there.
+async fn status_through(app: &App, proxy: &Server) -> Output {
+    let mut cmd = app.command(&["status"]);
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        cmd.env(var, proxy.url());
+    }
+    cmd.env_remove("NO_PROXY").env_remove("no_proxy");
+    run_bounded(cmd, Duration::from_secs(20)).await
+}
+
+/// Plain `http://` to a remote host exits 2 naming the key, in `[auth0]` and in `[rudderstack]`, and
+/// `allow_insecure_http = true` in that section lets it through; all without a single request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_a_remote_host_exits_2_unless_allowed_without_any_traffic() {
+    let (proxy, requests) = counting_proxy().await;
+    for (section, key, mut app) in [
+        ("auth0", "base_url", App::with_urls("http://plain.example.com", "http://127.0.0.1:9")),
+        ("rudderstack", "data_plane_url", App::with_urls("http://127.0.0.1:9", "http://plain.example.com")),
+    ] {
+        let out = status_through(&app, &proxy).await;
+        assert_eq!(out.status.code(), Some(2), "{section}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{section}.{key}")), "{section}: {err}");
+        assert!(err.contains(&format!("{section}.allow_insecure_http")), "{section}: {err}");
+        assert!(err.contains("plain.example.com"), "{section}: {err}");
+
+        app.set(section, "allow_insecure_http", true);
+        let out = status_through(&app, &proxy).await;
+        assert_eq!(out.status.code(), Some(0), "{section}: {}", text(&out));
+    }
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0, "status made a request");
+}
+
+/// A loopback HTTPS fake signed by a private CA is refused without `tls_ca_file`, by `check` and by `sync`,
+/// with a message naming the certificate and `tls_ca_file`; with it, `sync` delivers. Both for `[auth0]` and
+/// for `[rudderstack]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
+    let tls = Tls::generate();
+    for section in ["auth0", "rudderstack"] {
+        let auth0_options = FakeOptions {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            ..FakeOptions::default()
+        };
+        let rudder_options = fake_rudderstack::Options {
+            write_keys: vec![WRITE_KEY.into()],
+            ..fake_rudderstack::Options::default()
+        };
+        let (auth0, rudder) = if section == "auth0" {
+            (FakeAuth0::start_tls(auth0_options, &tls).await, FakeRudderStack::start(rudder_options).await)
+        } else {
+            (FakeAuth0::start(auth0_options).await, FakeRudderStack::start_tls(rudder_options, &tls).await)
+        };
+        auth0.push_synthetic(20);
+        let mut app = App::new(&auth0, &rudder);
+        app.set("retry", "sync_give_up_after", "1s");
+        let server = if section == "auth0" { auth0.server() } else { rudder.server() };
+
+        let out = app.run(&["check"], Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(1), "{section}: {}", text(&out));
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("FAILED")).collect();
+        assert!(!failed.is_empty(), "{section}: {report}");
+        for line in &failed {
+            assert!(line.contains("certificate") && line.contains("tls_ca_file"), "{section}: {line}");
+        }
+
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(1), "{section}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains("certificate") && err.contains("tls_ca_file"), "{section}: {err}");
+        assert!(server.failed_handshakes() > 0, "{section}: the client should have refused the certificate");
+        assert_eq!(rudder.event_count(), 0);
+
+        let ca = app.dir.path().join("private-ca.pem");
+        tls.write_ca(&ca);
+        app.set(section, "tls_ca_file", ca.display().to_string());
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(0), "{section}: {}", text(&out));
+        assert_eq!(rudder.event_count(), 20, "{section}");
+    }
+}
+
+/// The permission bits of a file or directory.
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Under umask 022, the state file, its `-wal`, `-shm` and `.lock` are 0600, and each directory the daemon
+/// creates for it is 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_umask_022_the_state_files_are_0600_and_new_directories_0700() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let mut app = App::new(&auth0, &rudder);
+    let made = app.dir.path().join("var");
+    let db = made.join("lib").join("state.db");
+    app.set("state", "path", db.display().to_string());
+
+    // `run` under umask 022 (a shell sets it and execs the binary, as a service manager would).
+    let log = std::fs::File::create(app.dir.path().join("run.log")).unwrap();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c").arg("umask 022 && exec \"$@\"").arg("sh").arg(bin());
+    cmd.arg("--config").arg(app.config_path()).arg("run");
+    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+    cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    rudder.wait_for_events(20, PATIENCE).await;
+
+    // While it runs, every file of the state exists.
+    let files = [db.clone(), with_suffix(&db, "-wal"), with_suffix(&db, "-shm"), with_suffix(&db, ".lock")];
+    assert!(wait_until(PATIENCE, || files.iter().all(|f| f.exists())).await, "{files:?}");
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    for d in [&made, &made.join("lib")] {
+        assert_eq!(mode(d), 0o700, "{}", d.display());
+    }
+    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+}
+
+/// Two daemons on one database, the second through a symlink: the second is refused with exit 1 naming the
+/// lock, and no event is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_through_a_symlink_is_refused_and_nothing_is_sent_twice() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(100);
+    let first = App::new(&auth0, &rudder);
+    let child = first.spawn_run();
+    rudder.wait_for_events(100, PATIENCE).await;
+
+    let mut second = App::new(&auth0, &rudder);
+    let link = second.dir.path().join("elsewhere.db");
+    std::os::unix::fs::symlink(first.db_path(), &link).unwrap();
+    second.set("state", "path", link.display().to_string());
+    auth0.push_synthetic(50);
+    for cmd in ["run", "sync"] {
+        let out = second.run(&[cmd], Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains("already using"), "{cmd}: {err}");
+        let lock = with_suffix(&std::fs::canonicalize(first.db_path()).unwrap(), ".lock");
+        assert!(err.contains(&lock.display().to_string()), "{cmd}: {err}");
+    }
+    rudder.wait_for_events(150, PATIENCE).await;
+    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", first.run_log());
+    let twice: Vec<(String, usize)> = deliveries(&rudder).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(rudder.event_count(), 150);
+}
+
+/// A tmpfs mounted for one test; unmounted when dropped, however the test ends.
+struct Tmpfs {
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (as mount(8) reads it, e.g. `32m`) at `at`, or say why not on stderr.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { at: at.to_path_buf() }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount(8): {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let plain = std::process::Command::new("umount").arg(&self.at).status();
+        if !plain.is_ok_and(|s| s.success()) {
+            // Something still has a file open there (a daemon a failed assertion left running): detach now,
+            // and the kernel frees it once the last file is closed.
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// Fill the file system holding `path` with one file until it is full; the number of bytes written.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0x5au8; 64 * 1024];
+    let mut written = 0u64;
+    // Bounded: a tmpfs of the test's size holds far fewer blocks than this.
+    for _ in 0..100_000 {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let _ = f.flush();
+    written
+}
+
+/// Every entry delivered at least once, and in order of first delivery.
+fn assert_all_delivered_in_order(rudder: &FakeRudderStack, entries: &[Value]) {
+    let mut seen = HashSet::new();
+    let firsts: Vec<String> = rudder
+        .events()
+        .iter()
+        .map(|e| e["properties"]["log_id"].as_str().unwrap_or_default().to_string())
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    let expected: Vec<String> = entries.iter().map(id_of).collect();
+    assert_eq!(firsts.len(), expected.len(), "entries delivered");
+    assert_eq!(firsts, expected, "every entry must arrive, in log order");
+}
+
+/// The disk holding the state fills up while `run` fetches a large log and RudderStack is down: `run` keeps
+/// running and logs errors naming the state file; once there is space again and RudderStack is back, every
+/// entry arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_waited_out_and_nothing_is_lost() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(3000);
+    rudder.set_outage(true);
+    let mut app = App::new(&auth0, &rudder);
+    let Some(disk) = Tmpfs::mount(&app.dir.path().join("small-disk"), "24m") else { return };
+    let db = disk.at.join("state.db");
+    app.set("state", "path", db.display().to_string());
+    // Slow enough that fetching is still under way when the disk fills.
+    app.set("auth0", "max_requests_per_second", 4.0);
+    let child = app.spawn_run();
+
+    let depth = || {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    assert!(wait_until(PATIENCE, || depth() >= 200).await, "fetching never started:\n{}", app.run_log());
+    let filler = disk.at.join("filler");
+    assert!(fill(&filler) > 0);
+    // The fetcher itself meets the full disk (fetching is still under way), and says which file.
+    let path = db.display().to_string();
+    let fetch_errors = || {
+        app.run_log()
+            .lines()
+            .filter(|l| l.contains("fetching failed") && l.contains("disk is full") && l.contains(&path))
+            .count()
+    };
+    assert!(
+        wait_until(PATIENCE, || fetch_errors() >= 1).await,
+        "no error naming the state file:\n{}",
+        app.run_log()
+    );
+    // It keeps trying, and keeps running.
+    let seen = fetch_errors();
+    assert!(wait_until(PATIENCE, || fetch_errors() >= seen + 3).await, "{}", app.run_log());
+    let mut child = child;
+    assert!(child.try_wait().unwrap().is_none(), "run exited on a full disk:\n{}", app.run_log());
+
+    std::fs::remove_file(&filler).unwrap();
+    rudder.set_outage(false);
+    let all = wait_until(Duration::from_secs(120), || deliveries(&rudder).len() >= entries.len()).await;
+    assert!(all, "{} of {} entries arrived:\n{}", deliveries(&rudder).len(), entries.len(), app.run_log());
+    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    assert_all_delivered_in_order(&rudder, &entries);
+    drop(disk);
 }
