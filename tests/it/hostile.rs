@@ -1,6 +1,6 @@
 //! Hostile upstreams and a hostile machine, driven through the real binary: bodies that never end or inflate
 //! to gigabytes, absurd waits and lifetimes, ids built to break the cursor, plain HTTP and private CAs, state
-//! files in odd places, and a full disk.
+//! files in odd places, a full disk, forged log lines, and the exit codes an operator scripts against.
 //!
 //! The memory figures are the daemon's own peak resident set (`VmHWM` of the child), read while it runs.
 
@@ -695,4 +695,309 @@ async fn a_full_disk_is_waited_out_and_nothing_is_lost() {
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     assert_all_delivered_in_order(&rudder, &entries);
     drop(disk);
+}
+
+/// A fake log line behind a newline, with terminal escapes (clear screen, set title, a C1 CSI, DEL and a bidi
+/// override), as an upstream body, an entry or a config value might carry it.
+const FORGED: &str = "\n2026-01-01T00:00:00.000000Z ERROR auth0_rudderstack: forged line\x1b[2J\x1b]0;pwned\x07\u{9b}31m\x7f\u{202e}";
+
+/// Whether `line` is one the daemon writes in text mode: a tracing line (RFC 3339 time, level) or the final
+/// `error:` line.
+fn is_log_line(line: &str) -> bool {
+    if line.starts_with("error: ") {
+        return true;
+    }
+    let Some((time, rest)) = line.split_once(' ') else { return false };
+    let level = rest.trim_start().split(' ').next().unwrap_or_default();
+    time.len() >= 20
+        && time.as_bytes()[4] == b'-'
+        && time.as_bytes()[10] == b'T'
+        && time.ends_with('Z')
+        && time.parse::<chrono::DateTime<chrono::Utc>>().is_ok()
+        && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level)
+}
+
+/// Check one command's stderr in one format: no raw control character or bidi override at all, every line
+/// well-formed (text) or a JSON object (json), and (when `quoted`) the forged text present inside a real line.
+fn assert_no_forged_lines(what: &str, format: &str, out: &Output, quoted: bool) {
+    let err = stderr(out);
+    if quoted {
+        assert!(
+            err.contains("forged line"),
+            "{what} ({format}): the injection never reached the log:\n{err}"
+        );
+    }
+    for (i, c) in err.char_indices() {
+        let bad = (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c);
+        assert!(!bad, "{what} ({format}): raw {c:?} at byte {i}:\n{err}");
+    }
+    for line in err.lines() {
+        match format {
+            "json" => {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{what}: a stderr line is not JSON ({e}): {line:?}"));
+                assert!(v.is_object(), "{what}: {line:?}");
+            }
+            _ => {
+                assert!(is_log_line(line), "{what}: not a log line: {line:?}");
+                assert!(!line.starts_with("2026-01-01T00:00:00.000000Z"), "{what}: forged: {line:?}");
+            }
+        }
+    }
+    let last = err.lines().last().unwrap_or_default();
+    match format {
+        "json" => {
+            let v: Value = serde_json::from_str(last).unwrap();
+            assert_eq!(v["level"], "ERROR", "{what}: the final line is the error: {last}");
+        }
+        _ => assert!(last.starts_with("error: "), "{what}: the final line is the error: {last}"),
+    }
+}
+
+/// An upstream error body, an entry's fields and a config value holding a newline, a fake log line and
+/// terminal escapes: in text mode no raw newline or escape reaches stderr and every line is a log line; with
+/// `--log-format json` every stderr line, the final error included, is a JSON object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_lines_and_escapes_never_reach_stderr_in_either_format() {
+    for format in ["text", "json"] {
+        let (auth0, rudder) = start_fakes().await;
+        let mut entries = auth0.make_entries(4);
+        // A field the transform quotes: a group event whose path names no organization. The first entry, so
+        // that the sender meets it before RudderStack's refusal stops it.
+        entries[0]["type"] = json!("sapi");
+        entries[0]["description"] = json!("Add members to an organization");
+        entries[0]["details"] = json!({"request": {"method": "post", "path": format!("/x{FORGED}")}});
+        // A log_id that is no id at all.
+        entries[2]["log_id"] = json!(format!("1{FORGED}"));
+        auth0.push(entries);
+        // Auth0 fails once with the injection in its error message, RudderStack rejects the write key with it.
+        auth0.set_hook(|req: &Request, n| {
+            (req.path == "/api/v2/logs" && n == 3).then(|| {
+                Reply::json(503, &json!({"statusCode": 503, "error": "Service Unavailable", "message": format!("down{FORGED}")}))
+            })
+        });
+        rudder.hook(|_, _| Some(Reply::text(401, &format!("invalid write key{FORGED}"))));
+        let app = App::new(&auth0, &rudder);
+        let mut cmd = app.command(&["--log-format", format, "sync"]);
+        cmd.env("RUST_LOG", "debug");
+        let out = run_bounded(cmd, PATIENCE).await;
+        assert_eq!(out.status.code(), Some(1), "{format}: {}", text(&out));
+        assert_no_forged_lines("upstream bodies and entries", format, &out, true);
+        // Each injection reached the log, escaped (a backslash where its newline was).
+        let err = stderr(&out);
+        for quoted in ["down\\", "/x\\", "invalid write key\\"] {
+            assert!(err.contains(quoted), "{format}: {quoted} is not in the log:\n{err}");
+        }
+
+        // Config values: a client id is refused outright, without quoting it (exit 2); a state path may hold
+        // any byte, and is quoted when it cannot be used (exit 3).
+        let mut app = App::new(&auth0, &rudder);
+        app.set("auth0", "client_id", format!("{CLIENT_ID}{FORGED}"));
+        let out = app.run(&["--log-format", format, "sync"], PATIENCE).await;
+        assert_eq!(out.status.code(), Some(2), "{format}: {}", text(&out));
+        assert!(stderr(&out).contains("auth0.client_id"), "{format}: {}", text(&out));
+        assert_no_forged_lines("a refused config value", format, &out, false);
+
+        let mut app = App::new(&auth0, &rudder);
+        let file = app.dir.path().join(format!("not-a-directory{FORGED}"));
+        std::fs::write(&file, b"a file").unwrap();
+        app.set("state", "path", file.join("state.db").display().to_string());
+        let out = app.run(&["--log-format", format, "sync"], PATIENCE).await;
+        assert_eq!(out.status.code(), Some(3), "{format}: {}", text(&out));
+        assert_no_forged_lines("a state path", format, &out, true);
+    }
+}
+
+/// Out-of-range values exit 2 with a message naming the key, before anything else happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_values_out_of_bounds_exit_2_naming_the_key() {
+    let cases: [(&str, toml::Value); 5] = [
+        ("retention", "300000 years".into()),
+        ("poll_interval", "100000000000 years".into()),
+        ("max_requests_per_second", 1e-30.into()),
+        ("page_size", (-5).into()),
+        ("timeout", "99999999999999999999 years".into()),
+    ];
+    for (key, value) in cases {
+        let mut app = App::with_urls("http://127.0.0.1:9", "http://127.0.0.1:9");
+        app.set("auth0", key, value.clone());
+        let out = app.run(&["status"], Duration::from_secs(20)).await;
+        assert_eq!(out.status.code(), Some(2), "{key} = {value}: {}", text(&out));
+        assert!(stderr(&out).contains(&format!("auth0.{key}")), "{key} = {value}: {}", text(&out));
+        assert!(!app.db_path().exists(), "{key}: a bad config must not create the state");
+    }
+}
+
+/// Whether this process runs as root (the tests run as root in CI, which can then drop to another user).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The lines of `check` that failed, by their label.
+fn failed_checks(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("FAILED"))
+        .map(|l| l.trim_start().split(':').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A state path whose parent is a regular file: `run` and `sync` exit 3 naming it, and `check` reports the
+/// state as a failed check (exit 1) while the network checks pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_path_under_a_regular_file_exits_3_and_fails_check() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let mut app = App::new(&auth0, &rudder);
+    let file = app.dir.path().join("not-a-directory");
+    std::fs::write(&file, b"just a file").unwrap();
+    app.set("state", "path", file.join("state.db").display().to_string());
+    for cmd in ["run", "sync"] {
+        let out = app.run(&[cmd], Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(3), "{cmd}: {}", text(&out));
+        assert!(stderr(&out).contains("not-a-directory"), "{cmd}: {}", text(&out));
+    }
+    let out = app.run(&["check"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(failed_checks(&out), ["state"], "{}", text(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), b"just a file");
+    assert_eq!(rudder.event_count(), 0);
+}
+
+/// A state directory the daemon's user cannot write (the binary run as `nobody`): `run` and `sync` exit 3
+/// naming it, and `check` reports the state as a failed check (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_the_user_cannot_write_exits_3_and_fails_check() {
+    if !is_root() {
+        eprintln!("SKIPPED: dropping to another user needs root");
+        return;
+    }
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let mut app = App::new(&auth0, &rudder);
+    let locked = app.dir.path().join("root-only");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    app.set("state", "path", locked.join("state.db").display().to_string());
+    // `nobody` may enter the test's directory and read its config, and nothing more.
+    std::fs::set_permissions(app.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(app.config_path(), Some(65534), Some(65534)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(bin());
+        cmd.arg("--config").arg(app.config_path()).args(args);
+        cmd.env_remove("RUST_LOG").env_remove("AUTH0_CLIENT_SECRET").env_remove("RUDDERSTACK_WRITE_KEY");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
+    };
+    let probe = run_bounded(as_nobody(&["status"]), Duration::from_secs(20)).await;
+    if probe.status.code() != Some(0) {
+        eprintln!("SKIPPED: the binary cannot run as nobody here: {}", text(&probe));
+        return;
+    }
+    for cmd in ["run", "sync"] {
+        let out = run_bounded(as_nobody(&[cmd]), Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(3), "{cmd}: {}", text(&out));
+        assert!(stderr(&out).contains(&locked.display().to_string()), "{cmd}: {}", text(&out));
+        assert!(stderr(&out).contains("ermission denied"), "{cmd}: {}", text(&out));
+    }
+    let out = run_bounded(as_nobody(&["check"]), Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(failed_checks(&out), ["state"], "{}", text(&out));
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0, "nothing may be created there");
+    assert_eq!(rudder.event_count(), 0);
+}
+
+/// Every row of every table, as text, for comparing a state before and after.
+fn dump(db: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut rows = Vec::new();
+    for t in tables {
+        let mut stmt = c.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let n = stmt.column_count();
+        let mut q = stmt.query([]).unwrap();
+        while let Some(r) = q.next().unwrap() {
+            let cells: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect();
+            rows.push(format!("{t}: {}", cells.join(" | ")));
+        }
+    }
+    rows
+}
+
+/// `resume` on a healthy state refuses with exit 1 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_a_healthy_state_refuses_and_changes_nothing() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(30);
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = dump(&app.db_path());
+    let requests = auth0.requests();
+    let out = app.run(&["resume"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("is not stopped"), "{}", text(&out));
+    assert_eq!(dump(&app.db_path()), before, "resume changed the state");
+    assert_eq!(auth0.requests(), requests, "resume asked Auth0 for something");
+}
+
+/// Split an error message into its clauses (by `: ` and `; `).
+fn clauses(message: &str) -> Vec<String> {
+    message
+        .split(": ")
+        .flat_map(|p| p.split("; "))
+        .map(|c| c.trim().trim_end_matches('.').to_string())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// Assert that no clause of `message` appears twice, and no clause holds a later one.
+fn assert_each_cause_once(what: &str, message: &str) {
+    let parts = clauses(message);
+    for (i, a) in parts.iter().enumerate() {
+        for b in &parts[i + 1..] {
+            assert!(a != b, "{what}: {a:?} appears twice in: {message}");
+            assert!(
+                b.len() < 12 || !a.contains(b.as_str()),
+                "{what}: {b:?} repeats part of {a:?} in: {message}"
+            );
+        }
+    }
+}
+
+/// The wrong-credentials and missing-config messages say each cause once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrong_credentials_and_missing_config_messages_say_each_cause_once() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "client_secret", "not-the-client-secret");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains("rejected the client credentials"), "{err}");
+    assert_each_cause_once("wrong credentials", last);
+
+    let missing = app.dir.path().join("no-such-config.toml");
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("--config").arg(&missing).arg("status");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = run_bounded(cmd, Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains(&missing.display().to_string()), "{err}");
+    assert_each_cause_once("missing config", last);
 }
