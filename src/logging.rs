@@ -6,7 +6,9 @@
 //! subscriber does it for every line: control characters are escaped (`\n`, `\x1b`, …) except the newline
 //! that ends the line. The same writer removes every registered secret (client secrets, write keys in the
 //! forms they travel in, hash keys, access tokens), so a secret that slipped into a message anyway is still
-//! not printed. In JSON mode serde_json already escapes control characters; secrets are removed the same way.
+//! not printed. In JSON mode serde_json already escapes the C0 controls but leaves DEL, the C1 controls and the
+//! bidi overrides raw, so the writer turns those into JSON `\u` escapes: the line stays one valid JSON object
+//! and the terminal still sees nothing it acts on. Secrets are removed the same way in both formats.
 //!
 //! The panic hook uses the same sanitiser and then ends the process with [`EXIT_BUG`], so that a bug in one
 //! task can never leave a half-dead daemon running while systemd believes it healthy.
@@ -36,6 +38,9 @@ pub enum Format {
     /// One JSON object per line.
     Json,
 }
+
+/// The format chosen by [`init`], for the lines written outside the subscriber.
+static FORMAT: OnceLock<Format> = OnceLock::new();
 
 fn secrets() -> &'static RwLock<Vec<Box<str>>> {
     static SECRETS: OnceLock<RwLock<Vec<Box<str>>>> = OnceLock::new();
@@ -95,6 +100,31 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
+/// Whether a terminal may act on `c`: a control character, or a bidi override that can reorder a line.
+fn is_active(c: char) -> bool {
+    c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)
+}
+
+/// Make one line of JSON output safe: secrets removed, and every character a terminal acts on (which JSON
+/// only allows inside strings) written as a JSON `\uXXXX` escape, so the line still parses to the same value.
+pub fn sanitize_json_line(line: &str) -> String {
+    let body = line.strip_suffix('\n').unwrap_or(line);
+    let redacted = redact(body);
+    let mut out = String::with_capacity(redacted.len() + 1);
+    for c in redacted.chars() {
+        if is_active(c) {
+            // All such characters lie in the Basic Multilingual Plane: four hex digits are enough.
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    if line.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
 /// Make one line of output safe: secrets removed, control characters escaped, one trailing newline kept.
 pub fn sanitize_line(line: &str) -> String {
     let body = line.strip_suffix('\n').unwrap_or(line);
@@ -128,17 +158,21 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-/// The stderr writer behind the subscriber: sanitises each formatted event before it is written.
+/// The stderr writer behind the subscriber: sanitises each formatted event, as its format needs, before it
+/// is written.
 #[derive(Clone, Copy)]
-struct SafeStderr;
+struct SafeStderr(Format);
 
-struct SafeWriter;
+struct SafeWriter(Format);
 
 impl Write for SafeWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // The fmt layer formats a whole event into one buffer and writes it at once.
         let text = String::from_utf8_lossy(buf);
-        let clean = sanitize_line(&text);
+        let clean = match self.0 {
+            Format::Text => sanitize_line(&text),
+            Format::Json => sanitize_json_line(&text),
+        };
         io::stderr().lock().write_all(clean.as_bytes())?;
         Ok(buf.len())
     }
@@ -150,7 +184,7 @@ impl Write for SafeWriter {
 impl<'a> MakeWriter<'a> for SafeStderr {
     type Writer = SafeWriter;
     fn make_writer(&'a self) -> Self::Writer {
-        SafeWriter
+        SafeWriter(self.0)
     }
 }
 
@@ -176,8 +210,10 @@ fn is_bare_level(s: &str) -> bool {
 
 /// Install the subscriber and the panic hook.
 pub fn init(format: Format) {
+    let _ = FORMAT.set(format);
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(SafeStderr).with_ansi(false);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(SafeStderr(format)).with_ansi(false);
     match format {
         Format::Text => builder.init(),
         Format::Json => builder.json().init(),
@@ -211,8 +247,13 @@ pub fn final_error(format: Format, message: &str) {
     }
 }
 
-/// Print a warning that is not a log event (the `transform` command's notes about entries), sanitised.
+/// Print a warning that is not a log event (the `transform` command's notes about entries), sanitised; in
+/// JSON mode it is a log event, so that every line on stderr stays JSON.
 pub fn note(text: &str) {
+    if FORMAT.get() == Some(&Format::Json) {
+        tracing::warn!("{text}");
+        return;
+    }
     let line = sanitize_line(&format!("{text}\n"));
     let _ = io::stderr().lock().write_all(line.as_bytes());
 }
@@ -226,6 +267,16 @@ mod tests {
         let line = sanitize_line("a\nERROR forged\r\x1b[2J\u{9b}b\n");
         assert_eq!(line, "a\\nERROR forged\\r\\x1b[2J\\u{9b}b\n");
         assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn a_json_line_keeps_its_value_and_loses_every_raw_control_character() {
+        let value = serde_json::json!({"message": "a\nERROR forged\x1b[2J\u{9b}31m\x7f\u{202e}b"});
+        let line = sanitize_json_line(&format!("{value}\n"));
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(!line.trim_end().chars().any(is_active), "{line:?}");
+        let back: serde_json::Value = serde_json::from_str(&line).expect("still JSON");
+        assert_eq!(back, value);
     }
 
     #[test]

@@ -376,7 +376,15 @@ impl Sink {
         if response.status().is_success() {
             // The gateway answers only after committing, so the status alone is the commit point; the body
             // is read (up to a limit) just to keep the connection reusable, and whatever it holds is ignored.
-            let _ = crate::http::read_limited(response, MAX_OK_BODY).await;
+            // The gateway's own answer is "ok": anything that cannot be read is worth a word to the operator.
+            if let Err(e) = crate::http::read_limited(response, MAX_OK_BODY).await {
+                tracing::warn!(
+                    endpoint = %inner.endpoint,
+                    status,
+                    error = %crate::logging::Chain(&e),
+                    "RudderStack's answer was not read to its end; the events count as stored, as its status says"
+                );
+            }
             return Answer::Stored;
         }
         if response.status().is_redirection() {

@@ -230,7 +230,8 @@ impl Client {
                 return Ok((headers, body, shown));
             }
             let message = error_message(&body);
-            tracing::warn!(status = status.as_u16(), url = %shown, message = %message, "Auth0 refused a logs request");
+            // Not `message`: that is the event's own field, and a JSON line would then hold the key twice.
+            tracing::warn!(status = status.as_u16(), url = %shown, answer = %message, "Auth0 refused a logs request");
             match status {
                 StatusCode::UNAUTHORIZED if !reauthenticated => {
                     reauthenticated = true;

@@ -167,6 +167,8 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -247,5 +249,54 @@ mod tests {
         p.observe(StatusCode::OK, &h);
         let now = Instant::now();
         assert_eq!(p.reserve(now), now);
+    }
+
+    /// A header value as a server might send it: numbers of every shape, dates, or any bytes at all.
+    fn header_value() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop::option::of(prop_oneof![
+            any::<f64>().prop_map(|n| n.to_string().into_bytes()),
+            any::<f64>().prop_map(|n| format!("{n:e}").into_bytes()),
+            any::<u64>().prop_map(|n| n.to_string().into_bytes()),
+            any::<i64>().prop_map(|n| n.to_string().into_bytes()),
+            "[0-9eE.+-]{0,30}".prop_map(String::into_bytes),
+            prop::sample::select(vec!["1e20", "-0", "-0.0", "0", "inf", "-inf", "NaN", "1e-320", " 7 ", ""])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            "(Mon|Tue|Xyz), [0-9]{1,2} (Jan|Oct|Foo) [0-9]{1,7} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|\\+9999|-0000)"
+                .prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..80),
+        ])
+    }
+
+    proptest! {
+        /// Whatever `Retry-After`, `x-ratelimit-reset` and `x-ratelimit-remaining` a server sends, reading
+        /// them never panics, and no wait or hold they cause is longer than its cap.
+        #[test]
+        fn any_rate_limit_headers_are_read_without_panicking(
+            retry in header_value(),
+            reset in header_value(),
+            remaining in header_value(),
+            status in prop::sample::select(vec![200u16, 429, 500, 503]),
+        ) {
+            let mut h = HeaderMap::new();
+            for (name, value) in
+                [("retry-after", retry), ("x-ratelimit-reset", reset), ("x-ratelimit-remaining", remaining)]
+            {
+                // Only what an HTTP client would hand over as a header value at all.
+                if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
+                    h.insert(name, v);
+                }
+            }
+            let longest = MAX_RETRY_AFTER.max(MAX_RESET_WAIT);
+            if let Some(wait) = retry_after(&h) {
+                prop_assert!(wait <= longest, "{wait:?}");
+            }
+            let p = Pacer::new(10.0);
+            let before = Instant::now();
+            p.observe(StatusCode::from_u16(status).unwrap(), &h);
+            let slot = p.reserve(Instant::now());
+            prop_assert!(slot <= Instant::now() + longest, "held {:?}", slot - before);
+            // And the slot after it follows by the spacing, without overflow.
+            prop_assert!(p.reserve(Instant::now()) > slot);
+        }
     }
 }

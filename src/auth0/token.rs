@@ -312,7 +312,14 @@ struct Accepted {
 
 /// Read a token answer: its lifetime is clamped to `[0, 30 days]` (a missing one assumed an hour).
 fn accept(response: &BasicTokenResponse) -> Accepted {
-    let lifetime = response.expires_in().unwrap_or(ASSUMED_LIFETIME).min(MAX_LIFETIME);
+    let stated = response.expires_in().unwrap_or(ASSUMED_LIFETIME);
+    if stated > MAX_LIFETIME {
+        tracing::warn!(
+            expires_in = stated.as_secs(),
+            "Auth0 stated a token lifetime longer than its 30-day maximum; taking it as 30 days"
+        );
+    }
+    let lifetime = stated.min(MAX_LIFETIME);
     let has_read_logs =
         response.scopes().is_none_or(|scopes| scopes.iter().any(|s| s.as_str() == "read:logs"));
     Accepted {

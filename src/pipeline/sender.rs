@@ -124,6 +124,8 @@ impl Sender {
                 Mode::Webhook => items.push(Item::webhook(row.seq, &row.log_id, &row.raw)),
             }
         }
+        // Rows the transform refuses become dead letters with the delivery's outcome below, each logged there
+        // by the id `dead-letter list` shows, so none is set aside silently.
 
         // A shutdown lets the request in flight finish (up to the grace period) so its rows can be deleted;
         // no new request starts after it.

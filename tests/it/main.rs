@@ -5,6 +5,7 @@ mod auth0;
 mod cli;
 mod fakes;
 mod faults;
+mod hostile;
 mod import;
 mod input;
 mod ops;
