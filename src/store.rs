@@ -534,6 +534,33 @@ impl Store {
         })
     }
 
+    /// The first rows of a tenant's outbox, in order: at most `limit` rows, and no more once `max_bytes` of
+    /// entries are read (but always one), so a window of huge entries cannot fill memory.
+    pub fn outbox_window(
+        &self,
+        tenant: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, log_id, raw FROM outbox WHERE tenant = ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![tenant, to_i64(limit)])?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next()? {
+                let row = OutboxRow { seq: r.get(0)?, log_id: r.get(1)?, raw: r.get(2)? };
+                bytes += row.raw.len();
+                out.push(row);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Delete delivered rows and move rejected rows to dead letters, in one transaction. Returns the dead letters
     /// added: id, `log_id`, reason.
     ///

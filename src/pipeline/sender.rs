@@ -27,6 +27,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How many outbox rows the sender reads per round; they are packed into several requests, and the delete
 /// that follows is one transaction, so a larger window means fewer commits.
 const SEND_WINDOW_BATCHES: usize = 5;
+/// The most entry bytes one round reads, whatever the row count: huge entries must not fill memory.
+const SEND_WINDOW_BYTES: usize = 8 << 20;
 
 /// What one send step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +92,7 @@ impl Sender {
             return Ok(Sent::Cancelled);
         }
         let (d, window) = (self.t.domain.clone(), self.window);
-        let rows = self.store.call(move |s| s.outbox_head(&d, window)).await?;
+        let rows = self.store.call(move |s| s.outbox_window(&d, window, SEND_WINDOW_BYTES)).await?;
         if rows.is_empty() {
             if self.mode == RunMode::Sync && self.t.fetch_done.load(Ordering::SeqCst) {
                 // The fetcher may have committed between our read and its flag; look once more.

@@ -523,3 +523,22 @@ fn a_missing_parent_directory_is_created_on_first_open() {
     assert!(path.is_file());
     assert_eq!(head_ids(&store).len(), 3);
 }
+
+/// The sender's window stops at its byte budget (but always holds one row), whatever the row count allows.
+#[test]
+fn the_outbox_window_is_bounded_by_bytes_as_well_as_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+    let big = "x".repeat(1 << 20);
+    let entries: Vec<NewEntry> = (0..10)
+        .map(|i| NewEntry {
+            log_id: id(&format!("b{i:03}")),
+            raw: format!(r#"{{"log_id":"b{i:03}","pad":"{big}"}}"#),
+        })
+        .collect();
+    store.commit_page(TENANT, &PageCommit { entries, ..PageCommit::default() }).unwrap();
+    assert_eq!(store.outbox_window(TENANT, 100, 3 << 20).unwrap().len(), 3);
+    assert_eq!(store.outbox_window(TENANT, 2, 3 << 20).unwrap().len(), 2);
+    assert_eq!(store.outbox_window(TENANT, 100, 1).unwrap().len(), 1, "always one row");
+    assert_eq!(store.outbox_window(TENANT, 100, 100 << 20).unwrap().len(), 10);
+}
