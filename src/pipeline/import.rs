@@ -132,8 +132,10 @@ pub async fn import(
         })
     };
     let progress = Arc::new(Progress::default());
+    // Cancelled when the import ends, so the reporter stops at once rather than at its next tick.
+    let finished = shutdown.child_token();
     let reporter =
-        tokio::spawn(report(progress.clone(), run.clone(), options.progress_bar, shutdown.child_token()));
+        tokio::spawn(report(progress.clone(), run.clone(), options.progress_bar, finished.clone()));
     let reader = {
         let (config, files, stop, progress, run) =
             (config.clone(), files.to_vec(), stop.clone(), progress.clone(), run.clone());
@@ -160,7 +162,7 @@ pub async fn import(
         None => 0,
     };
     watch.abort();
-    progress.done.store(true, Ordering::SeqCst);
+    finished.cancel();
     let _ = reporter.await;
     drop(lock);
     let files = read?;
@@ -175,7 +177,6 @@ struct Progress {
     size: AtomicU64,
     read: AtomicU64,
     enqueued: AtomicU64,
-    done: AtomicBool,
 }
 
 /// Read every file on this (blocking) thread, committing batch by batch.
@@ -418,9 +419,6 @@ async fn report(progress: Arc<Progress>, run: Option<Arc<TenantRun>>, bar: bool,
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(tick) => {}
-        }
-        if progress.done.load(Ordering::SeqCst) {
-            break;
         }
         let file = progress.file.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (bytes, size) = (progress.bytes.load(Ordering::Relaxed), progress.size.load(Ordering::Relaxed));
