@@ -1016,7 +1016,7 @@ impl Store {
 
     /// SQLite's `data_version`: it changes whenever another connection (or process) commits.
     pub fn data_version(&self) -> Result<i64, StoreError> {
-        self.read(|conn| conn.query_row("PRAGMA data_version", [], |r| r.get(0)))
+        self.read(|conn| conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0)))
     }
 
     /// Write a consistent copy of the whole database to `dest` (which must not exist), mode 0600. Safe while
@@ -1446,6 +1446,13 @@ impl Handle {
         };
         self.jobs.send(job).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Hand the connection's thread a job that lives as long as it likes (the outbox watcher), without
+    /// waiting for it. Jobs sent afterwards wait until it returns.
+    pub fn detach(&self, f: impl FnOnce(&mut Store) + Send + 'static) {
+        // If the thread is gone, so is the connection the job would have used; there is nothing to run.
+        let _ = self.jobs.send(Box::new(f));
     }
 }
 

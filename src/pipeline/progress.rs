@@ -97,8 +97,14 @@ pub async fn report(
             let before = &last[i];
             let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
             let rate = (now.fetched - before.fetched) as f64 / secs;
-            let d = t.domain.clone();
-            let outbox = store.call(move |s| s.outbox_depth(&d)).await.unwrap_or(0);
+            // An idle tenant costs no query: with many tenants, an idle daemon should stay idle.
+            let moved = now.fetched != before.fetched || now.delivered != before.delivered;
+            let outbox = if moved || bars.is_some() {
+                let d = t.domain.clone();
+                store.call(move |s| s.outbox_depth(&d)).await.unwrap_or(0)
+            } else {
+                0
+            };
             let caught_up = t.position.lock().unwrap_or_else(|p| p.into_inner()).caught_up;
             let eta = match (before.behind, now.behind) {
                 (Some(b), Some(n)) if b > n => {
@@ -114,7 +120,6 @@ pub async fn report(
             if let Some(bars) = &bars {
                 bars.update(i, t, now.behind, &behind_text, &eta_text, rate, outbox);
             } else {
-                let moved = now.fetched != before.fetched || now.delivered != before.delivered;
                 if moved && (!caught_up || outbox > 0) {
                     tracing::info!(
                         tenant = %t.domain,
