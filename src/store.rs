@@ -1447,13 +1447,6 @@ impl Handle {
         self.jobs.send(job).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
-
-    /// Hand the connection's thread a job that lives as long as it likes (the outbox watcher), without
-    /// waiting for it. Jobs sent afterwards wait until it returns.
-    pub fn detach(&self, f: impl FnOnce(&mut Store) + Send + 'static) {
-        // If the thread is gone, so is the connection the job would have used; there is nothing to run.
-        let _ = self.jobs.send(Box::new(f));
-    }
 }
 
 #[cfg(test)]

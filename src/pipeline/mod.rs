@@ -21,6 +21,7 @@ pub mod lock;
 pub mod progress;
 pub mod retry;
 pub mod sender;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -387,7 +388,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         telemetry,
     };
-    supervisor.run(watch_store, options).await
+    supervisor.run(watch_store, path, options).await
 }
 
 /// Open the fetching, sending and watching connections. A full disk or a busy file at start-up is waited out
@@ -561,7 +562,12 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, watch_store: Handle, options: Options) -> Result<Summary, Error> {
+    async fn run(
+        self,
+        watch_store: Handle,
+        state: std::path::PathBuf,
+        options: Options,
+    ) -> Result<Summary, Error> {
         let mut set: JoinSet<(usize, Which, Result<(), Error>)> = JoinSet::new();
         let mut tenant_stops = Vec::with_capacity(self.tenants.len());
         for (i, t) in self.tenants.iter().enumerate() {
@@ -580,7 +586,7 @@ impl Supervisor {
                 "started"
             );
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            watch_outboxes(self.tenants.clone(), &watch_store, helpers.clone());
+            watch::spawn(self.tenants.clone(), watch_store, &state, helpers.clone());
             tokio::spawn(progress::watchdog(self.tenants.clone(), helpers.clone()));
             if let Some(path) = self.config.metrics.textfile.clone() {
                 tokio::spawn(progress::write_metrics(
@@ -848,37 +854,4 @@ async fn pause(d: Duration, wake: Option<&Notify>, stop: &CancellationToken) -> 
         _ = tokio::time::sleep(d) => true,
         _ = woken => true,
     }
-}
-
-/// Wake a tenant's sender when another process (`dead-letter retry`, `import`) queued rows: SQLite's
-/// `data_version` changes on every commit by another connection, and is cheap to read once a second.
-///
-/// The check runs on the watching connection's own thread, which sleeps between checks, rather than as a task
-/// that calls into that thread: one thread wake-up a second instead of three. An idle daemon's CPU time is
-/// mostly its wake-ups, so this is most of what it costs when there is nothing to do.
-fn watch_outboxes(tenants: Vec<Arc<TenantRun>>, store: &Handle, stop: CancellationToken) {
-    // Dropping `running` (at the stop) ends the thread's wait at once.
-    let (running, stopped) = std::sync::mpsc::channel::<()>();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        drop(running);
-    });
-    store.detach(move |s| {
-        let mut seen = s.data_version().ok();
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            stopped.recv_timeout(Duration::from_secs(1))
-        {
-            let Ok(now) = s.data_version() else { continue };
-            if seen == Some(now) {
-                continue;
-            }
-            seen = Some(now);
-            let Ok(known) = s.tenants() else { continue };
-            for t in &tenants {
-                if known.iter().any(|k| k.domain == t.domain && k.outbox > 0) {
-                    t.wake_sender.notify_one();
-                }
-            }
-        }
-    });
 }

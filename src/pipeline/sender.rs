@@ -29,6 +29,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const SEND_WINDOW_BATCHES: usize = 5;
 /// The most entry bytes one round reads, whatever the row count: huge entries must not fill memory.
 const SEND_WINDOW_BYTES: usize = 8 << 20;
+/// How long an idle sender waits before it looks at the outbox again unasked (see [`Sender::next`]).
+const IDLE_RECHECK: Duration = Duration::from_secs(300);
 
 /// What one send step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,13 +64,14 @@ impl Sender {
     pub fn next(&self, outcome: Sent) -> Next {
         match outcome {
             Sent::Progress => Next::Again,
-            // New rows wake the sender at once; the timeout also picks up rows another process queued
-            // (`dead-letter retry`, `import`) should the watcher miss them.
+            // New rows wake the sender at once: the fetcher's own, and (through the watcher) those another
+            // process queued. The timeout is only a safety net, long enough that a hundred idle senders do not
+            // wake the daemon every poll interval.
             Sent::Idle => Next::Wait {
                 duration: if self.mode == RunMode::Sync {
                     Duration::from_millis(200)
                 } else {
-                    self.t.cfg.auth0.poll_interval
+                    IDLE_RECHECK.max(self.t.cfg.auth0.poll_interval)
                 },
                 wake: Some(self.t.wake_sender.clone()),
             },
