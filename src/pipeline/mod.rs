@@ -695,6 +695,7 @@ async fn fetch_loop(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let budget = t.fetch_budget();
+    forced_panic(Which::Fetch, &t);
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -726,6 +727,7 @@ async fn send_loop(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let budget = sender.budget();
+    forced_panic(Which::Send, &t);
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -744,6 +746,32 @@ async fn send_loop(
             return Ok(());
         }
     }
+}
+
+/// Debug builds only: `AUTH0_RUDDERSTACK_TEST_PANIC=fetch|send` (read once) makes that loop panic as it
+/// starts, with the tenant's client secret in the message, so that tests can prove what a bug costs: the
+/// panic hook prints the message with the secret redacted and ends the process with `logging::EXIT_BUG`.
+/// Release builds compile this to nothing.
+fn forced_panic(which: Which, t: &TenantRun) {
+    #[cfg(debug_assertions)]
+    {
+        use secrecy::ExposeSecret;
+        static WHICH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let asked = WHICH.get_or_init(|| std::env::var("AUTH0_RUDDERSTACK_TEST_PANIC").ok());
+        let name = match which {
+            Which::Fetch => "fetch",
+            Which::Send => "send",
+        };
+        if asked.as_deref() == Some(name) {
+            panic!(
+                "forced by AUTH0_RUDDERSTACK_TEST_PANIC in the {name} loop of {} (client secret {})",
+                t.domain,
+                t.cfg.auth0.client_secret.expose_secret()
+            );
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (which, t);
 }
 
 /// A step succeeded: reset the backoff, and clear the error `status` shows once a failing loop recovers.

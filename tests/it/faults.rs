@@ -12,7 +12,7 @@ use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded,
 use auth0_rudderstack::store::Store;
 
 use crate::support::fake_auth0::{Bucket, DOMAIN, ExpiredFrom, FakeAuth0, FakeOptions, synthetic_entry};
-use crate::support::fake_rudderstack::FakeRudderStack;
+use crate::support::fake_rudderstack::{self, FakeRudderStack};
 use crate::support::http::{Reply, Request};
 use crate::support::start_fakes;
 
@@ -521,10 +521,56 @@ async fn an_unusable_database_exits_3_and_is_never_modified() {
     }
 }
 
-/// A whole sync at trace level with errors forced on both sides, then `status`, `check` and `--help`: the client
-/// secret, the access tokens and the write key appear nowhere in the output.
+/// A write key with characters that change under form encoding, for the webhook runs: its query-string form
+/// differs from the raw key, so both can be searched for.
+const QUERY_KEY: &str = "wk/Query+Key&x=9%s3cr3t";
+
+/// Every form a secret travels in: as it is, form-encoded in a query string, and as `key:` in Basic auth.
+fn secret_forms(secrets: &[&str]) -> Vec<String> {
+    let mut forms = Vec::new();
+    for s in secrets {
+        forms.push(s.to_string());
+        forms.push(url::form_urlencoded::byte_serialize(s.as_bytes()).collect());
+        forms.push(crate::support::fake_rudderstack::base64_std_encode(format!("{s}:").as_bytes()));
+    }
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Fail with the offending text when any of `forms` occurs in `text`.
+fn assert_no_secret(what: &str, text: &[u8], forms: &[String]) {
+    let text = String::from_utf8_lossy(text);
+    for f in forms {
+        assert!(!text.contains(f.as_str()), "{what}: a secret ({f}) leaked into:\n{text}");
+    }
+}
+
+/// A command at trace level, this crate's and the HTTP stack's.
+fn traced(app: &App, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = app.command(args);
+    cmd.env("RUST_LOG", "trace,hyper=trace,hyper_util=trace,reqwest=trace,rustls=trace,h2=trace");
+    cmd
+}
+
+/// `run` at trace level with its output in `run.log`, as [`App::spawn_run`] does.
+fn spawn_traced_run(app: &App, extra: &[&str]) -> tokio::process::Child {
+    let log = std::fs::File::create(app.dir.path().join("run.log")).unwrap();
+    let mut args = extra.to_vec();
+    args.push("run");
+    let mut cmd = traced(app, &args);
+    cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log));
+    cmd.spawn().expect("spawn run")
+}
+
+/// At trace level, with errors forced on both sides: `sync`, `run`, `--log-format json`, webhook mode (the key
+/// in the query string), rejected credentials, a rejected write key, `status`, `check`, `--help` and
+/// `dead-letter list`. The client secrets and write keys, right and wrong, in every form they travel in, and
+/// every access token issued, appear in none of their output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_any_output() {
+    const WRONG_SECRET: &str = "wrong-client-secret-4f1c";
+    const WRONG_KEY: &str = "wrong-write-key-9d2e";
     let (auth0, rudder) = start_fakes().await;
     let entries = auth0.push_synthetic(400);
     auth0.set_hook(|req: &Request, n| match (req.path.as_str(), n) {
@@ -537,35 +583,157 @@ async fn secrets_never_appear_in_any_output() {
     });
     rudder.hook(|_, n| (n == 1).then(|| Reply::text(500, "gateway error")));
     let app = App::new(&auth0, &rudder);
-    let mut outputs = Vec::new();
-    let mut cmd = app.command(&["sync"]);
-    cmd.env("RUST_LOG", "trace");
-    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
+    let both = |out: &std::process::Output| [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+
+    let out = run_bounded(traced(&app, &["sync"]), Duration::from_secs(60)).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(rudder.event_count(), entries.len());
-    outputs.push(out);
+    outputs.push(("sync".to_string(), both(&out)));
     for args in [&["status"][..], &["status", "--json"], &["check"], &["--help"], &["dead-letter", "list"]] {
-        let mut cmd = app.command(args);
-        cmd.env("RUST_LOG", "trace");
-        outputs.push(run_bounded(cmd, Duration::from_secs(30)).await);
+        outputs.push((args.join(" "), both(&run_bounded(traced(&app, args), Duration::from_secs(30)).await)));
     }
-    // And the failing side: rejected credentials and a rejected write key, at trace level.
+
+    // `run`, with a failure on each side, until it has delivered what arrived meanwhile.
+    auth0.set_hook(|req: &Request, n| {
+        (req.path == "/api/v2/logs" && n % 7 == 0).then(|| Reply::text(502, "Bad Gateway"))
+    });
+    rudder.hook(|_, n| (n % 5 == 0).then(|| Reply::text(503, "Service Unavailable")));
+    let child = spawn_traced_run(&app, &[]);
+    let more = auth0.push_synthetic(150);
+    rudder.wait_for_events(entries.len() + more.len(), Duration::from_secs(30)).await;
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    outputs.push(("run".into(), app.run_log().into_bytes()));
+
+    // The JSON log format.
+    auth0.push_synthetic(50);
+    let out = run_bounded(traced(&app, &["--log-format", "json", "sync"]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    outputs.push(("sync --log-format json".to_string(), both(&out)));
+    auth0.clear_hook();
+    rudder.set_hook(None);
+
+    // Rejected credentials and a rejected write key.
     let mut bad = App::new(&auth0, &rudder);
-    bad.set("rudderstack", "write_key", "wrong-key-x");
-    let mut cmd = bad.command(&["sync"]);
-    cmd.env("RUST_LOG", "trace");
-    outputs.push(run_bounded(cmd, Duration::from_secs(60)).await);
+    bad.set("auth0", "client_secret", WRONG_SECRET);
+    let out = run_bounded(traced(&bad, &["sync"]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    outputs.push(("sync with a wrong client secret".to_string(), both(&out)));
+    let out = run_bounded(traced(&bad, &["check"]), Duration::from_secs(30)).await;
+    outputs.push(("check with a wrong client secret".to_string(), both(&out)));
+    let mut bad = App::new(&auth0, &rudder);
+    bad.set("rudderstack", "write_key", WRONG_KEY);
+    let out = run_bounded(traced(&bad, &["sync"]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    outputs.push(("sync with a wrong write key".to_string(), both(&out)));
+
+    // Webhook mode: the key travels in the query string, so it is searched for form-encoded too, and a
+    // redirect echoes it back in its Location.
+    let hooked = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![QUERY_KEY.into()],
+        ..fake_rudderstack::Options::default()
+    })
+    .await;
+    // A proxy that echoes the request's key back in its error page, raw and encoded.
+    hooked.hook(|req: &Request, n| {
+        (n == 0).then(|| {
+            let key = req.query("writeKey").unwrap_or_default();
+            let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+            Reply::text(502, &format!("bad gateway for /v1/webhook?writeKey={encoded} ({key})"))
+        })
+    });
+    let mut webhook = App::new(&auth0, &hooked);
+    webhook.set("rudderstack", "mode", "webhook").set("rudderstack", "write_key", QUERY_KEY);
+    let out = run_bounded(traced(&webhook, &["sync"]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(hooked.wrappers().len() >= entries.len(), "webhook mode delivered");
+    outputs.push(("webhook sync".to_string(), both(&out)));
+    hooked
+        .set_redirect(Some((307, format!("https://elsewhere.example.com/v1/webhook?writeKey={QUERY_KEY}"))));
+    auth0.push_synthetic(5);
+    let out = run_bounded(traced(&webhook, &["sync"]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    outputs.push(("webhook sync redirected".to_string(), both(&out)));
 
     let tokens = auth0.issued_tokens();
-    assert!(!tokens.is_empty());
-    let basic = crate::support::fake_rudderstack::base64_std_encode(format!("{WRITE_KEY}:").as_bytes());
-    let mut secrets: Vec<String> = vec![CLIENT_SECRET.into(), WRITE_KEY.into(), basic];
-    secrets.extend(tokens);
-    for out in &outputs {
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(all.len() > 10);
-        for s in &secrets {
-            assert!(!all.contains(s.as_str()), "a secret leaked into the output:\n{all}");
+    assert!(tokens.len() >= 2, "{tokens:?}");
+    let mut secrets = vec![CLIENT_SECRET, WRITE_KEY, WRONG_SECRET, WRONG_KEY, QUERY_KEY];
+    secrets.extend(tokens.iter().map(String::as_str));
+    let forms = secret_forms(&secrets);
+    for (what, output) in &outputs {
+        assert!(output.len() > 10, "{what}: no output");
+        assert_no_secret(what, output, &forms);
+    }
+}
+
+/// The state file and its WAL keep the access token only sealed: neither while `run` is writing them nor
+/// after it stopped do they hold the client secret, the write key or any access token in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_and_its_wal_hold_no_secret_in_clear() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(200);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    rudder.wait_for_events(200, Duration::from_secs(30)).await;
+    let files = |app: &App| -> Vec<(String, Vec<u8>)> {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let path = format!("{}{suffix}", app.db_path().display());
+                std::fs::read(&path).ok().map(|bytes| (path, bytes))
+            })
+            .collect()
+    };
+    let tokens = auth0.issued_tokens();
+    assert_eq!(tokens.len(), 1);
+    let mut secrets = vec![CLIENT_SECRET, WRITE_KEY];
+    secrets.extend(tokens.iter().map(String::as_str));
+    let forms = secret_forms(&secrets);
+    let running = files(&app);
+    assert!(running.iter().any(|(p, b)| p.ends_with("-wal") && !b.is_empty()), "no WAL while running");
+    for (path, bytes) in &running {
+        assert_no_secret(path, bytes, &forms);
+    }
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    for (path, bytes) in files(&app) {
+        assert_no_secret(&path, &bytes, &forms);
+    }
+    // The token is there, sealed, for the next start.
+    let sealed: Vec<u8> = open_db(&app)
+        .query_row("SELECT token_sealed FROM tenant WHERE domain = ?1", [DOMAIN], |r| r.get(0))
+        .unwrap();
+    assert!(sealed.len() > tokens[0].len(), "the token is kept sealed");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(auth0.tokens_minted(), 1, "the next start reused the sealed token");
+}
+
+/// A bug that panics a loop (forced in debug builds by `AUTH0_RUDDERSTACK_TEST_PANIC`, with the client secret
+/// in the panic message) is logged once as an internal error with the secret redacted, in either log format,
+/// and ends `run` at once with exit 101 instead of leaving a half-dead daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_logged_with_the_secret_redacted_and_ends_the_process_with_101() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let app = App::new(&auth0, &rudder);
+    for which in ["fetch", "send"] {
+        for format in ["text", "json"] {
+            let mut cmd = app.command(&["--log-format", format, "run"]);
+            cmd.env("AUTH0_RUDDERSTACK_TEST_PANIC", which);
+            // `run` never ends on its own: only the panic can end it within the limit.
+            let out = run_bounded(cmd, Duration::from_secs(30)).await;
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(101), "{which}/{format}: {}", text(&out));
+            assert!(err.contains("internal error") && err.contains(&format!("the {which} loop")), "{err}");
+            assert!(err.contains("[redacted]"), "{which}/{format}: {err}");
+            assert_no_secret(&format!("{which}/{format}"), &out.stderr, &secret_forms(&[CLIENT_SECRET]));
+            if format == "json" {
+                for line in err.lines().filter(|l| !l.trim().is_empty()) {
+                    serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                }
+            }
         }
     }
 }
