@@ -762,6 +762,38 @@ async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
     assert_eq!(s["delivered_total"], 0, "{s}");
 }
 
+/// SIGTERM while a POST is in flight that RudderStack answers within the grace period: that POST completes and
+/// its rows are deleted (`status` says so, and the next run does not send them again), no other POST starts
+/// after the signal, and `run` exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_post_answered_within_the_grace_period_commit_and_starts_no_new_one() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.make_entries(101);
+    auth0.push(entries.clone());
+    // Stored at once, answered 3 s later: well inside the 5 s grace period.
+    rudder.set_delay(Some(Duration::from_secs(3)));
+    let mut app = App::new(&auth0, &rudder);
+    // One page of 100 after the start, sent 10 to a request, so more requests are waiting behind the first.
+    app.set("auth0", "start", entries[0]["log_id"].as_str().unwrap());
+    app.set("rudderstack", "max_batch_events", 10);
+    let child = app.spawn_run();
+    rudder.wait_for_requests(1, Duration::from_secs(30)).await;
+    let (status, took) = sigterm_and_wait(child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    assert!(took < auth0_rudderstack::pipeline::SHUTDOWN_GRACE + Duration::from_secs(5), "took {took:?}");
+    assert_eq!(rudder.requests().len(), 1, "a POST started after the signal:\n{}", app.run_log());
+    assert_eq!(rudder.event_count(), 10);
+    let s = app.status().await;
+    assert_eq!(s["delivered_total"], 10, "the answered POST was committed: {s}");
+    assert_eq!(s["outbox_depth"].as_u64().unwrap() + 10, 100, "{s}");
+
+    rudder.set_delay(None);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let delivered = delivered_log_ids(&rudder);
+    assert_eq!(delivered, log_ids(&entries[1..]), "every entry once, none of the first POST again");
+}
+
 /// Another process holds the state database's write lock for longer than the busy timeout: the daemon treats
 /// it as transient, waits, and carries on once the lock is gone, with nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
