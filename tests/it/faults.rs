@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -134,64 +134,90 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_messa
     eprintln!("kills: {kills}, entries: {}, duplicates resent: {duplicates}", entries.len());
 }
 
-/// Against a token bucket (burst 10, 10 requests a second) the daemon paces itself: a long catch-up gets at
-/// most 1% 429s, and uses at least 90% of the allowed rate (a ratio of the fake's own clock).
+/// Against a token bucket (burst 10, 10 requests a second) that answers with `x-ratelimit-*` headers, with
+/// and without `Retry-After` on its 429s, a long catch-up is paced at `max_requests_per_second` (never
+/// faster), gets at most 1% 429s, and delivers everything. How much of the budget it uses is a benchmark
+/// figure (`cargo bench --bench pipeline`, "Budget").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_catch_up_stays_within_the_rate_limit_and_uses_it() {
-    let auth0 = FakeAuth0::start(FakeOptions {
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-        bucket: Some(Bucket { burst: 10, per_second: 10.0 }),
-        retry_after_header: true,
-        ..FakeOptions::default()
-    })
-    .await;
-    let (_unused, rudder) = start_fakes().await;
-    auth0.push_synthetic(6_000);
-    let mut app = App::new(&auth0, &rudder);
-    app.set("auth0", "max_requests_per_second", 10.0);
-    let out = app.sync().await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(rudder.event_count(), 6_000);
+async fn a_long_catch_up_stays_within_the_rate_limit_with_or_without_retry_after() {
+    for retry_after_header in [true, false] {
+        let auth0 = FakeAuth0::start(FakeOptions {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            bucket: Some(Bucket { burst: 10, per_second: 10.0 }),
+            retry_after_header,
+            ..FakeOptions::default()
+        })
+        .await;
+        let (_unused, rudder) = start_fakes().await;
+        let entries = auth0.push_synthetic(4_000);
+        let mut app = App::new(&auth0, &rudder);
+        app.set("auth0", "max_requests_per_second", 10.0);
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_all_delivered_in_order(&rudder, &entries);
 
-    let reqs = auth0.log_requests();
-    let limited = reqs.iter().filter(|r| r.status == 429).count();
-    assert!(limited * 100 <= reqs.len(), "{limited} of {} requests got a 429", reqs.len());
-    let span = reqs.last().unwrap().at.duration_since(reqs[0].at).as_secs_f64();
-    // The sustained rate between the first and the last request, against the bucket's refill rate.
-    let rate = (reqs.len() - 1) as f64 / span;
-    let used = rate / 10.0;
-    eprintln!(
-        "requests {} in {span:.2}s ({rate:.2}/s), 429s {limited}, rate used {:.1}%",
-        reqs.len(),
-        used * 100.0
-    );
-    assert!(used >= 0.90, "used only {:.1}% of the allowed rate", used * 100.0);
+        let reqs = auth0.log_requests();
+        assert!(reqs.len() >= 40, "{} requests", reqs.len());
+        let limited = reqs.iter().filter(|r| r.status == 429).count();
+        assert!(limited * 100 <= reqs.len(), "{limited} of {} requests got a 429", reqs.len());
+        // Request starts are at least 100 ms apart, so the span is at least that many intervals; scheduling
+        // noise can only stretch it.
+        let span = reqs.last().unwrap().at.duration_since(reqs[0].at);
+        let least = Duration::from_millis(100) * (reqs.len() as u32 - 1);
+        assert!(
+            span + Duration::from_millis(100) >= least,
+            "Retry-After {retry_after_header}: {} requests in {span:?}, faster than 10 a second",
+            reqs.len()
+        );
+    }
 }
 
-/// The daemon honours `Retry-After` and `x-ratelimit-reset`: after a 429 it does not ask again before the
-/// time Auth0 named.
+/// After a 429 the next request waits for the later of `Retry-After` and `x-ratelimit-reset`: a reset 3 s
+/// away outlasts `Retry-After: 1`, and `Retry-After: 2` outlasts a reset that has already passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_is_honoured_before_the_next_request() {
+async fn a_429_is_honoured_until_the_later_of_retry_after_and_x_ratelimit_reset() {
     let (auth0, rudder) = start_fakes().await;
-    auth0.push_synthetic(300);
-    auth0.set_hook(|req: &Request, n| {
-        (req.path == "/api/v2/logs" && n == 3).then(|| {
-            let reset = (Utc::now() + chrono::Duration::seconds(2)).timestamp();
-            Reply::json(429, &serde_json::json!({"statusCode":429,"error":"Too Many Requests","message":"Global limit has been reached"}))
-                .header("retry-after", "1")
-                .header("x-ratelimit-remaining", "0")
-                .header("x-ratelimit-reset", &reset.to_string())
-        })
+    auth0.push_synthetic(500);
+    let too_many = |retry_after: &str, reset: i64| {
+        Reply::json(
+            429,
+            &serde_json::json!({"statusCode":429,"error":"Too Many Requests","message":"Global limit has been reached"}),
+        )
+        .header("retry-after", retry_after)
+        .header("x-ratelimit-remaining", "0")
+        .header("x-ratelimit-reset", &reset.to_string())
+    };
+    auth0.set_hook(move |req: &Request, n| {
+        if req.path != "/api/v2/logs" {
+            return None;
+        }
+        let now = Utc::now().timestamp();
+        match n {
+            3 => Some(too_many("1", now + 3)),
+            6 => Some(too_many("2", now - 1)),
+            _ => None,
+        }
     });
-    let app = App::new(&auth0, &rudder);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "page_size", 50);
     let out = app.sync().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(rudder.event_count(), 300);
+    assert_eq!(rudder.event_count(), 500);
     let reqs = auth0.log_requests();
-    let i = reqs.iter().position(|r| r.status == 429).expect("the fake answered a 429");
-    let waited = reqs[i + 1].at.duration_since(reqs[i].at);
-    assert!(waited >= Duration::from_millis(950), "asked again after {waited:?}, before Retry-After ran out");
+    let refused: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].status == 429).collect();
+    assert_eq!(refused.len(), 2, "{reqs:?}");
+    // The reset is whole epoch seconds; the wall clock and the monotonic one may disagree by a few ms.
+    let (first, next) = (&reqs[refused[0]], &reqs[refused[0] + 1]);
+    let reset = UNIX_EPOCH + Duration::from_secs(first.reset.expect("a reset"));
+    assert!(
+        next.wall + Duration::from_millis(50) >= reset,
+        "asked again {:?} before x-ratelimit-reset, after Retry-After: 1",
+        reset.duration_since(next.wall).unwrap_or_default()
+    );
+    let (second, next) = (&reqs[refused[1]], &reqs[refused[1] + 1]);
+    let waited = next.at.duration_since(second.at);
+    assert!(waited >= Duration::from_secs(2), "asked again after {waited:?}, before Retry-After: 2 ran out");
 }
 
 /// A token that expires every 2 seconds during a sync: a new one is minted at most once a minute (each mint
