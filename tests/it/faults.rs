@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use chrono::Utc;
 use serde_json::Value;
 
 use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, text, wait_until};
-use auth0_rudderstack::store::Store;
+use auth0_rudderstack::store::{Store, StoreError};
 
 use crate::support::fake_auth0::{Bucket, DOMAIN, ExpiredFrom, FakeAuth0, FakeOptions, synthetic_entry};
 use crate::support::fake_rudderstack::{self, FakeRudderStack};
@@ -58,46 +59,82 @@ async fn sigterm_and_wait(
     (status, started.elapsed())
 }
 
-/// SIGKILL at random moments, at least 20 times during a sync of more than 5,000 entries: every entry still
-/// arrives, every duplicate carries its first delivery's messageId, the cursor is never ahead of the outbox
-/// and deliveries, and the database passes `PRAGMA integrity_check` after every kill.
+/// SIGKILL 24 times, half at random moments and half just after RudderStack stored a batch whose answer the
+/// daemon has not read yet, at least 20 of them before 5,000 entries had arrived: at least 8 kills land
+/// mid-delivery (rows still in the outbox, events of this round already delivered); once the database was
+/// first created it exists and passes `PRAGMA integrity_check` after every kill, and the cursor is never ahead
+/// of the outbox and the deliveries; in the end every entry arrived, some more than once, and every duplicate
+/// carries its first delivery's messageId.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_message_id() {
+    const KILLS: usize = 24;
+    const MID_DELIVERY: usize = 8;
+    const CATCH_UP: usize = 5_000;
     let (auth0, rudder) = start_fakes().await;
-    // A little latency on both sides widens the windows between fetch, send and delete.
-    rudder.set_delay(Some(Duration::from_millis(15)));
-    auth0.push_synthetic(5_000);
+    // RudderStack stores a batch, then answers 25 ms later: a window between storing and deleting.
+    rudder.set_delay(Some(Duration::from_millis(25)));
+    auth0.push_synthetic(CATCH_UP);
     let mut app = App::new(&auth0, &rudder);
     app.set("rudderstack", "max_batch_events", 50);
 
-    let mut kills = 0;
-    let mut rounds = 0;
-    while kills < 24 {
+    let (mut kills, mut mid_delivery, mut during_catch_up, mut rounds) = (0, 0, 0, 0);
+    let mut database_seen = false;
+    while kills < KILLS || mid_delivery < MID_DELIVERY {
         rounds += 1;
-        assert!(rounds < 200, "could not land 24 kills in 200 rounds");
+        assert!(rounds <= 300, "{kills} kills, {mid_delivery} mid-delivery, in {rounds} rounds");
         // Keep new entries arriving so there is always work to interrupt.
         auth0.push_synthetic(150);
+        let delivered_before = rudder.event_count();
         let mut child = app.command(&["sync"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let after = Duration::from_millis(fastrand::u64(5..250));
-        match tokio::time::timeout(after, child.wait()).await {
-            Ok(status) => assert!(status.unwrap().success(), "sync failed on its own"),
-            Err(_) => {
+        let at_delivery = rounds % 2 == 0;
+        let moment = async {
+            if at_delivery {
+                // As soon as RudderStack stored the n-th batch of this round, before its answer is read.
+                let batches = fastrand::usize(1..=4);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while rudder.event_count() < delivered_before + 50 * batches && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(5..250))).await;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                assert!(status.unwrap().success(), "sync failed on its own");
+                continue;
+            }
+            _ = moment => {
                 child.start_kill().unwrap();
                 child.wait().await.unwrap();
-                kills += 1;
             }
         }
         if !app.db_path().exists() {
+            // Only a run killed before it created the file may leave none.
+            assert!(!database_seen, "the database vanished after kill {kills}");
             continue;
         }
         let db = open_db(&app);
         let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(check, "ok", "database damaged after kill {kills}");
         drop(db);
-        let store = Store::open_existing(&app.db_path()).unwrap();
+        let store = match Store::open_existing(&app.db_path()) {
+            Ok(store) => store,
+            // Killed while creating it, before its schema was committed: the next run starts afresh.
+            Err(StoreError::Missing { .. }) if !database_seen => continue,
+            Err(e) => panic!("after kill {kills}: {e}"),
+        };
+        database_seen = true;
+        kills += 1;
+        if distinct_delivered(&rudder) < CATCH_UP {
+            during_catch_up += 1;
+        }
+        let outbox: HashSet<String> =
+            store.outbox_head(DOMAIN, usize::MAX).unwrap().into_iter().map(|r| r.log_id).collect();
+        if !outbox.is_empty() && rudder.event_count() > delivered_before {
+            mid_delivery += 1;
+        }
         if let Some(cursor) = store.cursor(DOMAIN).unwrap().map(|c| c.log_id.to_string()) {
-            let outbox: HashSet<String> =
-                store.outbox_head(DOMAIN, usize::MAX).unwrap().into_iter().map(|r| r.log_id).collect();
             let delivered: HashSet<String> = delivered_log_ids(&rudder).into_iter().collect();
             for id in log_ids(&auth0.entries()) {
                 if id.as_str() > cursor.as_str() {
@@ -110,11 +147,14 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_messa
             }
         }
     }
+    rudder.set_delay(None);
     let out = app.sync().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-
     let entries = auth0.entries();
-    assert!(entries.len() >= 5_000);
+    assert!(
+        during_catch_up >= 20,
+        "only {during_catch_up} of {kills} kills came before {CATCH_UP} entries had arrived"
+    );
     assert_all_delivered_in_order(&rudder, &entries);
     let mut first_id: BTreeMap<String, String> = BTreeMap::new();
     let mut duplicates = 0;
@@ -131,7 +171,14 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_messa
             }
         }
     }
-    eprintln!("kills: {kills}, entries: {}, duplicates resent: {duplicates}", entries.len());
+    assert!(
+        duplicates > 0,
+        "no kill between storing and deleting led to a re-send, so no messageId was compared"
+    );
+    eprintln!(
+        "kills: {kills} ({mid_delivery} mid-delivery, {during_catch_up} during the catch-up) in {rounds} rounds, entries: {}, duplicates compared: {duplicates}",
+        entries.len()
+    );
 }
 
 /// Against a token bucket (burst 10, 10 requests a second) that answers with `x-ratelimit-*` headers, with
@@ -284,10 +331,22 @@ async fn wrong_credentials_exit_1_naming_the_rejected_credential() {
     assert_eq!(rudder.event_count(), 10);
 }
 
-/// 20% of Auth0 requests answer 500, 502 or 503, one is slow past the timeout, one connection resets and one
-/// body is truncated: the sync still delivers every entry exactly in order, and the waits back off.
+/// The lower bound of the wait after the `k`-th failure in a row (from 1): the backoff doubles from
+/// `initial` up to `cap`, and jitter only adds to it.
+fn least_backoff(initial: Duration, cap: Duration, k: u32) -> Duration {
+    (initial * 2u32.saturating_pow(k.saturating_sub(1).min(20))).min(cap)
+}
+
+/// 20% of Auth0 requests answer 500, 502 or 503, four in a row do, one is slow past the timeout, one
+/// connection resets and one body is truncated: the sync still delivers every entry exactly in order; the slow
+/// one is given up at the timeout rather than waited for; and after every failure the next request waits at
+/// least the backoff, which doubles with each failure in a row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
+    const SLOW: u64 = 4;
+    const RESET: u64 = 7;
+    const TRUNCATED: u64 = 9;
+    const STREAK: std::ops::RangeInclusive<u64> = 12..=15;
     let (auth0, rudder) = start_fakes().await;
     let entries = auth0.push_synthetic(3_000);
     let page = serde_json::to_vec(&entries[..100]).unwrap();
@@ -296,14 +355,15 @@ async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
             return None;
         }
         match n {
-            4 => Some(Reply::new(200, "[]").delayed(Duration::from_secs(3))),
-            7 => Some(Reply::Reset),
-            9 => Some(Reply::Truncate {
+            SLOW => Some(Reply::new(200, "[]").delayed(Duration::from_secs(3))),
+            RESET => Some(Reply::Reset),
+            TRUNCATED => Some(Reply::Truncate {
                 status: 200,
                 headers: vec![],
                 body: page.clone(),
                 keep: page.len() / 2,
             }),
+            n if STREAK.contains(&n) => Some(Reply::text(503, "Service Unavailable")),
             _ if fastrand::u8(0..100) < 20 => Some(Reply::text(
                 [500, 502, 503][fastrand::usize(0..3)],
                 "Logs Service server responded with an internal error",
@@ -317,11 +377,47 @@ async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let delivered = delivered_log_ids(&rudder);
     assert_eq!(delivered, log_ids(&entries), "exactly every entry, once, in order");
-    let failed = auth0.log_requests().iter().filter(|r| r.status >= 500).count();
-    assert!(failed > 0, "the fault hook fired");
+
+    // Requests go out one at a time, so the record's order is the hook's numbering (from 1).
+    let recorded = auth0.recorded();
+    let failed = |n: u64, status: u16| [SLOW, RESET, TRUNCATED].contains(&n) || status >= 500;
+    let numbered: Vec<(u64, &crate::support::fake_auth0::Recorded)> = recorded
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as u64 + 1, r))
+        .filter(|(_, r)| r.path == "/api/v2/logs")
+        .collect();
+    assert!(
+        STREAK.clone().all(|n| numbered.iter().any(|(m, r)| *m == n && r.status == 503)),
+        "the streak fired"
+    );
+    let (initial, cap) = (Duration::from_millis(20), Duration::from_millis(200));
+    let mut in_a_row = 0;
+    let mut longest = 0;
+    for w in numbered.windows(2) {
+        let ((n, r), (_, next)) = (w[0], w[1]);
+        if !failed(n, r.status) {
+            in_a_row = 0;
+            continue;
+        }
+        in_a_row += 1;
+        longest = longest.max(in_a_row);
+        let waited = next.at.duration_since(r.at);
+        let least = least_backoff(initial, cap, in_a_row)
+            + if n == SLOW { Duration::from_secs(1) } else { Duration::ZERO };
+        assert!(waited >= least, "request {n} (failure {in_a_row} in a row): the next came after {waited:?}");
+    }
+    assert!(longest >= 4, "no streak of failures was checked");
+    assert!(
+        stderr(&out).contains("timed out"),
+        "the slow reply was not given up at the timeout:\n{}",
+        text(&out)
+    );
 }
 
-/// Consecutive failures back off exponentially, with jitter, up to the cap.
+/// Consecutive failures back off exponentially, with jitter, up to the cap: the waits the daemon logs double
+/// from `retry.initial_backoff` and stay within twice `retry.max_backoff`, the capped ones differ, and no
+/// request came before its logged wait was over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_back_off_exponentially_up_to_the_cap() {
     let (auth0, rudder) = start_fakes().await;
@@ -332,18 +428,33 @@ async fn failures_back_off_exponentially_up_to_the_cap() {
     let mut app = App::new(&auth0, &rudder);
     app.set("retry", "initial_backoff", "50ms").set("retry", "max_backoff", "400ms");
     app.set("retry", "sync_give_up_after", "4s");
-    let out = app.sync().await;
+    let out = app.run(&["--log-format", "json", "sync"], Duration::from_secs(60)).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let waits: Vec<Duration> = stderr(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["fields"]["retry_in"].as_str().map(|w| humantime::parse_duration(w).unwrap()))
+        .collect();
+    assert!(waits.len() >= 6, "{waits:?}\n{}", text(&out));
+    let (initial, cap) = (Duration::from_millis(50), Duration::from_millis(400));
+    for (k, w) in waits.iter().enumerate() {
+        let least = least_backoff(initial, cap, k as u32 + 1);
+        assert!(*w >= least && *w < least * 2, "wait {k} is {w:?}, expected [{least:?}, {:?})", least * 2);
+    }
+    let capped: Vec<&Duration> = waits.iter().filter(|w| **w >= cap).collect();
+    assert!(capped.len() >= 2 && capped.windows(2).any(|w| w[0] != w[1]), "no jitter: {waits:?}");
+    // Each wait was kept: one request per failure, none before the wait after the one before it was over.
     let reqs = auth0.log_requests();
-    let gaps: Vec<f64> = reqs.windows(2).map(|w| w[1].at.duration_since(w[0].at).as_secs_f64()).collect();
-    assert!(gaps.len() >= 6, "{gaps:?}");
-    // Growth: the late waits are several times the first one; cap: none is far beyond twice the cap (jitter).
-    let late = gaps[gaps.len() - 3..].iter().cloned().fold(f64::MAX, f64::min);
-    assert!(late >= 3.0 * gaps[0], "no exponential growth: {gaps:?}");
-    assert!(gaps.iter().all(|g| *g <= 0.8 + 0.3), "a wait exceeded the cap: {gaps:?}");
-    // Jitter: the capped waits are not all identical.
-    let capped: Vec<f64> = gaps.iter().cloned().filter(|g| *g >= 0.35).collect();
-    assert!(capped.windows(2).any(|w| (w[0] - w[1]).abs() > 0.005), "no jitter: {gaps:?}");
+    assert_eq!(reqs.len(), waits.len() + 1, "one request per logged wait, and the last one gave up");
+    for (i, w) in reqs.windows(2).enumerate() {
+        let gap = w[1].at.duration_since(w[0].at);
+        assert!(
+            gap >= waits[i],
+            "request {} came {gap:?} after a failure that asked for {:?}",
+            i + 1,
+            waits[i]
+        );
+    }
 }
 
 /// `sync` gives up only after `retry.sync_give_up_after`, with exit 1 and a clear message; `run` never exits
@@ -388,15 +499,25 @@ async fn a_rudderstack_outage_fills_the_outbox_to_its_cap_then_everything_arrive
     }
     let db = app.db_path();
     let depth = || Store::open_existing(&db).and_then(|s| s.outbox_depth(DOMAIN)).unwrap_or(0);
-    assert!(wait_until(Duration::from_secs(20), || depth() >= 500).await, "outbox never filled");
-    // Still more arrive, but the outbox stays capped (one page may overshoot the check).
+    let paused = || depth() >= 500 && app.run_log().contains("outbox is full, pausing fetching");
+    assert!(wait_until(Duration::from_secs(20), paused).await, "outbox never filled:\n{}", app.run_log());
+    // Still more arrive, but the outbox stays capped (one page may overshoot the check). The fetcher looks
+    // again every poll_interval (200 ms); watch the depth while the sender fails ten more times, each after a
+    // backoff of at least 20 ms, so the fetcher has had many chances to go past the cap.
     auth0.push_synthetic(400);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let capped = depth();
-    assert!((500..600).contains(&capped), "outbox depth {capped} is not held at the cap");
-    assert!(rudder.count(503) > 0, "the sender kept trying");
-
-    assert!(app.run_log().contains("outbox is full, pausing fetching"), "{}", app.run_log());
+    let retried = rudder.count(503);
+    let (mut lowest, mut deepest) = (u64::MAX, 0);
+    let watched = wait_until(Duration::from_secs(30), || {
+        let d = depth();
+        (lowest, deepest) = (lowest.min(d), deepest.max(d));
+        rudder.count(503) >= retried + 10
+    })
+    .await;
+    assert!(watched, "the sender stopped trying:\n{}", app.run_log());
+    assert!(
+        lowest >= 500 && deepest < 600,
+        "outbox depth went from {lowest} to {deepest}, not held at the cap"
+    );
 
     rudder.set_outage(false);
     let total = auth0.entries().len();
@@ -820,8 +941,31 @@ async fn sigterm_lets_a_post_answered_within_the_grace_period_commit_and_starts_
     assert_eq!(delivered, log_ids(&entries[1..]), "every entry once, none of the first POST again");
 }
 
+/// Distinct `properties.log_id`s that reached RudderStack (re-sends counted once).
+fn distinct_delivered(rudder: &FakeRudderStack) -> usize {
+    delivered_log_ids(rudder).into_iter().collect::<HashSet<_>>().len()
+}
+
+/// Hold an exclusive lock on the state database from another connection, as another process would, until
+/// the returned sender is dropped or sent to.
+fn lock_database(app: &App) -> std::sync::mpsc::Sender<()> {
+    let db = app.db_path();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        // Bounded: a test that fails before releasing does not hold the file forever.
+        let _ = release_rx.recv_timeout(Duration::from_secs(120));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    release_tx
+}
+
 /// Another process holds the state database's write lock for longer than the busy timeout: the daemon treats
-/// it as transient, waits, and carries on once the lock is gone, with nothing lost.
+/// it as transient, says so, waits, and carries on once the lock is gone, with nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_is_waited_out() {
     let (auth0, rudder) = start_fakes().await;
@@ -830,27 +974,83 @@ async fn a_database_locked_by_another_process_is_waited_out() {
     let child = app.spawn_run();
     rudder.wait_for_events(40, Duration::from_secs(20)).await;
 
-    let db = app.db_path();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let locker = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_secs(7));
-        conn.execute_batch("COMMIT").unwrap();
-    });
-    locked_rx.recv().unwrap();
+    let release = lock_database(&app);
     let more = auth0.push_synthetic(30);
-    locker.join().unwrap();
-    let arrived = wait_until(Duration::from_secs(30), || rudder.event_count() >= 70).await;
-    assert!(arrived, "only {} events arrived:\n{}", rudder.event_count(), app.run_log());
-    let log = app.run_log();
-    assert!(log.contains("database is locked") && log.contains("will retry"), "{log}");
+    // The lock is held until the daemon has run into the busy timeout and said it will retry.
+    let met = wait_until(Duration::from_secs(60), || {
+        let log = app.run_log();
+        log.contains("database is locked") && log.contains("will retry")
+    })
+    .await;
+    drop(release);
+    assert!(met, "the daemon never reported the lock:\n{}", app.run_log());
+    // Re-sends of rows whose delete met the lock count once.
+    let arrived = wait_until(Duration::from_secs(60), || distinct_delivered(&rudder) >= 70).await;
+    assert!(arrived, "only {} entries arrived:\n{}", distinct_delivered(&rudder), app.run_log());
     let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     let mut all = auth0.entries();
     all.truncate(40 + more.len());
     assert_all_delivered_in_order(&rudder, &all);
+}
+
+/// The state database is locked by another process between RudderStack's 2xx and the delete that should
+/// follow it: the delete fails after the busy timeout, nothing is lost, and the rows go out again, with the
+/// same messageIds, until the delete succeeds once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_when_deleting_after_a_2xx_resends_the_rows_with_the_same_ids() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(40);
+    let app = App::new(&auth0, &rudder);
+    // The lock is taken while the first POST is being answered: after RudderStack stored its events, before
+    // the daemon can see the answer.
+    let release: Arc<Mutex<Option<std::sync::mpsc::Sender<()>>>> = Arc::default();
+    let (hook_release, db) = (release.clone(), app.db_path());
+    rudder.hook(move |_, n| {
+        if n == 0 {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                let _ = rx.recv_timeout(Duration::from_secs(120));
+                conn.execute_batch("COMMIT").unwrap();
+            });
+            *hook_release.lock().unwrap() = Some(tx);
+        }
+        None
+    });
+    let child = app.spawn_run();
+    let first = rudder.wait_for_requests(1, Duration::from_secs(30)).await[0].events.unwrap();
+    // Held until the delete has failed and the same rows have gone out again.
+    let met = wait_until(Duration::from_secs(60), || {
+        let log = app.run_log();
+        log.contains("sending failed, will retry")
+            && log.contains("database is locked")
+            && rudder.event_count() >= 2 * first
+    })
+    .await;
+    drop(release.lock().unwrap().take());
+    assert!(met, "no re-send while the delete was locked out:\n{}", app.run_log());
+    let arrived = wait_until(Duration::from_secs(60), || distinct_delivered(&rudder) >= entries.len()).await;
+    assert!(arrived, "only {} entries arrived:\n{}", distinct_delivered(&rudder), app.run_log());
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+
+    assert_all_delivered_in_order(&rudder, &entries);
+    let events = rudder.events();
+    let mut first_id: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    for e in &events {
+        let log_id = e["properties"]["log_id"].as_str().unwrap().to_string();
+        let mid = e["messageId"].as_str().unwrap().to_string();
+        let seen = first_id.entry(log_id.clone()).or_insert((mid.clone(), 0));
+        assert_eq!(seen.0, mid, "{log_id} was re-sent with another messageId");
+        seen.1 += 1;
+    }
+    let resent: Vec<&String> = first_id.iter().filter(|(_, (_, n))| *n > 1).map(|(id, _)| id).collect();
+    let first_batch: Vec<String> = delivered_log_ids(&rudder)[..first].to_vec();
+    assert!(first_batch.iter().all(|id| resent.contains(&id)), "the first batch was not re-sent: {resent:?}");
+    let s = app.status().await;
+    assert_eq!(s["outbox_depth"], 0, "{s}");
 }
 
 /// A second `run` or `sync` on the same state refuses to start, naming the lock, instead of fetching every
