@@ -13,7 +13,7 @@ use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded,
 use auth0_rudderstack::store::{Store, StoreError};
 
 use crate::support::fake_auth0::{Bucket, DOMAIN, ExpiredFrom, FakeAuth0, FakeOptions, synthetic_entry};
-use crate::support::fake_rudderstack::{self, FakeRudderStack};
+use crate::support::fake_rudderstack::{self, FakeRudderStack, Refusal, Refusing};
 use crate::support::http::{Reply, Request};
 use crate::support::start_fakes;
 
@@ -619,6 +619,144 @@ async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
     assert_eq!(s["last_gap"]["from_log_id"], old[4]["log_id"], "{s}");
     assert_eq!(s["last_gap"]["to_log_id"], new[0]["log_id"], "{s}");
     assert_eq!(delivered_log_ids(&rudder)[5..].to_vec(), log_ids(&new));
+}
+
+/// Auth0 silently answers a cursor older than the retention with entries far newer than it, and
+/// `on_expired_checkpoint = "stop"`: the gap is recorded, nothing after it is fetched or sent, `sync` exits 1
+/// naming `resume` (and stays stopped on a second try), and after `resume` the newer entries are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_jump_past_the_retention_with_stop_waits_for_resume() {
+    let auth0 = FakeAuth0::start(FakeOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        expired_from: ExpiredFrom::OldestRetained,
+        ..FakeOptions::default()
+    })
+    .await;
+    let (_unused, rudder) = start_fakes().await;
+    let old: Vec<Value> = (1..=5)
+        .map(|i| {
+            synthetic_entry(i, Utc::now() - chrono::Duration::hours(3) + chrono::Duration::seconds(i as i64))
+        })
+        .collect();
+    auth0.push(old.clone());
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "retention", "1h").set("auth0", "on_expired_checkpoint", "stop");
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    assert_eq!(rudder.event_count(), 5);
+
+    let new: Vec<Value> =
+        (6..=8).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::minutes(1))).collect();
+    auth0.push(new.clone());
+    auth0.expire_oldest(5);
+    for attempt in 1..=2 {
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {}", text(&out));
+        let err = stderr(&out);
+        let cursor = old[4]["log_id"].as_str().unwrap();
+        assert!(err.contains("resume") && err.contains(cursor), "attempt {attempt}: {err}");
+        let s = app.status().await;
+        assert_eq!(s["fetching_stopped"], true, "{s}");
+        assert_eq!(s["cursor"], old[4]["log_id"], "the cursor stays before the gap: {s}");
+        assert_eq!(s["last_gap"]["from_log_id"], old[4]["log_id"], "{s}");
+        assert_eq!(s["last_gap"]["to_log_id"], new[0]["log_id"], "{s}");
+        assert_eq!(s["outbox_depth"], 0, "nothing after the gap was stored: {s}");
+        assert_eq!(rudder.event_count(), 5, "nothing after the gap was sent");
+    }
+
+    let out = app.run(&["resume"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(delivered_log_ids(&rudder)[5..].to_vec(), log_ids(&new));
+    assert_eq!(app.status().await["fetching_stopped"], false);
+}
+
+/// RudderStack is down (503) for longer than `retry.sync_give_up_after` while Auth0 is fine: `sync` fetches
+/// everything, gives up on the sender side with exit 1 and a message that names the outage, and keeps every
+/// entry in the outbox; the next `sync` once RudderStack is back delivers each of them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_gives_up_on_the_sender_side_during_a_long_rudderstack_outage_and_keeps_the_outbox() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(300);
+    rudder.set_outage(true);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("retry", "sync_give_up_after", "2s");
+    let started = Instant::now();
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
+    let err = stderr(&out);
+    assert!(err.contains("gave up") && err.contains("sending") && err.contains("503"), "{err}");
+    assert!(rudder.count(503) >= 2, "the sender kept trying until it gave up");
+    let s = app.status().await;
+    assert_eq!(s["outbox_depth"], 300, "{s}");
+    assert_eq!(s["cursor"], entries[299]["log_id"], "fetching finished regardless: {s}");
+    assert_eq!(s["delivered_total"], 0, "{s}");
+
+    rudder.set_outage(false);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(delivered_log_ids(&rudder), log_ids(&entries), "each entry once, in order");
+}
+
+/// The gateway's own transient refusals, 429 `max requests limit reached`, 504 `gateway timeout` and 500
+/// `failed to read body from request`, are retried with nothing set aside and nothing lost; a `Retry-After`
+/// on them (from a proxy in front of the gateway, in seconds or as a date) is waited out before the next POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rudderstacks_429_504_and_500_are_retried_honouring_retry_after() {
+    // (refusal, its status, Retry-After: seconds, or a date that many seconds ahead)
+    let cases = [
+        (Refusal::TooManyRequests, 429, Some((false, 2))),
+        (Refusal::GatewayTimeout, 504, None),
+        (Refusal::BodyReadFailed, 500, None),
+        (Refusal::TooManyRequests, 429, Some((true, 4))),
+    ];
+    for (refusal, status, asked) in cases {
+        let set_at = Instant::now();
+        let retry_after = asked.map(|(date, secs)| match date {
+            false => secs.to_string(),
+            true => {
+                (Utc::now() + chrono::Duration::seconds(secs)).format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+            }
+        });
+        let (auth0, rudder) = start_fakes().await;
+        let entries = auth0.push_synthetic(120);
+        let mut refusing = Refusing::times(refusal, 2);
+        if let Some(v) = &retry_after {
+            refusing = refusing.with_retry_after(v);
+        }
+        rudder.set_refusal(Some(refusing));
+        let app = App::new(&auth0, &rudder);
+        let out = app.sync().await;
+        let what = format!("{status} (Retry-After {retry_after:?})");
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", text(&out));
+        assert_eq!(delivered_log_ids(&rudder), log_ids(&entries), "{what}: each entry once, in order");
+        let s = app.status().await;
+        assert_eq!(s["dead_letters"], 0, "{what}: a transient refusal set events aside: {s}");
+        let reqs = rudder.requests();
+        let refused: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].status == status).collect();
+        assert_eq!(refused.len(), 2, "{what}: {reqs:?}");
+        assert!(stderr(&out).contains(&status.to_string()), "{what}: {}", text(&out));
+        match asked {
+            Some((false, secs)) => {
+                for &i in &refused {
+                    let waited = reqs[i + 1].at.duration_since(reqs[i].at);
+                    assert!(
+                        waited >= Duration::from_secs(secs as u64),
+                        "{what}: the next POST came after {waited:?}"
+                    );
+                }
+            }
+            // A date in whole seconds, written just before the sync: no POST after the first refusal before it.
+            Some((true, secs)) => {
+                let after = reqs[refused[0] + 1].at.duration_since(set_at);
+                let least = Duration::from_secs(secs as u64 - 1);
+                assert!(after >= least, "{what}: the next POST came {after:?} after the date was written");
+            }
+            None => {}
+        }
+    }
 }
 
 /// A state file that is not SQLite, is corrupt, or comes from a newer schema: exit 3, a message naming the
