@@ -386,6 +386,14 @@ async fn open_stores(
             let open = |name: &str| -> Result<Handle, StoreError> {
                 let store = Store::open(&p)?;
                 store.set_synchronous(sync)?;
+                // Read back what SQLite applied, so that the log shows the durability actually in effect.
+                let level = match store.synchronous()? {
+                    0 => "OFF",
+                    1 => "NORMAL",
+                    2 => "FULL",
+                    _ => "EXTRA",
+                };
+                tracing::debug!(connection = name, synchronous = level, "state database connection open");
                 Handle::spawn(store, name)
             };
             Ok((open("state-fetch")?, open("state-send")?, open("state-watch")?))

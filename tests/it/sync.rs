@@ -369,6 +369,32 @@ async fn a_sync_over_tls_through_gzip_chunked_pages_that_repeat_entries_delivers
     assert_eq!(s["dead_letters"], 0, "{s}");
 }
 
+/// `state.synchronous` is in effect on every connection the daemon opens: NORMAL by default, FULL when set,
+/// as SQLite itself reports it back; a sync works either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_synchronous_full_is_in_effect_on_every_connection() {
+    for (setting, expected) in [(None, "NORMAL"), (Some("full"), "FULL")] {
+        let (auth0, rudder) = start_fakes().await;
+        let entries = auth0.push_synthetic(150);
+        let mut app = App::new(&auth0, &rudder);
+        if let Some(v) = setting {
+            app.set("state", "synchronous", v);
+        }
+        let mut cmd = app.command(&["--log-format", "json", "sync"]);
+        cmd.env("RUST_LOG", "debug");
+        let out = run_bounded(cmd, Duration::from_secs(60)).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(rudder.event_count(), entries.len());
+        let levels: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "state database connection open")
+            .map(|v| v["fields"]["synchronous"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(levels, vec![expected; 3], "{setting:?}: {}", text(&out));
+    }
+}
+
 /// Wait until `status --json` satisfies `f`, for at most `limit`.
 async fn wait_for_status(app: &App, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + limit;
