@@ -138,8 +138,7 @@ async fn a_401_from_the_logs_endpoint_triggers_exactly_one_reauthentication() {
     assert_eq!(fake.log_requests().len(), 3);
 }
 
-/// Several tasks sharing one client get a 401 for the same revoked token at once: the token is invalidated
-/// and re-minted exactly once, and every task then succeeds with the new one.
+/// Tasks sharing one client, refused with 401 at once, make it re-mint the token once, then all succeed.
 #[tokio::test]
 async fn concurrent_401s_invalidate_the_token_once() {
     const TASKS: usize = 8;
@@ -453,11 +452,11 @@ async fn a_429_wait_comes_from_x_ratelimit_reset_and_stays_bounded() {
     }
 }
 
-/// Request starts are spaced by 1 / max_requests_per_second, even when several tasks share the client: the
-/// k-th request to arrive came at least k intervals after the callers started (every request has its own
-/// slot, and noise can only delay one, never bring it forward).
+/// Request starts are spaced by 1 / max_requests_per_second, even when several tasks share the client.
 #[tokio::test]
 async fn the_pacer_spaces_request_starts_even_for_concurrent_callers() {
+    // Each request has its own slot, so the k-th to arrive came at least k intervals after the start; noise can
+    // only delay a request, never bring it forward.
     let fake = fake().await;
     fake.push_synthetic(5);
     let mut cfg = fake.config();

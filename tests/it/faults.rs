@@ -59,14 +59,14 @@ async fn sigterm_and_wait(
     (status, started.elapsed())
 }
 
-/// SIGKILL 24 times, half at random moments and half just after RudderStack stored a batch whose answer the
-/// daemon has not read yet, at least 20 of them before 5,000 entries had arrived: at least 8 kills land
-/// mid-delivery (rows still in the outbox, events of this round already delivered); once the database was
-/// first created it exists and passes `PRAGMA integrity_check` after every kill, and the cursor is never ahead
-/// of the outbox and the deliveries; in the end every entry arrived, some more than once, and every duplicate
-/// carries its first delivery's messageId.
+/// SIGKILL 24 times in a catch-up, often mid-delivery: the file stays sound, nothing lost, ids kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_message_id() {
+    // Half the kills come at random moments, half just after RudderStack stored a batch whose answer the
+    // daemon has not read yet. At least 20 must come before 5,000 entries arrived and 8 mid-delivery (rows still
+    // in the outbox, events of this round delivered). Once the database was first created it must exist and
+    // pass `PRAGMA integrity_check` after every kill, with the cursor never ahead of the outbox and the
+    // deliveries; in the end every entry arrived, some more than once, each copy with its first messageId.
     const KILLS: usize = 24;
     const MID_DELIVERY: usize = 8;
     const CATCH_UP: usize = 5_000;
@@ -181,12 +181,12 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_messa
     );
 }
 
-/// Against a token bucket (burst 10, 10 requests a second) that answers with `x-ratelimit-*` headers, with
-/// and without `Retry-After` on its 429s, a long catch-up is paced at `max_requests_per_second` (never
-/// faster), gets at most 1% 429s, and delivers everything. How much of the budget it uses is a benchmark
-/// figure (`cargo bench --bench pipeline`, "Budget").
+/// Against Auth0's bucket, with or without `Retry-After`, a catch-up keeps its pace and gets at most 1% 429s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_catch_up_stays_within_the_rate_limit_with_or_without_retry_after() {
+    // The x-ratelimit-* headers come on every answer. The pace never exceeds max_requests_per_second, at most
+    // 1% of requests get a 429, and everything is delivered. How much of the budget is used is a benchmark
+    // figure (`cargo bench --bench pipeline`, "Budget").
     for retry_after_header in [true, false] {
         let auth0 = FakeAuth0::start(FakeOptions {
             client_id: CLIENT_ID.into(),
@@ -267,9 +267,7 @@ async fn a_429_is_honoured_until_the_later_of_retry_after_and_x_ratelimit_reset(
     assert!(waited >= Duration::from_secs(2), "asked again after {waited:?}, before Retry-After: 2 ran out");
 }
 
-/// A token that expires every 2 seconds during a sync: a new one is minted at most once a minute (each mint
-/// is a `seccft` entry in the tenant's log), no request ever carries an expired token, and nothing is lost.
-/// This test takes a minute on purpose.
+/// A token living 2 s is minted at most once a minute, never used expired, nothing lost (takes a minute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expiring_every_two_seconds_is_minted_at_most_once_a_minute_and_nothing_is_lost() {
     let auth0 = FakeAuth0::start(FakeOptions {
@@ -338,12 +336,12 @@ fn least_backoff(initial: Duration, cap: Duration, k: u32) -> Duration {
     (initial * 2u32.saturating_pow(k.saturating_sub(1).min(20))).min(cap)
 }
 
-/// 20% of Auth0 requests answer 500, 502 or 503, four in a row do, one is slow past the timeout, one
-/// connection resets and one body is truncated: the sync still delivers every entry exactly in order; the slow
-/// one is given up at the timeout rather than waited for; and after every failure the next request waits at
-/// least the backoff, which doubles with each failure in a row.
+/// Auth0 faults of every kind are retried with growing waits, a slow reply is cut at the timeout, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
+    // 20% of requests answer 500, 502 or 503, four in a row do, one is slow past the timeout, one connection
+    // resets and one body is truncated. Every entry arrives exactly once, in order; after every failure the next
+    // request waits at least the backoff, which doubles with each failure in a row.
     const SLOW: u64 = 4;
     const RESET: u64 = 7;
     const TRUNCATED: u64 = 9;
@@ -416,9 +414,7 @@ async fn auth0_faults_are_retried_and_the_cursor_never_moves_wrongly() {
     );
 }
 
-/// Consecutive failures back off exponentially, with jitter, up to the cap: the waits the daemon logs double
-/// from `retry.initial_backoff` and stay within twice `retry.max_backoff`, the capped ones differ, and no
-/// request came before its logged wait was over.
+/// Consecutive failures back off exponentially, with jitter, up to the cap, and every logged wait is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_back_off_exponentially_up_to_the_cap() {
     let (auth0, rudder) = start_fakes().await;
@@ -490,8 +486,7 @@ async fn sync_gives_up_after_the_configured_wait_but_run_keeps_going() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// RudderStack answers 503 for a while as new entries keep arriving: the fetcher fills the outbox up to
-/// `state.max_outbox_entries`, pauses and says why; when RudderStack is back everything arrives in order.
+/// A RudderStack outage fills the outbox to its cap, where fetching pauses; then all arrives in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rudderstack_outage_fills_the_outbox_to_its_cap_then_everything_arrives_in_order() {
     let (auth0, rudder) = start_fakes().await;
@@ -629,9 +624,7 @@ async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
     assert_eq!(delivered_log_ids(&rudder)[5..].to_vec(), log_ids(&new));
 }
 
-/// Auth0 silently answers a cursor older than the retention with entries far newer than it, and
-/// `on_expired_checkpoint = "stop"`: the gap is recorded, nothing after it is fetched or sent, `sync` exits 1
-/// naming `resume` (and stays stopped on a second try), and after `resume` the newer entries are delivered.
+/// A silent jump past the retention, with `on_expired_checkpoint = "stop"`, stores nothing until `resume`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_jump_past_the_retention_with_stop_waits_for_resume() {
     let auth0 = FakeAuth0::start(FakeOptions {
@@ -680,9 +673,7 @@ async fn a_silent_jump_past_the_retention_with_stop_waits_for_resume() {
     assert_eq!(app.status().await["fetching_stopped"], false);
 }
 
-/// RudderStack is down (503) for longer than `retry.sync_give_up_after` while Auth0 is fine: `sync` fetches
-/// everything, gives up on the sender side with exit 1 and a message that names the outage, and keeps every
-/// entry in the outbox; the next `sync` once RudderStack is back delivers each of them once.
+/// A RudderStack outage longer than `sync_give_up_after` ends `sync` with exit 1, every entry kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_gives_up_on_the_sender_side_during_a_long_rudderstack_outage_and_keeps_the_outbox() {
     let (auth0, rudder) = start_fakes().await;
@@ -708,9 +699,7 @@ async fn sync_gives_up_on_the_sender_side_during_a_long_rudderstack_outage_and_k
     assert_eq!(delivered_log_ids(&rudder), log_ids(&entries), "each entry once, in order");
 }
 
-/// The gateway's own transient refusals, 429 `max requests limit reached`, 504 `gateway timeout` and 500
-/// `failed to read body from request`, are retried with nothing set aside and nothing lost; a `Retry-After`
-/// on them (from a proxy in front of the gateway, in seconds or as a date) is waited out before the next POST.
+/// The gateway's own 429, 504 and 500 are retried without dead letters, waiting out any `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rudderstacks_429_504_and_500_are_retried_honouring_retry_after() {
     // (refusal, its status, Retry-After: seconds, or a date that many seconds ahead)
@@ -856,12 +845,12 @@ fn spawn_traced_run(app: &App, extra: &[&str]) -> tokio::process::Child {
     cmd.spawn().expect("spawn run")
 }
 
-/// At trace level, with errors forced on both sides: `sync`, `run`, `--log-format json`, webhook mode (the key
-/// in the query string), rejected credentials, a rejected write key, `status`, `check`, `--help` and
-/// `dead-letter list`. The client secrets and write keys, right and wrong, in every form they travel in, and
-/// every access token issued, appear in none of their output.
+/// No client secret, write key (right or wrong, any encoding) or access token appears in any output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_any_output() {
+    // At trace level, with errors forced on both sides: sync, run, --log-format json, webhook mode (the key in
+    // the query string, echoed back by a proxy and a redirect), rejected credentials, a rejected write key,
+    // status, check, --help and dead-letter list.
     const WRONG_SECRET: &str = "wrong-client-secret-4f1c";
     const WRONG_KEY: &str = "wrong-write-key-9d2e";
     let (auth0, rudder) = start_fakes().await;
@@ -960,8 +949,7 @@ async fn secrets_never_appear_in_any_output() {
     }
 }
 
-/// The state file and its WAL keep the access token only sealed: neither while `run` is writing them nor
-/// after it stopped do they hold the client secret, the write key or any access token in clear.
+/// The state file and its WAL hold no secret in clear, during `run` or after; the token only sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_file_and_its_wal_hold_no_secret_in_clear() {
     let (auth0, rudder) = start_fakes().await;
@@ -1003,9 +991,7 @@ async fn the_state_file_and_its_wal_hold_no_secret_in_clear() {
     assert_eq!(auth0.tokens_minted(), 1, "the next start reused the sealed token");
 }
 
-/// A bug that panics a loop (forced in debug builds by `AUTH0_RUDDERSTACK_TEST_PANIC`, with the client secret
-/// in the panic message) is logged once as an internal error with the secret redacted, in either log format,
-/// and ends `run` at once with exit 101 instead of leaving a half-dead daemon.
+/// A panicking loop is logged with the secret in its message redacted, and `run` exits 101 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_is_logged_with_the_secret_redacted_and_ends_the_process_with_101() {
     let (auth0, rudder) = start_fakes().await;
@@ -1055,9 +1041,7 @@ async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
     assert_eq!(s["delivered_total"], 0, "{s}");
 }
 
-/// SIGTERM while a POST is in flight that RudderStack answers within the grace period: that POST completes and
-/// its rows are deleted (`status` says so, and the next run does not send them again), no other POST starts
-/// after the signal, and `run` exits 0.
+/// SIGTERM during a POST answered within the grace period: its rows are committed, and no new POST starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_post_answered_within_the_grace_period_commit_and_starts_no_new_one() {
     let (auth0, rudder) = start_fakes().await;
@@ -1110,8 +1094,7 @@ fn lock_database(app: &App) -> std::sync::mpsc::Sender<()> {
     release_tx
 }
 
-/// Another process holds the state database's write lock for longer than the busy timeout: the daemon treats
-/// it as transient, says so, waits, and carries on once the lock is gone, with nothing lost.
+/// A state database locked by another process past the busy timeout is reported, waited out, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_is_waited_out() {
     let (auth0, rudder) = start_fakes().await;
@@ -1140,9 +1123,7 @@ async fn a_database_locked_by_another_process_is_waited_out() {
     assert_all_delivered_in_order(&rudder, &all);
 }
 
-/// The state database is locked by another process between RudderStack's 2xx and the delete that should
-/// follow it: the delete fails after the busy timeout, nothing is lost, and the rows go out again, with the
-/// same messageIds, until the delete succeeds once the lock is gone.
+/// A database locked between RudderStack's 2xx and the delete: rows go out again with the same ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_when_deleting_after_a_2xx_resends_the_rows_with_the_same_ids() {
     let (auth0, rudder) = start_fakes().await;

@@ -313,10 +313,7 @@ fn assert_each_arrived_in_order_with_stable_ids(events: &[Value], entries: &[Val
     copies
 }
 
-/// The fakes at their least kind at once: both over HTTPS with a private CA (trusted through `tls_ca_file`),
-/// Auth0's pages gzipped and chunked, each page starting with entries at and below the cursor, rate-limit
-/// headers on every answer. A sync delivers every entry in order; the repeats are skipped or sent again with
-/// the same ids, never moving the cursor back.
+/// Over TLS, through gzipped chunked pages repeating entries below the cursor, a sync delivers all in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_over_tls_through_gzip_chunked_pages_that_repeat_entries_delivers_each_in_order() {
     let tls = Tls::generate();
@@ -407,9 +404,7 @@ async fn wait_for_status(app: &App, limit: Duration, f: impl Fn(&Value) -> bool)
     }
 }
 
-/// `dead-letter retry` while `run` is active: the re-queued event is delivered within seconds, without a new
-/// page fetched and although the sender would otherwise sleep for the whole (hour-long) poll interval, because
-/// the daemon notices the other process's commit.
+/// `dead-letter retry` while `run` is active is delivered at once, without waiting for a page or poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_retry_while_run_is_active_is_delivered_without_waiting_for_a_page() {
     let (auth0, rudder) = start_fakes().await;
@@ -439,10 +434,7 @@ async fn dead_letter_retry_while_run_is_active_is_delivered_without_waiting_for_
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
 }
 
-/// Webhook mode through the binary, with `run`: Log Streams wrappers go to `/v1/webhook` with the write key in
-/// the query string and no Basic auth; a wrapper the source refuses is bisected down to a dead letter while the
-/// others arrive in order; entries logged later follow; and `dead-letter retry` sends the refused one once the
-/// source accepts it.
+/// Webhook mode through `run`: key in the query only, a refused wrapper set aside and retried, rest in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_mode_runs_end_to_end_through_the_binary() {
     let (auth0, rudder) = start_fakes().await;

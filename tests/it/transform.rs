@@ -524,12 +524,13 @@ fn text_difference(what: &str, input: &RawValue, ours: &str, theirs: &str, pinne
     (ours != theirs).then(|| format!("{what}\n  ours:     {ours}\n  upstream: {theirs}"))
 }
 
-/// Wherever upstream's output can be exact (see [`js_round_trips`]), our event is upstream's text byte for
-/// byte once the ids are set aside: the key order at every level, `details` and `auth0_client` included, and
-/// the spelling of every number and string. That holds for all 142 fixture entries and the edge cases produced
-/// by running upstream's code; the comparison above only proves equal values.
+/// Our events are upstream's text byte for byte, ids aside, wherever upstream's output is exact.
 #[test]
 fn events_are_upstreams_text_byte_for_byte_wherever_upstream_is_exact() {
+    // Exact where `JSON.parse` then `JSON.stringify` gives the entry's text back (see `js_round_trips`): all 142
+    // fixture entries and the edge cases produced by running upstream's code. This checks key order at every
+    // level, `details` and `auth0_client` included, and the spelling of every number and string, which the
+    // value comparison above does not.
     let mut compared = 0;
     let mut differ = Vec::new();
     for (name, _) in fixtures::transform_files() {
