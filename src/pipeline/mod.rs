@@ -358,6 +358,7 @@ pub async fn run(
         tenants
             .push(Arc::new(tenant_run(&config, t, &clients, &telemetry, &fetch_store, &send_store).await?));
     }
+    let last = send_store.clone();
     let supervisor = Supervisor {
         config: config.clone(),
         mode,
@@ -367,7 +368,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
         telemetry,
     };
-    supervisor.run(watch_store, options).await
+    let result = supervisor.run(watch_store, options).await;
+    // The connections live on threads that the process may end before they close (and fold the WAL in), so
+    // fold it in now: after a clean stop the state file alone holds every commit, and no exit can interrupt
+    // that copy halfway.
+    match last.call(|s| s.checkpoint()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("the state database's WAL could not be folded in completely at exit"),
+        Err(e) => tracing::debug!(error = %Chain(&e), "cannot fold the state database's WAL in at exit"),
+    }
+    result
 }
 
 /// Open the fetching, sending and watching connections. A full disk or a busy file at start-up is waited out

@@ -756,6 +756,41 @@ async fn rudderstacks_429_504_and_500_are_retried_honouring_retry_after() {
     }
 }
 
+/// After `sync` or `run` exits cleanly the state file alone holds every commit, so a copy of it is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_exit_leaves_a_state_file_complete_on_its_own() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(300);
+    let app = App::new(&auth0, &rudder);
+    let copy = app.dir.path().join("copy.db");
+    // Only the database file, as `cp state.db` after stopping the service would take it.
+    let copied_cursor = || {
+        std::fs::copy(app.db_path(), &copy).unwrap();
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        drop(c);
+        let store = Store::open_existing(&copy).unwrap();
+        let cursor = store.cursor(DOMAIN).unwrap().map(|c| c.log_id.to_string());
+        let depth = store.outbox_depth(DOMAIN).unwrap();
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
+        }
+        (cursor, depth)
+    };
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(copied_cursor(), (Some(log_ids(&entries)[299].clone()), 0), "after sync");
+
+    let child = app.spawn_run();
+    let more = auth0.push_synthetic(100);
+    rudder.wait_for_events(400, Duration::from_secs(30)).await;
+    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    assert_eq!(copied_cursor(), (Some(log_ids(&more)[99].clone()), 0), "after run");
+}
+
 /// A state file that is not SQLite, is corrupt, or comes from a newer schema: exit 3, a message naming the
 /// file, and the file is byte-for-byte untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
