@@ -1,11 +1,12 @@
 //! Transform throughput and the memory bound of `transform`.
 //!
-//! `cargo bench --bench transform` prints three tables: (a) the pure transform over the fixture corpus, in
-//! process; (b) the whole `transform` command on a 100,000-entry file, as an operator would run it; (c) the
-//! peak resident memory of `transform` for 10k, 100k and 1M entries, as a JSON array and as NDJSON, which must
-//! stay flat because the reader streams. Peak memory is read from `/proc/<pid>/status` (`VmHWM`, the
-//! high-water mark) while the child runs, so nothing beyond Linux is needed. Set `BENCH_QUICK=1` to skip the
-//! 1M-entry runs.
+//! `cargo bench --bench transform` measures (a) the pure transform over the fixture corpus, in process;
+//! (b) the whole `transform` command on a 100,000-entry file, as an operator would run it; (c) the peak
+//! resident memory of `transform` for 10k, 100k and 1M entries, as a JSON array and as NDJSON, which must
+//! stay flat because the reader streams. Progress goes to stderr; stdout ends with one summary table whose
+//! PASS or MISS against each target is decided from the measurement (the README quotes that table). Peak
+//! memory is read from `/proc/<pid>/status` (`VmHWM`, the high-water mark) while the child runs, so nothing
+//! beyond Linux is needed. Set `BENCH_QUICK=1` to skip the 1M-entry runs.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,17 +16,29 @@ use serde_json::value::RawValue;
 
 #[path = "../tests/it/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/table.rs"]
+mod table;
+
+use table::{Table, fmt_int};
 
 const BIN: &str = env!("CARGO_BIN_EXE_auth0-rudderstack");
 
+/// `transform FILE`, in entries per second of wall time.
+const MIN_ENTRIES_PER_SECOND: f64 = 200_000.0;
+/// The peak resident memory of `transform`, whatever the input size.
+const MAX_PEAK_RSS_MB: f64 = 64.0;
+
 fn main() {
     // Other work on the machine skews every figure below; say how busy it was.
-    println!("load average at start: {}", load_average());
-    pure_transform();
+    let load_before = load_average();
+    let mut table = Table::default();
+    pure_transform(&mut table);
     let dir = tempfile::tempdir().expect("temp dir");
-    whole_process(dir.path());
-    peak_memory(dir.path());
-    println!("load average at end: {}", load_average());
+    whole_process(dir.path(), &mut table);
+    peak_memory(dir.path(), &mut table);
+    table.section("Machine");
+    table.info("load average (1, 5, 15 min) at start / end", format!("{load_before} / {}", load_average()));
+    table.print();
 }
 
 /// CPU seconds (user + system) of all waited-for children of this process so far: fields 16 and 17 of
@@ -47,7 +60,7 @@ fn load_average() -> String {
 }
 
 /// (a) `transform_entry` over the 142 fixture entries, repeated for about two seconds.
-fn pure_transform() {
+fn pure_transform(table: &mut Table) {
     let corpus: Vec<Box<RawValue>> =
         fixtures::corpus_entries().into_iter().map(|e| RawValue::from_string(e).expect("JSON")).collect();
     let bytes_per_round: usize = corpus.iter().map(|e| e.get().len()).sum();
@@ -66,31 +79,31 @@ fn pure_transform() {
     }
     let secs = start.elapsed().as_secs_f64();
     let entries = rounds * corpus.len() as u64;
-    println!(
+    eprintln!("(a) pure transform: {entries} entries in {secs:.2} s");
+    table.section(&format!(
         "(a) pure transform, fixture corpus ({} entries, {} bytes per round), one thread",
         corpus.len(),
         bytes_per_round
+    ));
+    table.info(
+        "throughput",
+        format!(
+            "{} entries/s, {:.1} MB/s in, {:.1} MB/s out",
+            fmt_int(entries as f64 / secs),
+            (rounds * bytes_per_round as u64) as f64 / secs / 1e6,
+            out_bytes as f64 / secs / 1e6
+        ),
     );
-    println!(
-        "    {:>12} entries/s   {:>8.1} MB/s in   {:>8.1} MB/s out   ({} entries in {:.2} s)",
-        fmt_int(entries as f64 / secs),
-        (rounds * bytes_per_round as u64) as f64 / secs / 1e6,
-        out_bytes as f64 / secs / 1e6,
-        entries,
-        secs
-    );
-    println!();
 }
 
-/// (b) The release binary's `transform` on a 100,000-entry file, output to /dev/null and to a file.
-fn whole_process(dir: &Path) {
+/// (b) The release binary's `transform` on a 100,000-entry file, output to /dev/null (median of 3 runs).
+fn whole_process(dir: &Path, table: &mut Table) {
     let n = 100_000;
-    println!("(b) `auth0-rudderstack transform FILE` on {n} entries (median of 3 runs)");
-    println!("    (CPU s = the child's user + system time, which other load on the machine barely changes)");
-    println!(
-        "    {:<8} {:>10} {:>14} {:>10} {:>10} {:>8} {:>18}",
-        "input", "MB", "entries/s", "MB/s", "seconds", "CPU s", "entries/CPU-s"
-    );
+    table.section(&format!(
+        "(b) `auth0-rudderstack transform FILE`, {} entries, median of 3 runs",
+        fmt_int(n as f64)
+    ));
+    table.note("CPU time is the child's user + system time, which other load on the machine barely changes.");
     for (shape, write) in
         [("array", fixtures::write_array as fn(&Path, usize) -> u64), ("ndjson", fixtures::write_ndjson)]
     {
@@ -113,29 +126,26 @@ fn whole_process(dir: &Path) {
             .collect();
         times.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (secs, cpu) = times[1];
-        println!(
-            "    {:<8} {:>10.1} {:>14} {:>10.1} {:>10.3} {:>8.2} {:>18}",
-            shape,
-            bytes as f64 / 1e6,
-            fmt_int(n as f64 / secs),
-            bytes as f64 / secs / 1e6,
-            secs,
-            cpu,
-            fmt_int(n as f64 / cpu)
+        let rate = n as f64 / secs;
+        eprintln!("(b) {shape}: {:.3} s", secs);
+        table.row(
+            &format!("{shape} ({:.1} MB)", bytes as f64 / 1e6),
+            format!("{} entries/s, {:.1} MB/s ({secs:.3} s)", fmt_int(rate), bytes as f64 / secs / 1e6),
+            format!("≥ {} entries/s", fmt_int(MIN_ENTRIES_PER_SECOND)),
+            rate >= MIN_ENTRIES_PER_SECOND,
+        );
+        table.info(
+            &format!("{shape}: CPU (user + system)"),
+            format!("{cpu:.2} s, {} entries per CPU second", fmt_int(n as f64 / cpu)),
         );
         std::fs::remove_file(&path).expect("remove");
     }
-    println!();
 }
 
 /// (c) Peak RSS of `transform` for growing inputs.
-fn peak_memory(dir: &Path) {
+fn peak_memory(dir: &Path, table: &mut Table) {
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    println!("(c) peak RSS (VmHWM) of `transform FILE > /dev/null`");
-    println!(
-        "    {:>9} {:<8} {:>10} {:>12} {:>10}",
-        "entries", "input", "input MB", "peak RSS MB", "seconds"
-    );
+    table.section("(c) peak RSS (VmHWM) of `transform FILE > /dev/null`");
     for n in [10_000usize, 100_000, 1_000_000] {
         if quick && n > 100_000 {
             continue;
@@ -165,13 +175,13 @@ fn peak_memory(dir: &Path) {
                 std::thread::sleep(Duration::from_millis(2));
             };
             assert!(status.success(), "transform failed: {status}");
-            println!(
-                "    {:>9} {:<8} {:>10.1} {:>12.1} {:>10.2}",
-                n,
-                shape,
-                bytes as f64 / 1e6,
-                peak_kb as f64 / 1024.0,
-                start.elapsed().as_secs_f64()
+            let peak_mb = peak_kb as f64 / 1024.0;
+            eprintln!("(c) {n} {shape}: {peak_mb:.1} MB");
+            table.row(
+                &format!("{} entries, {shape} ({:.1} MB)", fmt_int(n as f64), bytes as f64 / 1e6),
+                format!("{peak_mb:.1} MB ({:.2} s)", start.elapsed().as_secs_f64()),
+                format!("< {MAX_PEAK_RSS_MB:.0} MB"),
+                peak_mb < MAX_PEAK_RSS_MB,
             );
             std::fs::remove_file(&path).expect("remove");
         }
@@ -183,17 +193,4 @@ fn vm_hwm_kb(path: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// A count with thousands separators.
-fn fmt_int(x: f64) -> String {
-    let digits = format!("{:.0}", x);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

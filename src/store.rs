@@ -1014,6 +1014,16 @@ impl Store {
         })
     }
 
+    /// Fold the WAL into the database file and empty it, so that the file alone holds every commit. Returns
+    /// false when another connection's reader kept part of it from being folded.
+    pub fn checkpoint(&self) -> Result<bool, StoreError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(|e| StoreError::sqlite(&self.path, e))?;
+        Ok(busy == 0)
+    }
+
     /// SQLite's `data_version`: it changes whenever another connection (or process) commits.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         self.read(|conn| conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0)))

@@ -144,7 +144,7 @@ impl Error {
         }
     }
 
-    /// How long Auth0 asked us to wait (429 with `Retry-After` or `x-ratelimit-reset`).
+    /// How long Auth0 asked us to wait (a 429: the later of `Retry-After` and `x-ratelimit-reset`).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::RateLimited { retry_after, .. } => *retry_after,

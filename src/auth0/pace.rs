@@ -7,7 +7,8 @@
 //!    from when the previous response arrived, so request latency does not lower the rate; a caller that comes
 //!    back late gets the current time, so idle time never accumulates into a burst.
 //! 2. What Auth0 says: `x-ratelimit-remaining: 0` holds the next request until `x-ratelimit-reset`, and a 429
-//!    holds it for its retry-after. While requests remain, the coarse one-second reset is ignored.
+//!    holds it until the later of its `Retry-After` and that reset. While requests remain, the coarse
+//!    one-second reset is ignored.
 //!
 //! A waiting future can be dropped at any time; if it held the newest slot, the slot is given back.
 
@@ -125,17 +126,21 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// How long a 429 asks us to wait: `Retry-After` (seconds, or an HTTP date as RFC 9110 also allows), else
-/// `x-ratelimit-reset` (an absolute epoch in seconds) minus now. Every number is read into a bounded range
-/// before any arithmetic: a reset in the past waits a second, an absurd `Retry-After` (say `1e20`) waits at
-/// most [`MAX_RETRY_AFTER`] and says so at warn level; an unreadable header counts as absent.
+/// How long a 429 asks us to wait: the later of `Retry-After` (seconds, or an HTTP date as RFC 9110 also
+/// allows) and `x-ratelimit-reset` (an absolute epoch in seconds) minus now, since asking before either has
+/// passed is refused again. Every number is read into a bounded range before any arithmetic: a reset in the
+/// past counts for nothing (and alone waits a second), an absurd `Retry-After` (say `1e20`) waits at most
+/// [`MAX_RETRY_AFTER`] and says so at warn level; an unreadable header counts as absent.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if headers.contains_key("retry-after")
-        && let Some(wait) = crate::http::retry_after(headers, MAX_RETRY_AFTER)
-    {
-        return Some(wait);
+    let named = if headers.contains_key("retry-after") {
+        crate::http::retry_after(headers, MAX_RETRY_AFTER)
+    } else {
+        None
+    };
+    match (named, reset_wait(headers)) {
+        (Some(named), reset) => Some(named.max(reset.unwrap_or_default())),
+        (None, reset) => reset.map(|d| d.max(MIN_429_WAIT)),
     }
-    reset_wait(headers).map(|d| d.max(MIN_429_WAIT))
 }
 
 /// `x-ratelimit-reset - now`, within `[0, MAX_RESET_WAIT]`; `None` when absent or unreadable.
@@ -183,9 +188,13 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_prefers_the_retry_after_header() {
+    fn a_429_waits_for_the_later_of_retry_after_and_the_reset() {
         let h = headers(&[("retry-after", "7".into()), ("x-ratelimit-reset", (epoch() + 30).to_string())]);
+        let wait = retry_after(&h).expect("a wait");
+        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{wait:?}");
+        let h = headers(&[("retry-after", "7".into()), ("x-ratelimit-reset", (epoch() - 30).to_string())]);
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers(&[("retry-after", "7".into())])), Some(Duration::from_secs(7)));
     }
 
     #[test]

@@ -379,6 +379,7 @@ pub async fn run(
         tenants
             .push(Arc::new(tenant_run(&config, t, &clients, &telemetry, &fetch_store, &send_store).await?));
     }
+    let last = send_store.clone();
     let supervisor = Supervisor {
         config: config.clone(),
         mode,
@@ -388,7 +389,16 @@ pub async fn run(
         shutdown: shutdown.clone(),
         telemetry,
     };
-    supervisor.run(watch_store, path, options).await
+    let result = supervisor.run(watch_store, path, options).await;
+    // The connections live on threads that the process may end before they close (and fold the WAL in), so
+    // fold it in now: after a clean stop the state file alone holds every commit, and no exit can interrupt
+    // that copy halfway.
+    match last.call(|s| s.checkpoint()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("the state database's WAL could not be folded in completely at exit"),
+        Err(e) => tracing::debug!(error = %Chain(&e), "cannot fold the state database's WAL in at exit"),
+    }
+    result
 }
 
 /// Open the fetching, sending and watching connections. A full disk or a busy file at start-up is waited out
@@ -407,6 +417,14 @@ async fn open_stores(
             let open = |name: &str| -> Result<Handle, StoreError> {
                 let store = Store::open(&p)?;
                 store.set_synchronous(sync)?;
+                // Read back what SQLite applied, so that the log shows the durability actually in effect.
+                let level = match store.synchronous()? {
+                    0 => "OFF",
+                    1 => "NORMAL",
+                    2 => "FULL",
+                    _ => "EXTRA",
+                };
+                tracing::debug!(connection = name, synchronous = level, "state database connection open");
                 Handle::spawn(store, name)
             };
             Ok((open("state-fetch")?, open("state-send")?, open("state-watch")?))
@@ -741,6 +759,7 @@ async fn fetch_loop(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let budget = t.fetch_budget();
+    forced_panic(Which::Fetch, &t);
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -772,6 +791,7 @@ async fn send_loop(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let budget = sender.budget();
+    forced_panic(Which::Send, &t);
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -790,6 +810,32 @@ async fn send_loop(
             return Ok(());
         }
     }
+}
+
+/// Debug builds only: `AUTH0_RUDDERSTACK_TEST_PANIC=fetch|send` (read once) makes that loop panic as it
+/// starts, with the tenant's client secret in the message, so that tests can prove what a bug costs: the
+/// panic hook prints the message with the secret redacted and ends the process with `logging::EXIT_BUG`.
+/// Release builds compile this to nothing.
+fn forced_panic(which: Which, t: &TenantRun) {
+    #[cfg(debug_assertions)]
+    {
+        use secrecy::ExposeSecret;
+        static WHICH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let asked = WHICH.get_or_init(|| std::env::var("AUTH0_RUDDERSTACK_TEST_PANIC").ok());
+        let name = match which {
+            Which::Fetch => "fetch",
+            Which::Send => "send",
+        };
+        if asked.as_deref() == Some(name) {
+            panic!(
+                "forced by AUTH0_RUDDERSTACK_TEST_PANIC in the {name} loop of {} (client secret {})",
+                t.domain,
+                t.cfg.auth0.client_secret.expose_secret()
+            );
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (which, t);
 }
 
 /// A step succeeded: reset the backoff, and clear the error `status` shows once a failing loop recovers.

@@ -138,6 +138,38 @@ async fn a_401_from_the_logs_endpoint_triggers_exactly_one_reauthentication() {
     assert_eq!(fake.log_requests().len(), 3);
 }
 
+/// Tasks sharing one client, refused with 401 at once, make it re-mint the token once, then all succeed.
+#[tokio::test]
+async fn concurrent_401s_invalidate_the_token_once() {
+    const TASKS: usize = 8;
+    let fake = fake().await;
+    fake.push_synthetic(3);
+    let mut cfg = fake.config();
+    cfg.max_requests_per_second = 1000.0;
+    let c = client(&cfg);
+    c.page_after(&lid(&fake.log_id(0)), 10).await.unwrap();
+    let revoked = format!("Bearer {}", fake.issued_tokens()[0]);
+    // The revoked token's 401 comes a second late, so that every task has sent it before any task is refused.
+    fake.set_hook(move |req, _| {
+        (is_logs(req) && req.header("authorization") == Some(revoked.as_str())).then(|| {
+            Reply::json(401, &json!({"statusCode":401,"error":"Unauthorized","message":"Invalid token"}))
+                .delayed(Duration::from_secs(1))
+        })
+    });
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (c, from) = (c.clone(), lid(&fake.log_id(0)));
+            tokio::spawn(async move { c.page_after(&from, 10).await.map(|p| p.entries.len()) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().expect("every task succeeds after the re-mint"), 2);
+    }
+    assert_eq!(fake.log_requests_with(401), TASKS, "every task was refused once");
+    assert_eq!(fake.tokens_minted(), 2, "the first token, and one re-mint for all the 401s");
+    assert_eq!(c.tokens_minted(), 2);
+}
+
 /// A second 401 right after a fresh mint is fatal, and the message shows no token.
 #[tokio::test]
 async fn two_401s_in_a_row_are_fatal() {
@@ -423,12 +455,15 @@ async fn a_429_wait_comes_from_x_ratelimit_reset_and_stays_bounded() {
 /// Request starts are spaced by 1 / max_requests_per_second, even when several tasks share the client.
 #[tokio::test]
 async fn the_pacer_spaces_request_starts_even_for_concurrent_callers() {
+    // Each request has its own slot, so the k-th to arrive came at least k intervals after the start; noise can
+    // only delay a request, never bring it forward.
     let fake = fake().await;
     fake.push_synthetic(5);
     let mut cfg = fake.config();
     cfg.max_requests_per_second = 10.0;
     let c = client(&cfg);
     let from = fake.log_id(0);
+    let started = Instant::now();
     let tasks: Vec<_> = (0..3)
         .map(|_| {
             let c = c.clone();
@@ -445,12 +480,14 @@ async fn the_pacer_spaces_request_starts_even_for_concurrent_callers() {
     }
     let r = fake.log_requests();
     assert_eq!(r.len(), 18);
-    // Arrival times carry scheduling noise, so the bounds are loose; unpaced requests would arrive
-    // about a millisecond apart and in bursts of three.
-    let closest = r.windows(2).map(|w| w[1].at - w[0].at).min().unwrap();
-    assert!(closest >= Duration::from_millis(50), "two requests started {closest:?} apart (interval 100 ms)");
-    let span = r[17].at - r[0].at;
-    assert!(span >= Duration::from_millis(1_600), "18 requests within {span:?} (17 intervals are 1.7 s)");
+    // Unpaced, the three callers' requests would arrive in bursts of three, milliseconds apart.
+    for (k, req) in r.iter().enumerate() {
+        let after = req.at.duration_since(started);
+        assert!(
+            after >= Duration::from_millis(100) * k as u32,
+            "request {k} arrived {after:?} after the start"
+        );
+    }
 }
 
 /// `x-ratelimit-remaining: 0` holds the next request until `x-ratelimit-reset`, so the client is never refused.

@@ -1,11 +1,15 @@
 //! The whole path through the real binary: fake Auth0 → `sync`/`run` → SQLite → fake RudderStack.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::app::{App, text};
+use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, text};
+use crate::support::fake_auth0::{Chunking, FakeAuth0, FakeOptions};
+use crate::support::fake_rudderstack::{self, FakeRudderStack, KeySource};
+use crate::support::http::{Request, Tls};
 use crate::support::{fixture_pairs_rekeyed, start_fakes, strip_ids};
 
 /// With `start = "oldest"`, `sync` delivers every fixture entry once, exactly as RudderStack's transformer
@@ -282,4 +286,204 @@ async fn an_event_over_max_event_bytes_is_a_dead_letter() {
     let list: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list[0]["log_id"], entries[4]["log_id"]);
     assert!(list[0]["reason"].as_str().unwrap().contains("32000"), "{list}");
+}
+
+/// Every entry arrived at least once, in log order by first arrival, and every copy carries the messageId of
+/// its first delivery; returns how many copies there were.
+fn assert_each_arrived_in_order_with_stable_ids(events: &[Value], entries: &[Value]) -> usize {
+    let mut first: HashMap<String, String> = HashMap::new();
+    let mut order = Vec::new();
+    let mut copies = 0;
+    for e in events {
+        let log_id = e["properties"]["log_id"].as_str().unwrap().to_string();
+        let mid = e["messageId"].as_str().unwrap().to_string();
+        match first.get(&log_id) {
+            Some(m) => {
+                copies += 1;
+                assert_eq!(m, &mid, "{log_id} was sent again with another messageId");
+            }
+            None => {
+                first.insert(log_id.clone(), mid);
+                order.push(log_id);
+            }
+        }
+    }
+    let want: Vec<String> = entries.iter().map(|e| e["log_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(order, want, "every entry, in log order");
+    copies
+}
+
+/// Over TLS, through gzipped chunked pages repeating entries below the cursor, a sync delivers all in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_over_tls_through_gzip_chunked_pages_that_repeat_entries_delivers_each_in_order() {
+    let tls = Tls::generate();
+    let auth0 = FakeAuth0::start_tls(
+        FakeOptions {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            below_cursor: 3,
+            gzip_pages: true,
+            chunked_pages: Some(Chunking { size: 1_500, delay: None }),
+            ..FakeOptions::default()
+        },
+        &tls,
+    )
+    .await;
+    let rudder = FakeRudderStack::start_tls(
+        fake_rudderstack::Options {
+            write_keys: vec![WRITE_KEY.into()],
+            ..fake_rudderstack::Options::default()
+        },
+        &tls,
+    )
+    .await;
+    let gzip_asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = gzip_asked.clone();
+    auth0.set_hook(move |req: &Request, _| {
+        if req.path == "/api/v2/logs" && req.query("from").is_some() {
+            seen.lock().unwrap().push(req.accepts_gzip());
+        }
+        None
+    });
+    let entries = auth0.push_synthetic(450);
+    let mut app = App::new(&auth0, &rudder);
+    let ca = app.dir.path().join("ca.pem");
+    tls.write_ca(&ca);
+    let ca = ca.display().to_string();
+    app.set("auth0", "tls_ca_file", ca.as_str()).set("rudderstack", "tls_ca_file", ca.as_str());
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let copies = assert_each_arrived_in_order_with_stable_ids(&rudder.events(), &entries);
+
+    let asked = gzip_asked.lock().unwrap().clone();
+    assert!(asked.len() >= 5 && asked.iter().all(|g| *g), "every page request must accept gzip: {asked:?}");
+    let chunked = auth0.server().stream_ends().len();
+    assert!(chunked >= asked.len() - 1, "{chunked} chunked pages for {} page requests", asked.len());
+    let s = app.status().await;
+    assert_eq!(s["cursor"], entries[449]["log_id"], "{s}");
+    assert!(s["repeated_total"].as_u64().unwrap() >= 4, "the entry equal to the cursor was skipped: {s}");
+    assert!(copies > 0, "entries below the cursor were served again but never re-sent");
+    assert_eq!(s["dead_letters"], 0, "{s}");
+}
+
+/// `state.synchronous` is in effect on every connection the daemon opens: NORMAL by default, FULL when set,
+/// as SQLite itself reports it back; a sync works either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_synchronous_full_is_in_effect_on_every_connection() {
+    for (setting, expected) in [(None, "NORMAL"), (Some("full"), "FULL")] {
+        let (auth0, rudder) = start_fakes().await;
+        let entries = auth0.push_synthetic(150);
+        let mut app = App::new(&auth0, &rudder);
+        if let Some(v) = setting {
+            app.set("state", "synchronous", v);
+        }
+        let mut cmd = app.command(&["--log-format", "json", "sync"]);
+        cmd.env("RUST_LOG", "debug");
+        let out = run_bounded(cmd, Duration::from_secs(60)).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(rudder.event_count(), entries.len());
+        let levels: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "state database connection open")
+            .map(|v| v["fields"]["synchronous"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(levels, vec![expected; 3], "{setting:?}: {}", text(&out));
+    }
+}
+
+/// Wait until `status --json` satisfies `f`, for at most `limit`.
+async fn wait_for_status(app: &App, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = app.status().await;
+        if f(&s) || Instant::now() >= deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `dead-letter retry` while `run` is active is delivered at once, without waiting for a page or poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_retry_while_run_is_active_is_delivered_without_waiting_for_a_page() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(30);
+    let bad = entries[7]["log_id"].clone();
+    let refused = bad.clone();
+    rudder.reject_events("request neither has anonymousId nor userId", move |e| {
+        e["properties"]["log_id"] == refused
+    });
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "poll_interval", "1h");
+    let child = app.spawn_run();
+    rudder.wait_for_events(29, Duration::from_secs(30)).await;
+    let s = wait_for_status(&app, Duration::from_secs(30), |s| s["dead_letters"] == 1).await;
+    assert_eq!(s["dead_letters"], 1, "{s}");
+    rudder.clear_reject();
+
+    let pages = auth0.log_requests().len();
+    let out = app.run(&["dead-letter", "retry"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events = rudder.wait_for_events(30, Duration::from_secs(30)).await;
+    assert_eq!(events[29]["properties"]["log_id"], bad);
+    assert_eq!(auth0.log_requests().len(), pages, "a page was fetched before the retried event went out");
+    let s = wait_for_status(&app, Duration::from_secs(30), |s| s["outbox_depth"] == 0).await;
+    assert_eq!((s["outbox_depth"].clone(), s["dead_letters"].clone()), (0.into(), 0.into()), "{s}");
+    let status = sigterm(child).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+}
+
+/// Webhook mode through `run`: key in the query only, a refused wrapper set aside and retried, rest in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_mode_runs_end_to_end_through_the_binary() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut entries = auth0.push_synthetic(60);
+    let bad = entries[13]["log_id"].clone();
+    let refused = bad.clone();
+    rudder.reject_events("TypeError: Cannot read properties of undefined", move |w| w["log_id"] == refused);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "mode", "webhook");
+    let child = app.spawn_run();
+    rudder.wait_for_wrappers(59, Duration::from_secs(30)).await;
+    entries.extend(auth0.push_synthetic(20));
+    let wrappers = rudder.wait_for_wrappers(79, Duration::from_secs(30)).await;
+    let want: Vec<&Value> = entries.iter().filter(|e| e["log_id"] != bad).collect();
+    assert_eq!(wrappers.len(), want.len());
+    for (w, e) in wrappers.iter().zip(&want) {
+        assert_eq!((&w["log_id"], &w["data"]), (&e["log_id"], *e));
+    }
+    let s = wait_for_status(&app, Duration::from_secs(30), |s| s["dead_letters"] == 1).await;
+    assert_eq!(s["dead_letters"], 1, "{s}");
+
+    rudder.clear_reject();
+    let out = app.run(&["dead-letter", "retry"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let wrappers = rudder.wait_for_wrappers(80, Duration::from_secs(30)).await;
+    assert_eq!(wrappers[79]["log_id"], bad);
+    let status = sigterm(child).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+
+    let requests = rudder.requests();
+    assert!(requests.iter().all(|r| r.path == "/v1/webhook"), "everything went to /v1/webhook");
+    assert!(
+        requests.iter().all(|r| r
+            .key
+            .as_ref()
+            .is_some_and(|(from, key)| *from == KeySource::Query && key == WRITE_KEY)
+            && r.authorization.is_none()),
+        "the key travels in the query string only"
+    );
+    assert_eq!(rudder.event_count(), 0, "nothing went to /v1/batch");
+}
+
+/// Send SIGTERM to a daemon and wait (bounded) for it to exit.
+async fn sigterm(mut child: tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("child pid");
+    let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(sent.success());
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the daemon did not stop")
+        .unwrap()
 }

@@ -441,3 +441,154 @@ fn input_split_at_every_possible_point_reads_the_same() {
         assert_eq!(run(step), whole, "step {step}");
     }
 }
+
+/// JSON text without the whitespace between tokens; strings (escapes included) and numbers are kept exactly as
+/// written.
+fn minify(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !c.is_ascii_whitespace() {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The anonymousId upstream's random one is pinned to in the fixtures.
+const PINNED_ANONYMOUS_ID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// A fixture file with its entries and events as the text they were written in.
+#[derive(serde::Deserialize)]
+struct RawFixture {
+    input: Vec<Box<RawValue>>,
+    expected: Vec<Box<RawValue>>,
+}
+
+/// Whether `JSON.parse` then `JSON.stringify` gives `value`'s text back, so that upstream's output can be
+/// compared as text: every number is an integer a double holds exactly (a JS double would respell `1.0`,
+/// `1e3` or 2^53 + 1), and no object has a key that is an array index (`JSON.parse` moves those first).
+fn js_round_trips(value: &Value) -> bool {
+    const MAX_SAFE: u64 = (1 << 53) - 1;
+    match value {
+        Value::Number(n) => {
+            n.as_u64().is_some_and(|u| u <= MAX_SAFE)
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() <= MAX_SAFE)
+        }
+        Value::Array(items) => items.iter().all(js_round_trips),
+        Value::Object(map) => map.iter().all(|(k, v)| {
+            let index =
+                k == "0" || (!k.starts_with('0') && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+            !index && js_round_trips(v)
+        }),
+        _ => true,
+    }
+}
+
+/// The entries of a webhook body as the text they were sent in (array, `{logs}`, single object).
+fn raw_webhook_entries(body: &str) -> Vec<Box<RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Logs {
+        logs: Vec<Box<RawValue>>,
+    }
+    if body.trim_start().starts_with('[') {
+        return serde_json::from_str(body).expect("an array body");
+    }
+    match serde_json::from_str::<Logs>(body) {
+        Ok(l) => l.logs,
+        Err(_) => vec![raw(body)],
+    }
+}
+
+/// How our event's text differs from upstream's, once our two ids are replaced by upstream's pinned
+/// anonymousId (and no messageId), where upstream has it: last. `None` when they are the same bytes.
+fn text_difference(what: &str, input: &RawValue, ours: &str, theirs: &str, pinned: &str) -> Option<String> {
+    assert!(
+        js_round_trips(&serde_json::from_str(input.get()).expect("JSON")),
+        "{what}: upstream is not exact"
+    );
+    let (_, (message, anonymous)) = comparable(ours);
+    let tail = format!(r#","anonymousId":"{anonymous}","messageId":"{message}"}}"#);
+    let head = ours.strip_suffix(&tail).unwrap_or_else(|| panic!("{what}: our ids are not last: {ours}"));
+    let ours = format!(r#"{head},"anonymousId":"{pinned}"}}"#);
+    let theirs = minify(theirs);
+    (ours != theirs).then(|| format!("{what}\n  ours:     {ours}\n  upstream: {theirs}"))
+}
+
+/// Our events are upstream's text byte for byte, ids aside, wherever upstream's output is exact.
+#[test]
+fn events_are_upstreams_text_byte_for_byte_wherever_upstream_is_exact() {
+    // Exact where `JSON.parse` then `JSON.stringify` gives the entry's text back (see `js_round_trips`): all 142
+    // fixture entries and the edge cases produced by running upstream's code. This checks key order at every
+    // level, `details` and `auth0_client` included, and the spelling of every number and string, which the
+    // value comparison above does not.
+    let mut compared = 0;
+    let mut differ = Vec::new();
+    for (name, _) in fixtures::transform_files() {
+        let text =
+            std::fs::read_to_string(fixtures::fixtures_dir().join("transform").join(&name)).expect("read");
+        let file: RawFixture = serde_json::from_str(&text).expect("fixture shape");
+        for (i, (input, expected)) in file.input.iter().zip(&file.expected).enumerate() {
+            // Auth0 sends compact JSON; the fixture's indentation is not part of the entry.
+            let entry = raw(&minify(input.get()));
+            let event = transform_entry(TENANT, &entry).unwrap_or_else(|e| panic!("{name}[{i}]: {e}"));
+            differ.extend(text_difference(
+                &format!("{name}[{i}]"),
+                &entry,
+                &event.json,
+                expected.get(),
+                PINNED_ANONYMOUS_ID,
+            ));
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 142);
+    for (name, file) in fixtures::edge_case_files() {
+        // Upstream's own test cases are hand-written expectations compared by value, so only the outputs
+        // produced by running upstream's code are its text.
+        let generated = file["origin"].as_str().is_some_and(|o| o.starts_with("GENERATED"));
+        let Some(pinned) = file["mocked_uuid"].as_str().filter(|_| generated) else { continue };
+        let text = std::fs::read_to_string(fixtures::fixtures_dir().join("transform-edge-cases").join(&name))
+            .expect("read");
+        #[derive(serde::Deserialize)]
+        struct Output {
+            output: Option<Batch>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            batch: Vec<Box<RawValue>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct RawEdge {
+            output: Vec<Output>,
+        }
+        let outputs: RawEdge = serde_json::from_str(&text).expect("edge case shape");
+        for (r, (input, output)) in
+            file["input"].as_array().expect("input").iter().zip(outputs.output).enumerate()
+        {
+            let Some(batch) = output.output else { continue };
+            let body = input.pointer("/request/body").and_then(Value::as_str).expect("body");
+            let mut theirs = batch.batch.iter();
+            for (e, entry) in raw_webhook_entries(body).iter().enumerate() {
+                let Ok(event) = transform_wrapper(TENANT, entry) else { continue };
+                let what = format!("{name} request {r} entry {e}");
+                let expected = theirs.next().unwrap_or_else(|| panic!("{what}: upstream has fewer events"));
+                if js_round_trips(&serde_json::from_str(entry.get()).expect("JSON")) {
+                    differ.extend(text_difference(&what, entry, &event.json, expected.get(), pinned));
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{} events differ from upstream's text:\n{}", differ.len(), differ.join("\n"));
+    assert_eq!(compared, 142 + 14, "the generated edge cases hold 14 events");
+}

@@ -77,6 +77,8 @@ impl Default for Options {
 pub struct Recorded {
     /// The sequence number of the request, from 0.
     pub n: usize,
+    /// When it was received in full (before any delay of its answer).
+    pub at: Instant,
     /// `POST`, ...
     pub method: String,
     /// The path.
@@ -398,6 +400,7 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
     };
     let mut rec = Recorded {
         n,
+        at: received,
         method: req.method.clone(),
         path: req.path.clone(),
         status: 0,
