@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::app::{App, bin, run_bounded, text};
+use crate::support::app::{App, bin, run_bounded, text, wait_until};
 use crate::support::{fixture_pairs_rekeyed, start_fakes, strip_ids};
 
 const WRAPPER_VAR: &str = "AUTH0_RUDDERSTACK_SANDBOX";
@@ -171,4 +171,41 @@ async fn the_sandbox_kills_a_forbidden_call_and_allows_writes_only_to_the_state(
     assert!(lines.contains(&"var-tmp-writable"), "{}", text(&out));
     assert!(state.join("written").exists(), "the state directory is not the one given");
     assert!(!Path::new(&probe).exists(), "/var/tmp is the host's, not a private one");
+}
+
+/// Under the unit's restrictions the daemon's own paths work too: `run` starts (the outbox watcher's inotify,
+/// the reporter, the signal handlers), delivers every entry, polls again and delivers what came later, and is
+/// still running at the end. A system call outside the filter would have killed it with SIGSYS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_delivers_new_entries_and_keeps_running_inside_the_units_sandbox() {
+    let Some(wrapper) = wrapper("run_delivers_new_entries_and_keeps_running_inside_the_units_sandbox") else {
+        return;
+    };
+    let (auth0, rudder) = start_fakes().await;
+    let first = auth0.push_synthetic(120);
+    let (mut app, state) = packaged_like_app(&auth0.url(), &rudder.url());
+    app.set("auth0", "poll_interval", "1s");
+    let config = format!("{CREDENTIALS}/config.toml");
+    let mut cmd =
+        sandboxed(&wrapper, &state, Some(&app.config_path()), &daemon(), &["--config", &config, "run"]);
+    // Its log goes to a file, so that a full pipe can never stall it.
+    let log_path = app.dir.path().join("sandboxed-run.log");
+    cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log_path).unwrap());
+    let mut child = cmd.spawn().expect("start the sandbox");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let arrived = wait_until(Duration::from_secs(60), || rudder.event_count() >= first.len()).await;
+    assert!(arrived, "{} of {} events; log:\n{}", rudder.event_count(), first.len(), log());
+    let later = auth0.push_synthetic(30);
+    let total = first.len() + later.len();
+    let arrived = wait_until(Duration::from_secs(60), || rudder.event_count() >= total).await;
+    assert!(arrived, "{} of {total} events; log:\n{}", rudder.event_count(), log());
+
+    let ended = child.try_wait().expect("wait");
+    assert!(ended.is_none(), "run ended inside the sandbox ({ended:?}); log:\n{}", log());
+    let sent: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    let pushed: Vec<Value> = first.iter().chain(&later).map(|e| e["log_id"].clone()).collect();
+    assert_eq!(sent, pushed, "every entry once, in order");
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
 }
