@@ -587,10 +587,9 @@ async fn an_expired_checkpoint_with_stop_waits_for_resume() {
     assert_eq!(delivered_log_ids(&rudder)[20..].to_vec(), log_ids(&fresh[5..]));
 }
 
-/// Auth0 silently answers with entries far newer than a cursor older than the retention: the gap is
-/// reported, and `status` warned beforehand that the checkpoint was past half the retention.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
+/// A tenant whose 5 entries are three hours old, on an Auth0 that answers an expired `from` silently with
+/// the oldest entries it still holds; and an app for it.
+async fn three_hours_old_entries() -> (FakeAuth0, FakeRudderStack, App, Vec<Value>) {
     let auth0 = FakeAuth0::start(FakeOptions {
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
@@ -605,16 +604,30 @@ async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
         })
         .collect();
     auth0.push(old.clone());
-    let mut app = App::new(&auth0, &rudder);
+    let app = App::new(&auth0, &rudder);
+    (auth0, rudder, app, old)
+}
+
+/// Three new entries arrive and the old ones age out: the next page after the old cursor jumps past them.
+fn jump_past_the_retention(auth0: &FakeAuth0) -> Vec<Value> {
+    let new: Vec<Value> =
+        (6..=8).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::minutes(1))).collect();
+    auth0.push(new.clone());
+    auth0.expire_oldest(5);
+    new
+}
+
+/// Auth0 silently answers with entries far newer than a cursor older than the retention: the gap is
+/// reported, and `status` warned beforehand that the checkpoint was past half the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
+    let (auth0, rudder, mut app, old) = three_hours_old_entries().await;
     app.set("auth0", "retention", "1h");
     assert_eq!(app.sync().await.status.code(), Some(0));
     let s = app.status().await;
     assert!(s["warnings"].to_string().contains("half of auth0.retention"), "{s}");
 
-    let new: Vec<Value> =
-        (6..=8).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::minutes(1))).collect();
-    auth0.push(new.clone());
-    auth0.expire_oldest(5);
+    let new = jump_past_the_retention(&auth0);
     let out = app.sync().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stderr(&out).contains("gap"), "{}", text(&out));
@@ -627,29 +640,12 @@ async fn a_jump_past_an_expired_cursor_is_reported_as_a_gap() {
 /// A silent jump past the retention, with `on_expired_checkpoint = "stop"`, stores nothing until `resume`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_jump_past_the_retention_with_stop_waits_for_resume() {
-    let auth0 = FakeAuth0::start(FakeOptions {
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-        expired_from: ExpiredFrom::OldestRetained,
-        ..FakeOptions::default()
-    })
-    .await;
-    let (_unused, rudder) = start_fakes().await;
-    let old: Vec<Value> = (1..=5)
-        .map(|i| {
-            synthetic_entry(i, Utc::now() - chrono::Duration::hours(3) + chrono::Duration::seconds(i as i64))
-        })
-        .collect();
-    auth0.push(old.clone());
-    let mut app = App::new(&auth0, &rudder);
+    let (auth0, rudder, mut app, old) = three_hours_old_entries().await;
     app.set("auth0", "retention", "1h").set("auth0", "on_expired_checkpoint", "stop");
     assert_eq!(app.sync().await.status.code(), Some(0));
     assert_eq!(rudder.event_count(), 5);
 
-    let new: Vec<Value> =
-        (6..=8).map(|i| synthetic_entry(i, Utc::now() - chrono::Duration::minutes(1))).collect();
-    auth0.push(new.clone());
-    auth0.expire_oldest(5);
+    let new = jump_past_the_retention(&auth0);
     for attempt in 1..=2 {
         let out = app.sync().await;
         assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {}", text(&out));
