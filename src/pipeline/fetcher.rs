@@ -195,9 +195,10 @@ impl Fetcher {
     /// One round: check that fetching may go on, then read and commit one page (or bootstrap).
     pub async fn step(&mut self, stop: &CancellationToken) -> Result<Fetched, Error> {
         let domain = self.t.domain.clone();
-        let (stopped, depth) = {
+        // One call for all three: on an idle daemon each call into the store is a thread wake-up.
+        let (stopped, depth, cursor) = {
             let d = domain.clone();
-            self.store.call(move |s| Ok((s.fetching_stopped(&d)?, s.outbox_depth(&d)?))).await?
+            self.store.call(move |s| Ok((s.fetching_stopped(&d)?, s.outbox_depth(&d)?, s.cursor(&d)))).await?
         };
         if stopped {
             let d = domain.clone();
@@ -232,8 +233,7 @@ impl Fetcher {
             tracing::info!(tenant = %domain, outbox = depth, "outbox has room again, resuming fetching");
             self.paused_for_space = false;
         }
-        let d = domain.clone();
-        match self.store.call(move |s| s.cursor(&d)).await {
+        match cursor {
             Ok(None) => self.bootstrap(stop).await,
             Ok(Some(cursor)) => self.fetch_after(cursor, stop).await,
             Err(StoreError::BadCursor { .. }) => {
