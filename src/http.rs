@@ -160,14 +160,31 @@ pub fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
-/// A hint to add to a transport error whose chain says the server's certificate was not trusted.
-pub fn tls_hint(chain: &str) -> &'static str {
+/// The config section a client belongs to, for the hint that names where its `tls_ca_file` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// `[auth0]` or a `[[tenant]]` entry.
+    Auth0,
+    /// `[rudderstack]` or a `[tenant.rudderstack]` table.
+    RudderStack,
+}
+
+/// A hint to add to a transport error whose chain says the server's certificate was not trusted; it names
+/// the key to set.
+pub fn tls_hint(chain: &str, section: Section) -> &'static str {
     let lower = chain.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer") {
-        " (the server's certificate is not trusted: if a private CA or a TLS-inspecting proxy signs it, set \
-         tls_ca_file in this section of the config to its PEM bundle)"
-    } else {
-        ""
+    if !(lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer")) {
+        return "";
+    }
+    match section {
+        Section::Auth0 => {
+            " (the server's certificate is not trusted: if a private CA or a TLS-inspecting proxy signs it, set \
+             auth0.tls_ca_file, or tls_ca_file in the tenant's [[tenant]] entry, to its PEM bundle)"
+        }
+        Section::RudderStack => {
+            " (the server's certificate is not trusted: if a private CA or a TLS-inspecting proxy signs it, set \
+             rudderstack.tls_ca_file, or the tenant's [tenant.rudderstack] tls_ca_file, to its PEM bundle)"
+        }
     }
 }
 

@@ -92,17 +92,23 @@ fn push_escaped(out: &mut String, c: char) {
         c if (c as u32) < 0x20 || c as u32 == 0x7f => {
             out.push_str(&format!("\\x{:02x}", c as u32));
         }
-        // C1 controls (0x80-0x9f) also start terminal sequences; the bidi overrides can reorder a line.
-        c if (0x80..=0x9f).contains(&(c as u32)) || ('\u{202a}'..='\u{202e}').contains(&c) => {
+        // C1 controls (0x80-0x9f) also start terminal sequences; bidi controls can reorder a line.
+        c if (0x80..=0x9f).contains(&(c as u32)) || is_bidi(c) => {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         }
         c => out.push(c),
     }
 }
 
-/// Whether a terminal may act on `c`: a control character, or a bidi override that can reorder a line.
+/// Whether a terminal may act on `c`: a control character, or a bidi control that can reorder a line.
 fn is_active(c: char) -> bool {
-    c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)
+    c.is_control() || is_bidi(c)
+}
+
+/// The bidi embeddings and overrides (U+202A to U+202E), the isolates (U+2066 to U+2069) and the marks
+/// (U+200E, U+200F, U+061C): invisible, and able to make a line read in another order than it is written.
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
 }
 
 /// Make one line of JSON output safe: secrets removed, and every character a terminal acts on (which JSON
@@ -264,14 +270,14 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_and_the_line_end_kept() {
-        let line = sanitize_line("a\nERROR forged\r\x1b[2J\u{9b}b\n");
-        assert_eq!(line, "a\\nERROR forged\\r\\x1b[2J\\u{9b}b\n");
+        let line = sanitize_line("a\nERROR forged\r\x1b[2J\u{9b}b\u{2067}c\u{202e}d\u{200f}\n");
+        assert_eq!(line, "a\\nERROR forged\\r\\x1b[2J\\u{9b}b\\u{2067}c\\u{202e}d\\u{200f}\n");
         assert_eq!(line.matches('\n').count(), 1);
     }
 
     #[test]
     fn a_json_line_keeps_its_value_and_loses_every_raw_control_character() {
-        let value = serde_json::json!({"message": "a\nERROR forged\x1b[2J\u{9b}31m\x7f\u{202e}b"});
+        let value = serde_json::json!({"message": "a\nERROR forged\x1b[2J\u{9b}31m\x7f\u{202e}b\u{2066}c"});
         let line = sanitize_json_line(&format!("{value}\n"));
         assert_eq!(line.matches('\n').count(), 1);
         assert!(!line.trim_end().chars().any(is_active), "{line:?}");

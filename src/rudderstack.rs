@@ -478,7 +478,7 @@ impl Inner {
             Error::Timeout { endpoint: self.endpoint.clone(), timeout: self.timeout }
         } else {
             let message = crate::logging::Chain(&e).to_string();
-            let hint = crate::http::tls_hint(&message);
+            let hint = crate::http::tls_hint(&message, crate::http::Section::RudderStack);
             Error::Transport {
                 endpoint: self.endpoint.clone(),
                 message: format!("{}{hint}", self.redact(&message)),

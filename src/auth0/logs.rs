@@ -185,7 +185,7 @@ impl Client {
         let shown = url.to_string();
         let transport = |e: reqwest::Error| {
             let message = crate::logging::Chain(&e.without_url()).to_string();
-            let hint = crate::http::tls_hint(&message);
+            let hint = crate::http::tls_hint(&message, crate::http::Section::Auth0);
             Error::Transport { url: shown.clone(), message: format!("{message}{hint}") }
         };
         let mut reauthenticated = false;

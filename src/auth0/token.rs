@@ -269,7 +269,7 @@ impl TokenCache {
         let url = self.token_url.clone();
         if let RequestTokenError::Request(e) = &e {
             let message = crate::logging::Chain(e).to_string();
-            let hint = crate::http::tls_hint(&message);
+            let hint = crate::http::tls_hint(&message, crate::http::Section::Auth0);
             return Error::Transport { url, message: format!("{message}{hint}") };
         }
         let Some((status, headers, body)) = seen else {

@@ -443,8 +443,8 @@ async fn plain_http_to_a_remote_host_exits_2_unless_allowed_without_any_traffic(
 }
 
 /// A loopback HTTPS fake signed by a private CA is refused without `tls_ca_file`, by `check` and by `sync`,
-/// with a message naming the certificate and `tls_ca_file`; with it, `sync` delivers. Both for `[auth0]` and
-/// for `[rudderstack]`.
+/// with a message naming the certificate and the section's `tls_ca_file`; with it, `sync` delivers. Both for
+/// `[auth0]` and for `[rudderstack]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
     let tls = Tls::generate();
@@ -473,14 +473,16 @@ async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
         let report = String::from_utf8_lossy(&out.stdout).into_owned();
         let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("FAILED")).collect();
         assert!(!failed.is_empty(), "{section}: {report}");
+        // The hint names the key to set, in the section whose server was refused.
+        let key = format!("{section}.tls_ca_file");
         for line in &failed {
-            assert!(line.contains("certificate") && line.contains("tls_ca_file"), "{section}: {line}");
+            assert!(line.contains("certificate") && line.contains(&key), "{section}: {line}");
         }
 
         let out = app.sync().await;
         assert_eq!(out.status.code(), Some(1), "{section}: {}", text(&out));
         let err = stderr(&out);
-        assert!(err.contains("certificate") && err.contains("tls_ca_file"), "{section}: {err}");
+        assert!(err.contains("certificate") && err.contains(&key), "{section}: {err}");
         assert!(server.failed_handshakes() > 0, "{section}: the client should have refused the certificate");
         assert_eq!(rudder.event_count(), 0);
 
