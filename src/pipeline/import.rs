@@ -5,8 +5,8 @@
 //! Who delivers: the state lock decides. If no daemon holds it, `import` takes it and delivers what it
 //! enqueues itself, with a sender running while the files are read, and ends once the outbox is empty (as
 //! `sync` does); a `run` started meanwhile is refused by the lock. If a daemon holds it, `import` only
-//! enqueues, and the daemon's sender (woken by SQLite's `data_version`) delivers. Only the lock holder ever
-//! sends, so no row is delivered twice by the two.
+//! enqueues, and the daemon's sender (woken by the outbox watcher, `pipeline::watch`) delivers. Only the lock
+//! holder ever sends, so no row is delivered twice by the two.
 //!
 //! Resuming: a file is identified by its content (a hash of its first MiB and its size), and the number of
 //! its entries read and settled is committed in the same transaction as the rows they produced. Run again,
