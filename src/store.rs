@@ -463,41 +463,7 @@ impl Store {
     /// advanced, so any stall note is cleared.
     pub fn commit_page(&mut self, tenant: &str, page: &PageCommit) -> Result<Committed, StoreError> {
         let now = now();
-        self.write(tenant, |tx| {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (tenant, log_id, raw, fetched_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for entry in &page.entries {
-                insert.execute(params![tenant, entry.log_id.as_str(), entry.raw, now])?;
-            }
-            let dead_letters = insert_dead_letters(tx, tenant, &page.dead_letters, &now)?;
-            let (log_id, date) = match &page.cursor {
-                Some(c) => (Some(c.log_id.as_str()), c.date.as_ref().map(format_date)),
-                None => (None, None),
-            };
-            tx.prepare_cached(
-                "UPDATE tenant SET
-                    cursor_log_id = COALESCE(?2, cursor_log_id),
-                    cursor_date = CASE WHEN ?2 IS NULL THEN cursor_date ELSE ?3 END,
-                    filtered_total = filtered_total + ?4,
-                    outbox_count = outbox_count + ?5,
-                    fetched_total = fetched_total + ?5,
-                    repeated_total = repeated_total + ?6,
-                    last_fetch_at = ?7,
-                    stall = CASE WHEN ?2 IS NULL THEN stall ELSE NULL END
-                 WHERE domain = ?1",
-            )?
-            .execute(params![
-                tenant,
-                log_id,
-                date,
-                to_i64(page.filtered),
-                to_i64(page.entries.len()),
-                to_i64(page.repeated),
-                now
-            ])?;
-            Ok(Committed { entries: page.entries.len() as u64, dead_letters })
-        })
+        self.write(tenant, |tx| insert_page(tx, tenant, page, &now, false))
     }
 
     /// Record that Auth0 answered (even with an empty page).
@@ -650,36 +616,7 @@ impl Store {
             if !stopped {
                 return Ok(None);
             }
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (tenant, log_id, raw, fetched_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for entry in &page.entries {
-                insert.execute(params![tenant, entry.log_id.as_str(), entry.raw, now])?;
-            }
-            let dead_letters = insert_dead_letters(tx, tenant, &page.dead_letters, &now)?;
-            let (log_id, date) = match &page.cursor {
-                Some(c) => (Some(c.log_id.as_str()), c.date.as_ref().map(format_date)),
-                None => (None, None),
-            };
-            tx.prepare_cached(
-                "UPDATE tenant SET
-                    cursor_log_id = COALESCE(?2, cursor_log_id),
-                    cursor_date = CASE WHEN ?2 IS NULL THEN cursor_date ELSE ?3 END,
-                    filtered_total = filtered_total + ?4,
-                    outbox_count = outbox_count + ?5,
-                    fetched_total = fetched_total + ?5,
-                    stopped = 0,
-                    stall = NULL
-                 WHERE domain = ?1",
-            )?
-            .execute(params![
-                tenant,
-                log_id,
-                date,
-                to_i64(page.filtered),
-                to_i64(page.entries.len())
-            ])?;
-            Ok(Some(Committed { entries: page.entries.len() as u64, dead_letters }))
+            insert_page(tx, tenant, page, &now, true).map(Some)
         })?
         .ok_or_else(|| StoreError::NotStopped { tenant: tenant.to_string() })
     }
@@ -1131,6 +1068,52 @@ impl Store {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         f(&self.conn).map_err(|e| StoreError::sqlite(&self.path, e))
     }
+}
+
+/// Append a page's entries to the outbox, set its dead letters aside and move the cursor (a page committed
+/// by the fetcher, or by `resume`, which also clears the stopped flag).
+fn insert_page(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    page: &PageCommit,
+    now: &str,
+    resuming: bool,
+) -> rusqlite::Result<Committed> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO outbox (tenant, log_id, raw, fetched_at) VALUES (?1, ?2, ?3, ?4)")?;
+    for entry in &page.entries {
+        insert.execute(params![tenant, entry.log_id.as_str(), entry.raw, now])?;
+    }
+    let dead_letters = insert_dead_letters(tx, tenant, &page.dead_letters, now)?;
+    let (log_id, date) = match &page.cursor {
+        Some(c) => (Some(c.log_id.as_str()), c.date.as_ref().map(format_date)),
+        None => (None, None),
+    };
+    // Fetching advanced (or was resumed), so any stall note is cleared.
+    tx.prepare_cached(
+        "UPDATE tenant SET
+            cursor_log_id = COALESCE(?2, cursor_log_id),
+            cursor_date = CASE WHEN ?2 IS NULL THEN cursor_date ELSE ?3 END,
+            filtered_total = filtered_total + ?4,
+            outbox_count = outbox_count + ?5,
+            fetched_total = fetched_total + ?5,
+            repeated_total = repeated_total + ?6,
+            last_fetch_at = ?7,
+            stopped = CASE WHEN ?8 THEN 0 ELSE stopped END,
+            stall = CASE WHEN ?2 IS NULL AND NOT ?8 THEN stall ELSE NULL END
+         WHERE domain = ?1",
+    )?
+    .execute(params![
+        tenant,
+        log_id,
+        date,
+        to_i64(page.filtered),
+        to_i64(page.entries.len()),
+        to_i64(page.repeated),
+        now,
+        resuming
+    ])?;
+    Ok(Committed { entries: page.entries.len() as u64, dead_letters })
 }
 
 /// Insert dead letters, each raw entry at most once per tenant; returns the id and index of each new one.
