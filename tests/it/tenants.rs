@@ -30,6 +30,25 @@ fn spec(fake: &FakeAuth0) -> TenantSpec {
     TenantSpec::of(&fake.tenant(), &fake.url())
 }
 
+/// Tenants A and B on two fake Auth0 servers, each with its own fake RudderStack (B's key is `B_KEY`), and
+/// B's RudderStack down.
+async fn two_tenants_with_b_down() -> (FakeAuth0, FakeAuth0, FakeRudderStack, FakeRudderStack) {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let rudder_a = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![crate::support::app::WRITE_KEY.into()],
+        ..fake_rudderstack::Options::default()
+    })
+    .await;
+    let rudder_b = FakeRudderStack::start(fake_rudderstack::Options {
+        write_keys: vec![B_KEY.into()],
+        ..Default::default()
+    })
+    .await;
+    rudder_b.set_outage(true);
+    (auth0_a, auth0_b, rudder_a, rudder_b)
+}
+
 /// log_id → messageId, as `transform --domain DOMAIN` computes them for these entries.
 async fn transform_ids(domain: &str, entries: &[Value]) -> HashMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
@@ -87,19 +106,7 @@ async fn sigterm(child: tokio::process::Child) -> std::process::ExitStatus {
 /// RudderStack is up, all of B's arrive, with B's ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_destination_holds_back_only_its_own_tenant() {
-    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
-    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
-    let rudder_a = FakeRudderStack::start(fake_rudderstack::Options {
-        write_keys: vec![crate::support::app::WRITE_KEY.into()],
-        ..fake_rudderstack::Options::default()
-    })
-    .await;
-    let rudder_b = FakeRudderStack::start(fake_rudderstack::Options {
-        write_keys: vec![B_KEY.into()],
-        ..Default::default()
-    })
-    .await;
-    rudder_b.set_outage(true);
+    let (auth0_a, auth0_b, rudder_a, rudder_b) = two_tenants_with_b_down().await;
     let entries_a = auth0_a.push_synthetic(300);
     let entries_b = auth0_b.push_synthetic(200);
     let app = App::with_tenants(
@@ -145,19 +152,7 @@ async fn a_down_destination_holds_back_only_its_own_tenant() {
 /// it; `forget-tenant` (with --yes) drops its state and lets the daemon start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_removed_with_undelivered_entries_is_refused_until_forgotten() {
-    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
-    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
-    let rudder_a = FakeRudderStack::start(fake_rudderstack::Options {
-        write_keys: vec![crate::support::app::WRITE_KEY.into()],
-        ..fake_rudderstack::Options::default()
-    })
-    .await;
-    let rudder_b = FakeRudderStack::start(fake_rudderstack::Options {
-        write_keys: vec![B_KEY.into()],
-        ..Default::default()
-    })
-    .await;
-    rudder_b.set_outage(true);
+    let (auth0_a, auth0_b, rudder_a, rudder_b) = two_tenants_with_b_down().await;
     auth0_a.push_synthetic(20);
     auth0_b.push_synthetic(15);
     let mut app = App::with_tenants(
