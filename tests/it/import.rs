@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::app::{App, run_bounded, text, wait_until};
+use crate::support::app::{App, run_bounded, text, transform_ids, wait_until};
 use crate::support::fake_auth0::{DOMAIN, FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, FakeRudderStack};
 
@@ -66,25 +66,6 @@ fn eventbridge(entries: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// log_id → messageId from `transform --domain DOMAIN FILE`.
-async fn transform_ids(file: &Path) -> HashMap<String, String> {
-    let mut cmd = tokio::process::Command::new(crate::support::app::bin());
-    cmd.args(["transform", "--domain", DOMAIN]).arg(file).kill_on_drop(true);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let out = run_bounded(cmd, Duration::from_secs(60)).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    events
-        .iter()
-        .map(|e| {
-            (
-                e["properties"]["log_id"].as_str().unwrap().to_string(),
-                e["messageId"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Every accepted event's log_id → messageId; every copy of an entry must carry its first messageId.
 fn delivered(rudder: &FakeRudderStack) -> (HashMap<String, String>, usize) {
     let mut ids = HashMap::new();
@@ -129,8 +110,8 @@ async fn archives_are_delivered_once_with_live_ids_and_never_twice() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let (ids, copies) = delivered(&rudder);
     assert_eq!((ids.len(), copies), (30_000, 0), "every entry exactly once");
-    let mut expected = transform_ids(&ndjson).await;
-    expected.extend(transform_ids(&events).await);
+    let mut expected = transform_ids(DOMAIN, &ndjson).await;
+    expected.extend(transform_ids(DOMAIN, &events).await);
     assert_eq!(ids, expected, "the ids of live delivery");
     let s = app.status().await;
     assert_eq!(s["cursor"], Value::Null, "import never moves the cursor: {s}");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::app::{App, TenantSpec, run_bounded, text, wait_until};
+use crate::support::app::{App, TenantSpec, text, wait_until};
 use crate::support::fake_auth0::{FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, FakeRudderStack};
 
@@ -54,21 +54,7 @@ async fn transform_ids(domain: &str, entries: &[Value]) -> HashMap<String, Strin
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("entries.json");
     std::fs::write(&file, serde_json::to_vec(entries).unwrap()).unwrap();
-    let mut cmd = tokio::process::Command::new(crate::support::app::bin());
-    cmd.args(["transform", "--domain", domain]).arg(&file).kill_on_drop(true);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let out = run_bounded(cmd, Duration::from_secs(30)).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    events
-        .iter()
-        .map(|e| {
-            (
-                e["properties"]["log_id"].as_str().unwrap().to_string(),
-                e["messageId"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    crate::support::app::transform_ids(domain, &file).await
 }
 
 /// The messageId of every event a fake accepted, by log_id (every copy must carry the same one).

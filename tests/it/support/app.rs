@@ -1,7 +1,7 @@
 //! Drive the real binary: a config file in a temp dir pointing at the fakes, and helpers to run commands
 //! with a bounded wait.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -286,4 +286,23 @@ pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// log_id → messageId of every event `transform --domain DOMAIN FILE` prints: the ids live delivery must use.
+pub async fn transform_ids(domain: &str, file: &Path) -> std::collections::HashMap<String, String> {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.args(["transform", "--domain", domain]).arg(file).kill_on_drop(true);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["properties"]["log_id"].as_str().unwrap().to_string(),
+                e["messageId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
