@@ -37,9 +37,9 @@ fn client_trusting(pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// Mint a token for `tenant` at `url`.
-async fn mint(client: &reqwest::Client, url: &str, tenant: &Tenant) -> String {
-    let resp = client
+/// Ask the token endpoint at `url` for a token for `tenant`, as the daemon does.
+async fn token_response(client: &reqwest::Client, url: &str, tenant: &Tenant) -> reqwest::Response {
+    client
         .post(format!("{url}/oauth/token"))
         .form(&[
             ("grant_type", "client_credentials".to_string()),
@@ -49,7 +49,12 @@ async fn mint(client: &reqwest::Client, url: &str, tenant: &Tenant) -> String {
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Mint a token for `tenant` at `url`.
+async fn mint(client: &reqwest::Client, url: &str, tenant: &Tenant) -> String {
+    let resp = token_response(client, url, tenant).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     body["access_token"].as_str().unwrap().to_string()
@@ -420,17 +425,7 @@ async fn the_token_answer_carries_expires_in_exactly_as_given() {
     {
         fake.update(|o| o.expires_in_raw = Some(raw.to_string()));
         let tenant = fake.tenant();
-        let resp = c
-            .post(format!("{}/oauth/token", fake.url()))
-            .form(&[
-                ("grant_type", "client_credentials".to_string()),
-                ("client_id", tenant.client_id()),
-                ("client_secret", tenant.client_secret()),
-                ("audience", tenant.audience()),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let resp = token_response(&c, &fake.url(), &tenant).await;
         let text = resp.text().await.unwrap();
         assert!(text.contains(&format!(r#""expires_in":{raw},"#)), "{text}");
         let token =
