@@ -59,27 +59,19 @@ pub fn classify(
                 None => text.to_string(),
             }
         };
-        let head = match entry::read_head(text) {
-            Ok(h) => h,
-            Err(e) => {
-                out.first_problem.get_or_insert_with(|| e.to_string());
+        // An entry that is not an object, or has no valid log_id, is set aside: it cannot move the cursor.
+        let parsed = entry::read_head(text)
+            .map_err(|e| e.to_string())
+            .and_then(|h| h.log_id.clone().map(|id| (id, h)).map_err(|e| e.to_string()));
+        let (log_id, head) = match parsed {
+            Ok(found) => found,
+            Err(problem) => {
                 out.commit.dead_letters.push(NewDeadLetter {
                     log_id: None,
                     raw: stored(text),
-                    reason: format!("page entry {}: {e}", i + 1),
+                    reason: format!("page entry {}: {problem}", i + 1),
                 });
-                continue;
-            }
-        };
-        let log_id = match head.log_id {
-            Ok(id) => id,
-            Err(e) => {
-                out.first_problem.get_or_insert_with(|| e.to_string());
-                out.commit.dead_letters.push(NewDeadLetter {
-                    log_id: None,
-                    raw: stored(text),
-                    reason: format!("page entry {}: {e}", i + 1),
-                });
+                out.first_problem.get_or_insert(problem);
                 continue;
             }
         };
