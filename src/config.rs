@@ -30,6 +30,7 @@ use url::Url;
 
 use crate::entry::LogId;
 use crate::http::CaBundle;
+use crate::logging::clip;
 
 /// Environment variable that may hold `auth0.client_secret` (single-tenant form).
 pub const ENV_CLIENT_SECRET: &str = "AUTH0_CLIENT_SECRET";
@@ -1138,17 +1139,6 @@ pub fn parse_start(s: &str) -> Result<Start, String> {
         "expected \"now\", \"oldest\", an RFC 3339 time (2026-01-31T00:00:00Z) or a log_id, got {:?}",
         clip(s, 80)
     ))
-}
-
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 fn missing_field(message: &str) -> Option<String> {

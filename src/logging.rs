@@ -75,6 +75,19 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// At most `max` bytes of `s` (cut at a character boundary, with `…` when cut): what a message quotes of text
+/// from outside, which may be of any length.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Escape control characters so that `text` stays on one line and cannot drive a terminal.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -39,6 +39,7 @@ use rusqlite_migration::{M, Migrations};
 use sha2::{Digest, Sha256};
 
 use crate::entry::{LogId, format_date, parse_date};
+use crate::logging::clip;
 
 /// The schema, one plain SQL file per version, embedded at compile time; the version lives in `user_version`.
 fn migrations() -> Migrations<'static> {
@@ -1365,17 +1366,6 @@ fn empty_snapshot(tenant: &str) -> Snapshot {
 
 fn reason(why: &str) -> String {
     if why.trim().is_empty() { NO_REASON.to_string() } else { clip(why, MAX_NOTE) }
-}
-
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// RFC 3339, UTC, milliseconds: the format every timestamp in the file uses, so they sort as text.

@@ -193,14 +193,7 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     if text.is_empty() { "(empty body)".into() } else { clip(text) }
 }
 
+/// At most 300 bytes of a text from Auth0, for a message.
 pub(crate) fn clip(s: &str) -> String {
-    const MAX: usize = 300;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::logging::clip(s, 300)
 }
