@@ -92,19 +92,33 @@ pub async fn report(
             _ = tokio::time::sleep(tick) => {}
         }
         let mut statuses = Vec::new();
-        for (i, t) in tenants.iter().enumerate() {
-            let now = snapshot(t);
+        let nows: Vec<Window> = tenants.iter().map(|t| snapshot(t)).collect();
+        // The outbox of each tenant that moved, in one call into the store; an idle tenant costs no query, so
+        // that an idle daemon with many tenants stays idle.
+        let moved: Vec<bool> = nows
+            .iter()
+            .zip(&last)
+            .map(|(now, before)| {
+                bars.is_some() || now.fetched != before.fetched || now.delivered != before.delivered
+            })
+            .collect();
+        let asked: Vec<String> =
+            tenants.iter().zip(&moved).filter(|(_, m)| **m).map(|(t, _)| t.domain.clone()).collect();
+        let mut depths = if asked.is_empty() {
+            Vec::new()
+        } else {
+            store
+                .call(move |s| Ok(asked.iter().map(|d| s.outbox_depth(d).unwrap_or(0)).collect::<Vec<u64>>()))
+                .await
+                .unwrap_or_default()
+        }
+        .into_iter();
+        for (i, (t, now)) in tenants.iter().zip(nows).enumerate() {
             let before = &last[i];
             let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
             let rate = (now.fetched - before.fetched) as f64 / secs;
-            // An idle tenant costs no query: with many tenants, an idle daemon should stay idle.
-            let moved = now.fetched != before.fetched || now.delivered != before.delivered;
-            let outbox = if moved || bars.is_some() {
-                let d = t.domain.clone();
-                store.call(move |s| s.outbox_depth(&d)).await.unwrap_or(0)
-            } else {
-                0
-            };
+            let moved = moved[i];
+            let outbox = if moved { depths.next().unwrap_or(0) } else { 0 };
             let caught_up = t.position.lock().unwrap_or_else(|p| p.into_inner()).caught_up;
             let eta = match (before.behind, now.behind) {
                 (Some(b), Some(n)) if b > n => {
