@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::support::Trickle;
 use crate::support::fixtures::{self, TENANT};
 use crate::transform::run_cli;
 
@@ -74,21 +75,6 @@ fn entries_of(reader: EntryReader<impl Read>) -> Vec<RawEntry> {
     let (items, error) = read_all(reader);
     assert!(error.is_none(), "{error:?}");
     items.into_iter().map(|i| i.unwrap_or_else(|s| panic!("set aside: {s}"))).collect()
-}
-
-/// A reader that hands out at most `step` bytes per read, so every state meets a buffer edge.
-struct Trickle<'a> {
-    data: &'a [u8],
-    step: usize,
-}
-
-impl Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.step.min(buf.len()).min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
-    }
 }
 
 /// A gzip file read through the library gives exactly the events of the same entries uncompressed.

@@ -10,6 +10,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::support::Trickle;
 use crate::support::fixtures::{self, TENANT};
 
 /// Parse JSON text into a `RawValue` for the transform.
@@ -387,21 +388,6 @@ fn a_large_stream_comes_out_complete_and_in_order() {
     let events: Vec<Value> = serde_json::from_slice(&out).expect("JSON array");
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["properties"]["log_id"], fixtures::synthetic_log_id(i).as_str(), "event {i}");
-    }
-}
-
-/// A reader that hands out at most `step` bytes per read, so every scanner state meets a buffer edge.
-struct Trickle<'a> {
-    data: &'a [u8],
-    step: usize,
-}
-
-impl std::io::Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.step.min(buf.len()).min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
     }
 }
 

@@ -81,3 +81,19 @@ pub fn strip_ids(event: &Value) -> Value {
     }
     e
 }
+
+/// A reader that hands out at most `step` bytes per read, so every state of a streaming reader meets a
+/// buffer edge.
+pub struct Trickle<'a> {
+    pub data: &'a [u8],
+    pub step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
