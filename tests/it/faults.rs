@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, text, wait_until};
+use crate::support::app::{
+    App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, sigterm_within, text, wait_until,
+};
 use auth0_rudderstack::store::{Store, StoreError};
 
 use crate::support::fake_auth0::{Bucket, DOMAIN, ExpiredFrom, FakeAuth0, FakeOptions, synthetic_entry};
@@ -43,20 +45,6 @@ fn open_db(app: &App) -> rusqlite::Connection {
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-async fn sigterm_and_wait(
-    mut child: tokio::process::Child,
-    limit: Duration,
-) -> (std::process::ExitStatus, Duration) {
-    let pid = child.id().expect("child pid") as i32;
-    let started = Instant::now();
-    // The crate forbids unsafe code, so the signal goes through kill(1) rather than libc.
-    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    assert!(status.success());
-    let status =
-        tokio::time::timeout(limit, child.wait()).await.expect("the daemon did not stop in time").unwrap();
-    (status, started.elapsed())
 }
 
 /// SIGKILL 24 times in a catch-up, often mid-delivery: the file stays sound, nothing lost, ids kept.
@@ -482,7 +470,7 @@ async fn sync_gives_up_after_the_configured_wait_but_run_keeps_going() {
     assert!(child.try_wait().unwrap().is_none(), "run exited under transient faults:\n{}", app.run_log());
     auth0.clear_hook();
     assert!(rudder.wait_for_events(10, Duration::from_secs(20)).await.len() >= 10);
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -525,7 +513,7 @@ async fn a_rudderstack_outage_fills_the_outbox_to_its_cap_then_everything_arrive
     rudder.set_outage(false);
     let total = auth0.entries().len();
     rudder.wait_for_events(total, Duration::from_secs(30)).await;
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     assert_all_delivered_in_order(&rudder, &auth0.entries());
 }
@@ -782,7 +770,7 @@ async fn a_clean_exit_leaves_a_state_file_complete_on_its_own() {
     let child = app.spawn_run();
     let more = auth0.push_synthetic(100);
     rudder.wait_for_events(400, Duration::from_secs(30)).await;
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     assert_eq!(copied_cursor(), (Some(log_ids(&more)[99].clone()), 0), "after run");
 }
@@ -915,7 +903,7 @@ async fn secrets_never_appear_in_any_output() {
     let child = spawn_traced_run(&app, &[]);
     let more = auth0.push_synthetic(150);
     rudder.wait_for_events(entries.len() + more.len(), Duration::from_secs(30)).await;
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     outputs.push(("run".into(), app.run_log().into_bytes()));
 
@@ -1007,7 +995,7 @@ async fn the_state_file_and_its_wal_hold_no_secret_in_clear() {
     for (path, bytes) in &running {
         assert_no_secret(path, bytes, &forms);
     }
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     for (path, bytes) in files(&app) {
         assert_no_secret(&path, &bytes, &forms);
@@ -1064,7 +1052,7 @@ async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
         wait_until(Duration::from_secs(20), || depth() == 250).await,
         "the fetcher did not fill the outbox"
     );
-    let (status, took) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, took) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let s = app.status().await;
@@ -1086,7 +1074,7 @@ async fn sigterm_lets_a_post_answered_within_the_grace_period_commit_and_starts_
     app.set("rudderstack", "max_batch_events", 10);
     let child = app.spawn_run();
     rudder.wait_for_requests(1, Duration::from_secs(30)).await;
-    let (status, took) = sigterm_and_wait(child, Duration::from_secs(20)).await;
+    let (status, took) = sigterm_within(child, Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     assert!(took < auth0_rudderstack::pipeline::SHUTDOWN_GRACE + Duration::from_secs(5), "took {took:?}");
     assert_eq!(rudder.requests().len(), 1, "a POST started after the signal:\n{}", app.run_log());
@@ -1147,7 +1135,7 @@ async fn a_database_locked_by_another_process_is_waited_out() {
     // Re-sends of rows whose delete met the lock count once.
     let arrived = wait_until(Duration::from_secs(60), || distinct_delivered(&rudder) >= 70).await;
     assert!(arrived, "only {} entries arrived:\n{}", distinct_delivered(&rudder), app.run_log());
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     let mut all = auth0.entries();
     all.truncate(40 + more.len());
@@ -1191,7 +1179,7 @@ async fn a_database_locked_when_deleting_after_a_2xx_resends_the_rows_with_the_s
     assert!(met, "no re-send while the delete was locked out:\n{}", app.run_log());
     let arrived = wait_until(Duration::from_secs(60), || distinct_delivered(&rudder) >= entries.len()).await;
     assert!(arrived, "only {} entries arrived:\n{}", distinct_delivered(&rudder), app.run_log());
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
 
     assert_all_delivered_in_order(&rudder, &entries);
@@ -1224,7 +1212,7 @@ async fn a_second_daemon_on_the_same_state_refuses_to_start() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = stderr(&out);
     assert!(err.contains("already using") && err.contains(".lock"), "{err}");
-    let (status, _) = sigterm_and_wait(child, Duration::from_secs(15)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     auth0.push_synthetic(5);
     let out = app.sync().await;

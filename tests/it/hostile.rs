@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, bin, run_bounded, text, wait_until};
+use crate::support::app::{
+    App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, bin, run_bounded, sigterm_within, text, wait_until,
+};
 use crate::support::fake_auth0::{FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, Answers, FakeRudderStack};
 use crate::support::http::{EndReason, Hostile, Reply, Request, Server, Tls};
@@ -39,20 +41,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("a VmHWM line")
 }
 
-/// Send SIGTERM and wait (at most `limit`) for the process to exit; its status and how long it took.
-async fn sigterm(mut child: tokio::process::Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let pid = child.id().expect("the child is running");
-    let started = Instant::now();
-    // The crate forbids unsafe code, so the signal goes through kill(1) rather than libc.
-    let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    assert!(sent.success(), "kill -TERM {pid} failed");
-    let status = tokio::time::timeout(limit, child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("the daemon did not exit within {limit:?} of SIGTERM"))
-        .unwrap();
-    (status, started.elapsed())
-}
-
 /// Streamed replies of `server` that ended because the client hung up.
 fn client_gone(server: &Server) -> usize {
     server.stream_ends().iter().filter(|e| e.why == EndReason::ClientGone).count()
@@ -75,7 +63,7 @@ async fn hold_out(case: &str, app: &App, said: &str, mut ready: impl FnMut() -> 
     assert!(reached, "{case}: the condition or {said:?} never came:\n{}", app.run_log());
     assert!(child.try_wait().unwrap().is_none(), "{case}: run exited:\n{}", app.run_log());
     let peak_kib = peak_rss_kib(pid);
-    let (status, stopped_after) = sigterm(child, Duration::from_secs(30)).await;
+    let (status, stopped_after) = sigterm_within(child, Duration::from_secs(30)).await;
     let log = app.run_log();
     eprintln!(
         "{case}: peak RSS {:.1} MiB, exited {:?} {:.2} s after SIGTERM",
@@ -378,7 +366,7 @@ async fn a_page_without_log_ids_is_set_aside_once_and_stalls_with_a_backoff() {
     assert!(s["stall"].as_str().is_some_and(|w| w.contains("cannot move past it")), "{s}");
     assert!(s["warnings"].to_string().contains("fetching cannot advance"), "{s}");
     assert_eq!(dead_letter_count(&app), 2, "run must not add a dead letter per attempt");
-    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     assert!(app.run_log().contains("will retry"), "{}", app.run_log());
 
@@ -537,7 +525,7 @@ async fn under_umask_022_the_state_files_are_0600_and_new_directories_0700() {
     for d in [&made, &made.join("lib")] {
         assert_eq!(mode(d), 0o700, "{}", d.display());
     }
-    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
 }
 
@@ -565,7 +553,7 @@ async fn a_second_daemon_through_a_symlink_is_refused_and_nothing_is_sent_twice(
         assert!(err.contains(&lock.display().to_string()), "{cmd}: {err}");
     }
     rudder.wait_for_events(150, PATIENCE).await;
-    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", first.run_log());
     let twice: Vec<(String, usize)> = deliveries(&rudder).into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
@@ -693,7 +681,7 @@ async fn a_full_disk_is_waited_out_and_nothing_is_lost() {
     rudder.set_outage(false);
     let all = wait_until(Duration::from_secs(120), || deliveries(&rudder).len() >= entries.len()).await;
     assert!(all, "{} of {} entries arrived:\n{}", deliveries(&rudder).len(), entries.len(), app.run_log());
-    let (status, _) = sigterm(child, Duration::from_secs(30)).await;
+    let (status, _) = sigterm_within(child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
     assert_all_delivered_in_order(&rudder, &entries);
     drop(disk);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, run_bounded, text, wait_until};
+use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, run_bounded, sigterm, text, wait_until};
 use crate::support::fake_auth0::{DOMAIN, FakeAuth0, FakeOptions};
 use crate::support::start_fakes;
 
@@ -103,17 +103,6 @@ async fn metrics_are_read_while_run_holds_the_state() {
     let metrics = String::from_utf8(out.stdout).unwrap();
     assert_eq!(sample(&metrics, "auth0_rudderstack_delivered_events_total", DOMAIN), Some(30.0), "{metrics}");
     sigterm(child).await;
-}
-
-async fn sigterm(child: tokio::process::Child) -> std::process::ExitStatus {
-    let pid = child.id().expect("pid");
-    let ok = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    assert!(ok.success());
-    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("stops")
-        .unwrap()
-        .status
 }
 
 /// With `[metrics] textfile`, `run` writes the whole text within two intervals, keeps it current, and leaves

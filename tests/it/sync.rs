@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, text};
+use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, sigterm, text};
 use crate::support::fake_auth0::{Chunking, FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, FakeRudderStack, KeySource};
 use crate::support::http::{Request, Tls};
@@ -475,15 +475,4 @@ async fn webhook_mode_runs_end_to_end_through_the_binary() {
         "the key travels in the query string only"
     );
     assert_eq!(rudder.event_count(), 0, "nothing went to /v1/batch");
-}
-
-/// Send SIGTERM to a daemon and wait (bounded) for it to exit.
-async fn sigterm(mut child: tokio::process::Child) -> std::process::ExitStatus {
-    let pid = child.id().expect("child pid");
-    let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    assert!(sent.success());
-    tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("the daemon did not stop")
-        .unwrap()
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::app::{App, TenantSpec, text, wait_until};
+use crate::support::app::{App, TenantSpec, sigterm, text, wait_until};
 use crate::support::fake_auth0::{FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, FakeRudderStack};
 
@@ -74,17 +74,6 @@ async fn status_of(app: &App, domain: &str) -> Value {
     let out = app.run(&["status", "--json", "--tenant", domain], Duration::from_secs(20)).await;
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn sigterm(child: tokio::process::Child) -> std::process::ExitStatus {
-    let pid = child.id().expect("pid");
-    let ok = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    assert!(ok.success());
-    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("stops")
-        .unwrap()
-        .status
 }
 
 /// Two tenants on two fake Auth0 servers, B with its own RudderStack that is down at first: within 8 s all of

@@ -306,3 +306,25 @@ pub async fn transform_ids(domain: &str, file: &Path) -> std::collections::HashM
         })
         .collect()
 }
+
+/// Send SIGTERM to a daemon and wait, at most `limit`, for it to exit; its status and how long it took.
+pub async fn sigterm_within(
+    mut child: tokio::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    let pid = child.id().expect("the child is running");
+    let started = std::time::Instant::now();
+    // The crate forbids unsafe code, so the signal goes through kill(1) rather than libc.
+    let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid} failed");
+    let status = tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the daemon did not exit within {limit:?} of SIGTERM"))
+        .unwrap();
+    (status, started.elapsed())
+}
+
+/// [`sigterm_within`] with a generous limit, for tests that check only how the daemon ended.
+pub async fn sigterm(child: tokio::process::Child) -> std::process::ExitStatus {
+    sigterm_within(child, Duration::from_secs(20)).await.0
+}
