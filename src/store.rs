@@ -477,6 +477,16 @@ impl Store {
         })
     }
 
+    /// Rows waiting for delivery, of every tenant the state holds, in one pass over the tenant table (the
+    /// watcher and the progress reporter ask for many tenants at once).
+    pub fn outbox_depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT domain, outbox_count FROM tenant")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, to_u64(r.get(1)?))))?;
+            rows.collect()
+        })
+    }
+
     /// Rows waiting for delivery.
     pub fn outbox_depth(&self, tenant: &str) -> Result<u64, StoreError> {
         self.read(|conn| {

@@ -2,10 +2,12 @@
 //!
 //! SQLite's `data_version` tells a connection that some other connection committed, but only when asked, and
 //! asking once a second costs an idle daemon a thread wake-up a second: on a small VM that is most of what an
-//! idle daemon costs. So the watcher asks only when the kernel says (inotify) that a file of the state database
-//! was written, and then once a second for a few seconds, because a commit becomes visible a moment after its
-//! first write and a long import writes many times. A slow safety poll covers what inotify cannot see (a state
-//! file on a network file system); where inotify cannot be used at all, the watcher polls once a second.
+//! idle daemon costs. So the watcher asks only when the kernel says (inotify) that another process closed a
+//! file of the state database it had open for writing: the daemon's own connections stay open for its whole
+//! life, so its own commits (a poll that found nothing still records when it asked) never wake it, while a
+//! `dead-letter retry` or an `import` closes the files when it is done, its commits visible by then. A slow
+//! safety poll covers what inotify cannot see (a state file on a network file system) and the rows an import
+//! still running has queued; where inotify cannot be used at all, the watcher polls once a second.
 
 use std::ffi::OsString;
 use std::io::ErrorKind;
@@ -15,16 +17,13 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use inotify::{EventStream, Inotify, WatchMask};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::TenantRun;
 use crate::store::Handle;
 
-/// How often the database is asked while something is being written, and when inotify is unavailable.
+/// How often the database is asked when inotify is unavailable.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
-/// How long the watcher keeps asking after the last write it was told of.
-const LOOK_FOR: Duration = Duration::from_secs(2);
 /// The safety poll when inotify is in use.
 const SAFETY_POLL: Duration = Duration::from_secs(60);
 
@@ -39,7 +38,7 @@ pub fn spawn(tenants: Vec<Arc<TenantRun>>, store: Handle, state: &Path, stop: Ca
     };
     tokio::spawn(async move {
         let seen = store.call(|s| s.data_version()).await.ok();
-        let mut w = Watcher { tenants, store, seen, changes, look_until: None };
+        let mut w = Watcher { tenants, store, seen, changes };
         while w.step(&stop).await == Step::Go {}
     });
 }
@@ -56,42 +55,36 @@ struct Watcher {
     /// The `data_version` last seen.
     seen: Option<i64>,
     changes: Option<Changes>,
-    /// Keep asking once a second until then (a write was seen).
-    look_until: Option<Instant>,
 }
 
 impl Watcher {
     /// Wait for a reason to look, then look once.
     async fn step(&mut self, stop: &CancellationToken) -> Step {
-        let looking = self.look_until.is_some_and(|until| Instant::now() < until);
         match &mut self.changes {
-            Some(changes) if !looking => {
+            Some(changes) => {
                 tokio::select! {
                     _ = stop.cancelled() => return Step::Stopped,
                     seen = changes.next() => match seen {
-                        // Look a moment later: the write may belong to a commit not yet visible.
-                        Ok(()) => self.look_until = Some(Instant::now() + LOOK_FOR),
+                        // One process closing its files yields several events: one look answers them all.
+                        Ok(()) => {
+                            changes.drain();
+                        }
                         Err(e) => {
                             tracing::info!(error = %e, "stopped watching the state file's directory; looking once a second");
                             self.changes = None;
                         }
                     },
-                    _ = tokio::time::sleep(SAFETY_POLL) => self.look().await,
+                    _ = tokio::time::sleep(SAFETY_POLL) => {}
                 }
             }
-            changes => {
+            None => {
                 tokio::select! {
                     _ = stop.cancelled() => return Step::Stopped,
                     _ = tokio::time::sleep(LOOK_EVERY) => {}
                 }
-                if let Some(c) = changes
-                    && c.drain()
-                {
-                    self.look_until = Some(Instant::now() + LOOK_FOR);
-                }
-                self.look().await;
             }
         }
+        self.look().await;
         Step::Go
     }
 
@@ -102,17 +95,19 @@ impl Watcher {
             return;
         }
         self.seen = Some(now);
-        let Ok(known) = self.store.call(|s| s.tenants()).await else { return };
+        let Ok(depths) = self.store.call(|s| s.outbox_depths()).await else { return };
         for t in &self.tenants {
-            if known.iter().any(|k| k.domain == t.domain && k.outbox > 0) {
+            if depths.iter().any(|(domain, outbox)| *domain == t.domain && *outbox > 0) {
                 t.wake_sender.notify_one();
             }
         }
     }
 }
 
-/// Writes to the state database's files, as inotify reports them for the directory that holds them (a
-/// directory watch survives the `-wal` file being created and removed).
+/// Other processes' writes to the state database's files, as inotify reports them for the directory that holds
+/// them (a directory watch survives the `-wal` file being created and removed): a file opened for writing and
+/// closed, or a file created or moved in. Writes through a descriptor still open (the daemon's own) are not
+/// reported.
 struct Changes {
     events: EventStream<[u8; 1024]>,
     /// The state file's name; its `-wal`, `-journal` and `-shm` files start with it.
@@ -127,9 +122,7 @@ impl Changes {
             _ => Path::new("."),
         };
         let inotify = Inotify::init()?;
-        inotify
-            .watches()
-            .add(dir, WatchMask::MODIFY | WatchMask::CLOSE_WRITE | WatchMask::CREATE | WatchMask::MOVED_TO)?;
+        inotify.watches().add(dir, WatchMask::CLOSE_WRITE | WatchMask::CREATE | WatchMask::MOVED_TO)?;
         Ok(Self { events: inotify.into_event_stream([0; 1024])?, name })
     }
 
@@ -148,8 +141,7 @@ impl Changes {
     /// Take what is queued without waiting; whether any of it concerns the state database.
     fn drain(&mut self) -> bool {
         let mut any = false;
-        // Bounded: a writer cannot queue events faster than this takes them for long, and the next look is at
-        // most a second away anyway.
+        // Bounded: events queued past this wake the watcher again, and cost one more look.
         for _ in 0..1024 {
             match self.events.next().now_or_never() {
                 Some(Some(Ok(e))) => any |= concerns(e.name.as_deref(), &self.name),
@@ -180,5 +172,29 @@ mod tests {
         assert!(concerns(None, &state));
         assert!(!concerns(Some("other.db-wal".as_ref()), &state));
         assert!(!concerns(Some("state.d".as_ref()), &state));
+    }
+
+    /// The daemon's own connections write through descriptors they keep open, which must not wake the watcher;
+    /// another process closing what it wrote must. inotify queues an event within the system call that causes
+    /// it; a yield lets the runtime's reactor see it, so each check below is exact without any sleep.
+    #[tokio::test]
+    async fn writes_through_an_open_file_are_not_reported_and_its_close_is() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.db");
+        let wal = dir.path().join("state.db-wal");
+        std::fs::write(&wal, b"").expect("wal");
+        let mut changes = Changes::watch(&state).expect("inotify");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&wal).expect("open");
+        file.write_all(b"a commit").expect("write");
+        file.sync_all().expect("sync");
+        tokio::task::yield_now().await;
+        assert!(!changes.drain(), "a write through an open descriptor woke the watcher");
+        drop(file);
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(10), changes.next()).await;
+        assert!(matches!(woke, Ok(Ok(()))), "closing a file written to did not wake the watcher: {woke:?}");
+        std::fs::write(dir.path().join("other.db-wal"), b"x").expect("other");
+        tokio::task::yield_now().await;
+        assert!(!changes.drain(), "another file's writes woke the watcher");
     }
 }
