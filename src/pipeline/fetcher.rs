@@ -466,7 +466,7 @@ impl Fetcher {
             }
         }
         let c = &self.t.counters;
-        c.fetched.fetch_add(committed.entries, Ordering::Relaxed);
+        c.add_fetched(committed.entries);
         c.filtered.fetch_add(filtered, Ordering::Relaxed);
         c.repeated.fetch_add(repeated, Ordering::Relaxed);
         c.dead_lettered.fetch_add(committed.dead_letters.len() as u64, Ordering::Relaxed);

@@ -112,8 +112,10 @@ pub async fn import(
         let send_store = crate::store::Handle::spawn(store, "state-send")?;
         let telemetry = crate::telemetry::Telemetry::new();
         let clients = crate::http::Clients::default();
+        let activity = Arc::default();
         let run =
-            Arc::new(super::tenant_run(&config, &t, &clients, &telemetry, &send_store, &send_store).await?);
+            super::tenant_run(&config, &t, &clients, &telemetry, &activity, &send_store, &send_store).await?;
+        let run = Arc::new(run);
         let sender = Sender::new(run.clone(), send_store.clone(), RunMode::Sync);
         let policy = RetryPolicy::new(&config.retry, RunMode::Sync);
         let (r, stop, down) = (run.clone(), shutdown.child_token(), shutdown.clone());
@@ -316,7 +318,7 @@ fn read_files(
             progress.read.fetch_add(offered + filtered + dead.len() as u64, Ordering::Relaxed);
             progress.enqueued.fetch_add(committed.entries, Ordering::Relaxed);
             if let Some(run) = run {
-                run.counters.fetched.fetch_add(committed.entries, Ordering::Relaxed);
+                run.counters.add_fetched(committed.entries);
                 run.wake_sender.notify_one();
             }
         }

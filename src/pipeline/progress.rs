@@ -7,6 +7,7 @@
 //! shrinks. A quiet daemon logs nothing. The same summary goes to systemd as `STATUS=`, so `systemctl status`
 //! shows it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -86,15 +87,33 @@ pub async fn report(
     let mut last: Vec<Window> = tenants.iter().map(|t| snapshot(t)).collect();
     let bars = bar.then(|| Bars::new(&tenants));
     let tick = if bars.is_some() { Duration::from_millis(250) } else { REPORT_EVERY };
-    loop {
+    // Every tenant shares the run's activity: one read tells that none of them moved.
+    let Some(activity) = tenants.first().map(|t| t.counters.activity()) else { return };
+    let mut seen = activity.count();
+    'report: loop {
+        // Nothing fetched or delivered since the last report: nothing to say until something moves, so an
+        // idle daemon does not even tick (the lines are only about tenants that moved).
+        let mut waited = false;
+        while bars.is_none() && activity.count() == seen {
+            tokio::select! {
+                _ = stop.cancelled() => break 'report,
+                _ = activity.changed() => waited = true,
+            }
+        }
+        if waited {
+            // Rates run from the end of the lull, not from the last report before it.
+            let at = Instant::now();
+            for before in &mut last {
+                before.at = at;
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(tick) => {}
         }
+        seen = activity.count();
         let mut statuses = Vec::new();
         let nows: Vec<Window> = tenants.iter().map(|t| snapshot(t)).collect();
-        // The outbox of each tenant that moved, in one call into the store; an idle tenant costs no query, so
-        // that an idle daemon with many tenants stays idle.
         let moved: Vec<bool> = nows
             .iter()
             .zip(&last)
@@ -102,23 +121,18 @@ pub async fn report(
                 bars.is_some() || now.fetched != before.fetched || now.delivered != before.delivered
             })
             .collect();
-        let asked: Vec<String> =
-            tenants.iter().zip(&moved).filter(|(_, m)| **m).map(|(t, _)| t.domain.clone()).collect();
-        let mut depths = if asked.is_empty() {
-            Vec::new()
+        // The outboxes of all tenants in one pass over the store, and only when one of them moved.
+        let depths: HashMap<String, u64> = if moved.contains(&true) {
+            store.call(|s| s.outbox_depths()).await.map(HashMap::from_iter).unwrap_or_default()
         } else {
-            store
-                .call(move |s| Ok(asked.iter().map(|d| s.outbox_depth(d).unwrap_or(0)).collect::<Vec<u64>>()))
-                .await
-                .unwrap_or_default()
-        }
-        .into_iter();
+            HashMap::new()
+        };
         for (i, (t, now)) in tenants.iter().zip(nows).enumerate() {
             let before = &last[i];
             let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
             let rate = (now.fetched - before.fetched) as f64 / secs;
             let moved = moved[i];
-            let outbox = if moved { depths.next().unwrap_or(0) } else { 0 };
+            let outbox = if moved { depths.get(&t.domain).copied().unwrap_or(0) } else { 0 };
             let caught_up = t.position.lock().unwrap_or_else(|p| p.into_inner()).caught_up;
             let eta = match (before.behind, now.behind) {
                 (Some(b), Some(n)) if b > n => {

@@ -161,7 +161,7 @@ impl Sender {
                 );
             }
             let c = &self.t.counters;
-            c.delivered.fetch_add(delivered_n, Ordering::Relaxed);
+            c.add_delivered(delivered_n);
             c.dead_lettered.fetch_add(rejected_n, Ordering::Relaxed);
             self.t.space.notify_one();
             tracing::debug!(tenant = %tenant, delivered = delivered_n, dead_letters = rejected_n, "delivery committed");
