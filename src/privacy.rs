@@ -21,9 +21,12 @@
 //! It is shaped for speed, since it runs on every entry in front of a transform that takes 2 to 3 µs. The
 //! entry is never parsed, not even tokenized: every key is followed by a `:`, so a vectorised search for
 //! colons finds every key, and a short look back from each colon tells a key from a colon inside a
-//! string (see `key_before`). Most keys are turned away by their last byte alone; only keys are compared with
-//! the rules, only values under matching keys are read, checked and rewritten, and every other byte is copied
-//! verbatim. When no listed key can occur in the text at all, a substring search proves it first. The keyed
+//! string (see `key_before`). Most keys are turned away by their last byte alone. In a text without
+//! backslashes (nearly every entry), every key a rule matches is spelled as written, so its last two bytes and
+//! closing quote are one of a few short endings (`il"` for `email`, `ip"` for the IP keys): a search for each
+//! ending finds the few colons worth that look, and the dozens of others are never visited. Only keys are
+//! compared with the rules, only values under matching keys are read, checked and rewritten, and every other
+//! byte is copied verbatim. When no listed key can occur in the text at all, a substring search proves it first. The keyed
 //! HMAC state is computed once from the key and cloned per value. An entry without any rewrite is returned
 //! borrowed, without a copy. The `privacy` benchmark measures what all this adds to the transform.
 //!
@@ -180,6 +183,9 @@ pub struct Privacy {
     mac: Option<Hmac<Sha256>>,
     /// Substrings at least one of which every entry with a matching key contains.
     needles: Vec<Finder<'static>>,
+    /// Each of `last_pairs` followed by a quote: in a text without backslashes, every key some rule matches
+    /// ends with one of these, so searching for them finds those keys without visiting every colon.
+    endings: Vec<Finder<'static>>,
     /// The rules as given, for `describe`.
     rules: Rules,
 }
@@ -268,7 +274,9 @@ impl Privacy {
         }
         last_pairs.sort_unstable();
         last_pairs.dedup();
+        let endings = last_pairs.iter().map(|[a, b]| Finder::new(&[*a, *b, b'"']).into_owned()).collect();
         Ok(Privacy {
+            endings,
             last_bytes,
             last_pairs,
             needles: needles(&names, rules.truncate_ip),
@@ -411,6 +419,10 @@ impl Privacy {
 
 /// The most needles `may_match` searches for before giving up on the fast path.
 const MAX_NEEDLES: usize = 2;
+/// The most key endings searched for one by one; past that, visiting every colon costs less.
+const MAX_ENDINGS: usize = 4;
+/// The most candidate colons `run_by_endings` keeps for one text before it visits every colon instead.
+const MAX_CANDIDATES: usize = 64;
 
 /// Whether a key names an IP field: `ip` itself or any snake_case `*_ip` (`client_ip`, `request_ip`, ...).
 fn is_ip_key(key: &str) -> bool {
@@ -487,6 +499,15 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
     /// it (see `key_before`). The values of keys without a rule are never even read.
     /// With `literal`, the text has no backslash (see `Privacy::apply`).
     fn run(&mut self, literal: bool) -> Result<(), PrivacyError> {
+        if literal && self.privacy.endings.len() <= MAX_ENDINGS {
+            self.run_by_endings()
+        } else {
+            self.run_every_colon(literal)
+        }
+    }
+
+    /// `run` by visiting every colon.
+    fn run_every_colon(&mut self, literal: bool) -> Result<(), PrivacyError> {
         let bytes = self.bytes;
         // Colons before this offset are inside a value already rewritten.
         let mut resume = 0;
@@ -527,6 +548,38 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
             (Err(()), Some(e)) => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// `run` for a text without backslashes: the colons worth a look are those right after a key ending as a
+    /// listed key can end (`endings`), found by a vectorised search for each ending, which skips the many
+    /// colons no rule can concern. They are visited in order, as `run` visits all of them.
+    fn run_by_endings(&mut self) -> Result<(), PrivacyError> {
+        let bytes = self.bytes;
+        let mut colons = [0usize; MAX_CANDIDATES];
+        let mut found = 0;
+        for ending in &self.privacy.endings {
+            for at in ending.find_iter(bytes) {
+                let colon = skip_ws(bytes, at + 3);
+                if bytes.get(colon) != Some(&b':') {
+                    continue;
+                }
+                let Some(slot) = colons.get_mut(found) else {
+                    // An entry with this many candidates is rare: visit every colon instead.
+                    return self.run_every_colon(true);
+                };
+                *slot = colon;
+                found += 1;
+            }
+        }
+        let colons = &mut colons[..found];
+        colons.sort_unstable();
+        let mut resume = 0;
+        for &colon in colons.iter() {
+            if colon >= resume {
+                resume = self.key_at(true, colon)?;
+            }
+        }
+        Ok(())
     }
 
     /// Find the key before `colon` and apply its rule, if any; returns where the search for keys goes on.
@@ -1385,6 +1438,25 @@ mod tests {
             }
         }
 
+        /// Searching for the key endings gives the very bytes, or the same refusal, that visiting every colon
+        /// gives, for any JSON however spaced, and for damaged JSON.
+        #[test]
+        fn searching_key_endings_gives_what_visiting_every_colon_gives(
+            v in any_json(),
+            at in any::<prop::sample::Index>(),
+            b in r#"[\[\]{}",: 0a]"#,
+        ) {
+            let compact = serde_json::to_string(&v).expect("text");
+            check_both_ways(&compact)?;
+            check_both_ways(&serde_json::to_string_pretty(&v).expect("text"))?;
+            let cut = at.index(compact.len().max(1));
+            if compact.is_char_boundary(cut) && cut < compact.len() {
+                let next = compact[cut..].chars().next().map_or(cut, |c| cut + c.len_utf8());
+                check_both_ways(&format!("{}{}", &compact[..cut], &compact[next..]))?;
+                check_both_ways(&format!("{}{}{}", &compact[..cut], b, &compact[next..]))?;
+            }
+        }
+
         /// Arbitrary text never panics, and valid JSON among it comes out valid.
         #[test]
         fn arbitrary_text_never_panics(text in r#"[\[\]{}",:\\ a-z0-9ul.\-]{0,40}"#) {
@@ -1402,6 +1474,58 @@ mod tests {
                 check_validity(&format!("{}{}{}", &text[..cut], b, &text[next..]))?;
             }
         }
+    }
+
+    /// One text through one of the two ways `Scan::run` finds keys, for a text without backslashes.
+    fn scan_by(p: &Privacy, text: &str, endings: bool) -> Result<Option<String>, String> {
+        let mut out = String::new();
+        let mut scan = Scan::new(p, text, &mut out);
+        let ran = if endings { scan.run_by_endings() } else { scan.run_every_colon(true) };
+        let changed = ran.map(|()| scan.finish()).map_err(|e| e.to_string())?;
+        Ok(changed.then_some(out))
+    }
+
+    /// Both ways agree on `text`, byte for byte.
+    fn check_both_ways(text: &str) -> Result<(), TestCaseError> {
+        if text.contains('\\') {
+            return Ok(());
+        }
+        for p in [
+            usual(),
+            privacy(&["email", "user_name", "name"], &[], &[], true),
+            privacy(&["e"], &["a"], &["user_name"], false),
+        ] {
+            prop_assert_eq!(scan_by(&p, text, true), scan_by(&p, text, false), "{:?}", text);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn searching_key_endings_finds_what_visiting_every_colon_finds_in_every_fixture() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut texts = 0;
+        for sub in ["transform", "transform-edge-cases"] {
+            for file in std::fs::read_dir(dir.join(sub)).expect("fixtures") {
+                let raw = std::fs::read_to_string(file.expect("entry").path()).expect("read");
+                let v: Value = serde_json::from_str(&raw).expect("json");
+                for text in [
+                    serde_json::to_string(&v).expect("text"),
+                    serde_json::to_string_pretty(&v).expect("text"),
+                ] {
+                    check_both_ways(&text).expect("same");
+                    texts += 1;
+                }
+            }
+        }
+        assert!(texts >= 50, "only {texts} fixture texts");
+        // More candidates than `run_by_endings` keeps: it visits every colon instead, with the same result.
+        let many = format!(
+            "{{{}}}",
+            (0..100).map(|i| format!("\"k{i}\":{{\"name\":\"n{i}\"}}")).collect::<Vec<_>>().join(",")
+        );
+        let out = scan_by(&usual(), &many, true).expect("applied").expect("rewritten");
+        assert!(!out.contains("\"n99\""), "{out}");
+        check_both_ways(&many).expect("same");
     }
 
     /// What `apply` promises for one text: no panic, and valid JSON stays valid.
