@@ -34,6 +34,13 @@ use serde_json::value::RawValue;
 
 #[path = "../tests/it/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/proc.rs"]
+mod proc;
+#[path = "support/table.rs"]
+mod table;
+
+use proc::{children_cpu_seconds, load_average};
+use table::fmt_int;
 
 /// The budget: privacy + transform may take at most this many times the transform's time.
 const BUDGET: f64 = 1.30;
@@ -150,16 +157,6 @@ hash_key_file = "{}"
     ratio <= BUDGET
 }
 
-/// CPU seconds (user + system) of this process's finished children, from `/proc/self/stat`.
-fn children_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
-    // The command name may contain spaces; fields are counted after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime");
-    ticks as f64 / 100.0
-}
-
 /// Time both comparisons over `corpus` in `rounds` alternating rounds; each round runs every entry at least
 /// once and for at least `round_time`. Returns whether the strict ratio is within the budget.
 fn compare(name: &str, corpus: &[String], privacy: &Privacy, rounds: u32, round_time: Duration) -> bool {
@@ -227,7 +224,10 @@ fn compare(name: &str, corpus: &[String], privacy: &Privacy, rounds: u32, round_
     let entries = |i: usize| runs[i] as f64 * corpus.len() as f64;
     let per_entry: Vec<f64> = (0..5).map(|i| cpu[i] as f64 / 1e9 / entries(i)).collect();
     let wall_per_entry: Vec<f64> = (0..5).map(|i| wall[i].as_secs_f64() / entries(i)).collect();
-    let rate = |secs: f64| fmt_int(1.0 / secs);
+    // One line per measurement: entries per second and time per entry.
+    let row = |label: &str, secs: f64| {
+        println!("    {label:<27}{:>10} entries/s  {:>7.3} µs", fmt_int(1.0 / secs), secs * 1e6);
+    };
     let strict_with = per_entry[1] + per_entry[2];
     let strict = strict_with / per_entry[0];
     let strict_wall = (wall_per_entry[1] + wall_per_entry[2]) / wall_per_entry[0];
@@ -241,42 +241,18 @@ fn compare(name: &str, corpus: &[String], privacy: &Privacy, rounds: u32, round_
         corpus.len()
     );
     println!("  strict (the budget's comparison), CPU time per entry");
-    println!(
-        "    transform alone            {:>10} entries/s  {:>7.3} µs",
-        rate(per_entry[0]),
-        per_entry[0] * 1e6
-    );
-    println!(
-        "    privacy alone              {:>10} entries/s  {:>7.3} µs",
-        rate(per_entry[1]),
-        per_entry[1] * 1e6
-    );
-    println!(
-        "    transform, rewritten entry {:>10} entries/s  {:>7.3} µs",
-        rate(per_entry[2]),
-        per_entry[2] * 1e6
-    );
-    println!(
-        "    privacy + transform        {:>10} entries/s  {:>7.3} µs",
-        rate(strict_with),
-        strict_with * 1e6
-    );
+    row("transform alone", per_entry[0]);
+    row("privacy alone", per_entry[1]);
+    row("transform, rewritten entry", per_entry[2]);
+    row("privacy + transform", strict_with);
     println!(
         "    ratio {strict:.3} (privacy costs {:+.1} %; wall clock {strict_wall:.3}): {} against ≤ {BUDGET:.2}",
         (strict - 1.0) * 100.0,
         if strict <= BUDGET { "PASS" } else { "MISS" }
     );
     println!("  as the pipeline runs (stored text parsed, then transformed), CPU time per entry");
-    println!(
-        "    without privacy            {:>10} entries/s  {:>7.3} µs",
-        rate(per_entry[3]),
-        per_entry[3] * 1e6
-    );
-    println!(
-        "    with privacy               {:>10} entries/s  {:>7.3} µs",
-        rate(per_entry[4]),
-        per_entry[4] * 1e6
-    );
+    row("without privacy", per_entry[3]);
+    row("with privacy", per_entry[4]);
     println!(
         "    ratio {pipeline:.3} (privacy costs {:+.1} %; wall clock {pipeline_wall:.3})",
         (pipeline - 1.0) * 100.0
@@ -290,24 +266,4 @@ fn cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
         .expect("read /proc/thread-self/schedstat")
-}
-
-/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// A count with thousands separators.
-fn fmt_int(x: f64) -> String {
-    let digits = format!("{:.0}", x);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -19,6 +19,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+#[path = "support/proc.rs"]
+mod proc;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
@@ -88,13 +90,7 @@ impl Proc {
 
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the command.
-        (ticks(11) + ticks(12)) / 100.0
+        proc::cpu_seconds(self.pid)
     }
 }
 

@@ -16,9 +16,12 @@ use serde_json::value::RawValue;
 
 #[path = "../tests/it/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/proc.rs"]
+mod proc;
 #[path = "support/table.rs"]
 mod table;
 
+use proc::{children_cpu_seconds, load_average};
 use table::{Table, fmt_int};
 
 const BIN: &str = env!("CARGO_BIN_EXE_auth0-rudderstack");
@@ -39,24 +42,6 @@ fn main() {
     table.section("Machine");
     table.info("load average (1, 5, 15 min) at start / end", format!("{load_before} / {}", load_average()));
     table.print();
-}
-
-/// CPU seconds (user + system) of all waited-for children of this process so far: fields 16 and 17 of
-/// `/proc/self/stat`, in clock ticks (100 per second on Linux).
-fn children_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
-    // The command name (field 2) may contain spaces; fields are counted after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime");
-    ticks as f64 / 100.0
-}
-
-/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// (a) `transform_entry` over the 142 fixture entries, repeated for about two seconds.
