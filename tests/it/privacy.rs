@@ -28,16 +28,7 @@ fn entries() -> Vec<String> {
     for (_, file) in fixtures::edge_case_files() {
         for input in file["input"].as_array().expect("input") {
             let Some(body) = input.pointer("/request/body").and_then(Value::as_str) else { continue };
-            let Ok(value) = serde_json::from_str::<Value>(body) else { continue };
-            let list = match value {
-                Value::Array(items) => items,
-                Value::Object(ref map) => match map.get("logs") {
-                    Some(Value::Array(items)) => items.clone(),
-                    _ => vec![value],
-                },
-                other => vec![other],
-            };
-            all.extend(list.iter().map(|e| serde_json::to_string(e).expect("serialize")));
+            all.extend(fixtures::webhook_body_entries(body).unwrap_or_default());
         }
     }
     all

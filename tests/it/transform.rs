@@ -141,16 +141,7 @@ fn fixture_events_keep_the_upstream_key_order_at_every_level() {
 /// The entries of one webhook body, split the way upstream does (array, `{logs}`, single object).
 /// `None` when the body is not JSON (upstream: 400 Malformed JSON).
 fn webhook_entries(body: &str) -> Option<Vec<Box<RawValue>>> {
-    let value: Value = serde_json::from_str(body).ok()?;
-    let list = match value {
-        Value::Array(items) => items,
-        Value::Object(ref map) => match map.get("logs") {
-            Some(Value::Array(items)) => items.clone(),
-            _ => vec![value],
-        },
-        other => vec![other],
-    };
-    Some(list.iter().map(|v| raw(&serde_json::to_string(v).expect("serialize"))).collect())
+    Some(fixtures::webhook_body_entries(body)?.iter().map(|e| raw(e)).collect())
 }
 
 /// Every edge case upstream answers with a batch gives the same batch from us; entries upstream skipped are

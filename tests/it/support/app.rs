@@ -29,6 +29,28 @@ pub const WRITE_KEY: &str = "wk-2Zt5Vh7Qm9PbRx3LsN8cYd1FgJ4";
 use super::fake_auth0::{DOMAIN, FakeAuth0};
 use super::fake_rudderstack::FakeRudderStack;
 
+/// The `[rudderstack]`, `[state]` and `[retry]` sections every test config starts from: the data plane, a
+/// state file in the test's directory, and fast retry timings.
+fn common_sections(rudderstack_url: &str, db: &std::path::Path) -> String {
+    format!(
+        r#"
+[rudderstack]
+data_plane_url = "{rudderstack_url}"
+write_key = "{WRITE_KEY}"
+timeout = "5s"
+
+[state]
+path = "{db}"
+
+[retry]
+initial_backoff = "20ms"
+max_backoff = "200ms"
+sync_give_up_after = "20s"
+"#,
+        db = db.display()
+    )
+}
+
 impl App {
     /// A config pointing at the two fakes, with fast test timings.
     pub fn new(auth0: &FakeAuth0, rudderstack: &FakeRudderStack) -> App {
@@ -50,21 +72,8 @@ start = "oldest"
 poll_interval = "200ms"
 max_requests_per_second = 1000.0
 timeout = "5s"
-
-[rudderstack]
-data_plane_url = "{rudderstack_url}"
-write_key = "{WRITE_KEY}"
-timeout = "5s"
-
-[state]
-path = "{db}"
-
-[retry]
-initial_backoff = "20ms"
-max_backoff = "200ms"
-sync_give_up_after = "20s"
-"#,
-            db = db.display()
+{}"#,
+            common_sections(rudderstack_url, &db)
         );
         let config: toml::Table = toml::from_str(&text).unwrap();
         let app = App { dir, config };
@@ -76,24 +85,7 @@ sync_give_up_after = "20s"
     pub fn with_tenants(tenants: &[TenantSpec], rudderstack_url: &str) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("state.db");
-        let mut config: toml::Table = toml::from_str(&format!(
-            r#"
-[rudderstack]
-data_plane_url = "{rudderstack_url}"
-write_key = "{WRITE_KEY}"
-timeout = "5s"
-
-[state]
-path = "{db}"
-
-[retry]
-initial_backoff = "20ms"
-max_backoff = "200ms"
-sync_give_up_after = "20s"
-"#,
-            db = db.display()
-        ))
-        .unwrap();
+        let mut config: toml::Table = toml::from_str(&common_sections(rudderstack_url, &db)).unwrap();
         let list: Vec<toml::Value> = tenants.iter().map(|t| toml::Value::Table(t.table())).collect();
         config.insert("tenant".into(), toml::Value::Array(list));
         let app = App { dir, config };

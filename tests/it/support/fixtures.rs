@@ -118,3 +118,18 @@ pub fn write_ndjson(path: &Path, n: usize) -> u64 {
     out.flush().expect("flush");
     bytes
 }
+
+/// The entries of one webhook body, split the way upstream does (an array, a `{logs}` object, or one object),
+/// each as compact JSON text. `None` when the body is not JSON (upstream: 400 Malformed JSON).
+pub fn webhook_body_entries(body: &str) -> Option<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let list = match value {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(ref map) => match map.get("logs") {
+            Some(serde_json::Value::Array(items)) => items.clone(),
+            _ => vec![value],
+        },
+        other => vec![other],
+    };
+    Some(list.iter().map(|e| serde_json::to_string(e).expect("serialize")).collect())
+}
