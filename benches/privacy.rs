@@ -141,11 +141,11 @@ hash_key_file = "{}"
         bytes as f64 / 1e6
     );
     println!(
-        "    without privacy    {plain_cpu:.2} CPU s   {plain_wall:.2} s wall   {} entries/s",
+        "    without privacy    {plain_cpu:.3} CPU s   {plain_wall:.2} s wall   {} entries/s",
         fmt_int(1e5 / plain_wall)
     );
     println!(
-        "    with privacy       {private_cpu:.2} CPU s   {private_wall:.2} s wall   {} entries/s",
+        "    with privacy       {private_cpu:.3} CPU s   {private_wall:.2} s wall   {} entries/s",
         fmt_int(1e5 / private_wall)
     );
     println!(
