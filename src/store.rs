@@ -29,7 +29,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{
@@ -61,6 +61,8 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// How long a writer waits for another connection's transaction before giving up with a transient error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `Store::open` waits before trying again when SQLite refused to wait (see there).
+const BUSY_RETRY: Duration = Duration::from_millis(10);
 
 /// Stored when a caller supplies an empty reason: a dead letter must always say something.
 const NO_REASON: &str = "(no reason given)";
@@ -190,6 +192,19 @@ impl StoreError {
             ),
             StoreError::Unusable { source, .. } => {
                 source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether another connection holds the database (SQLITE_BUSY or SQLITE_LOCKED).
+    fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => {
+                matches!(
+                    source.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                )
             }
             _ => false,
         }
@@ -402,6 +417,24 @@ struct Probe {
 impl Store {
     /// Open the database, creating it (and its directory) with private permissions, and migrating it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // SQLite's busy handler (`BUSY_TIMEOUT`) waits for other connections, except where waiting could
+        // deadlock: two connections that both read a new, empty file and both want to write its first page
+        // (switching it to WAL, or migrating it). SQLite then fails one of them at once with SQLITE_BUSY, and
+        // its remedy is to try again once the other has finished, which takes milliseconds. This happens
+        // when two processes (a first `run` and an `import`) or two stores of one process create the state
+        // together. So the whole opening is tried again, with a fresh connection, for as long as the busy
+        // handler would have waited.
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Store::open_once(path) {
+                Err(e) if e.is_busy() && Instant::now() < deadline => std::thread::sleep(BUSY_RETRY),
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt of `open`.
+    fn open_once(path: &Path) -> Result<Store, StoreError> {
         let found = probe(path)?;
         if found.is_none() {
             create_private(path)?;

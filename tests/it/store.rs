@@ -254,6 +254,36 @@ fn a_second_completion_of_the_same_rows_leaves_the_counts_right() {
     assert_eq!(head_ids(&store), ["a003"]);
 }
 
+/// Stores opening one new file at the same moment all open it and can write. SQLite fails one of two
+/// connections at once, without waiting, when both want to write the first page of a new file; `open` must
+/// try again rather than pass that on.
+#[test]
+fn stores_creating_one_file_at_the_same_moment_all_open_it() {
+    const ROUNDS: usize = 20;
+    const STORES: usize = 6;
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(STORES));
+        let threads: Vec<_> = (0..STORES)
+            .map(|i| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut store =
+                        Store::open(&path).map_err(|e| format!("round {round}, store {i}: {e:?}"))?;
+                    store.commit_page(TENANT, &page(&format!("s{i}"), 2)).map_err(|e| format!("{e:?}"))
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread").expect("opened and wrote");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.outbox_head(TENANT, 100).expect("head").len(), 2 * STORES);
+    }
+}
+
 /// A fetcher and a sender, each with its own store on one file in its own thread, never lose or duplicate a
 /// row, and the file passes `integrity_check` afterwards.
 #[test]
