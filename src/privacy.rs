@@ -1230,6 +1230,9 @@ mod tests {
         let p = privacy(&[], &[], &[], true);
         for (ip, want) in [
             ("203.0.113.7", "203.0.113.0"),
+            ("0.0.0.255", "0.0.0.0"),
+            ("255.255.255.255", "255.255.255.0"),
+            ("10.200.3.40", "10.200.3.0"),
             ("2001:DB8:1234:5678::1", "2001:db8:1234::"),
             ("2001:0db8:0001:0002:0003:0004:0005:0006", "2001:db8:1::"),
             ("::ffff:203.0.113.7", "::ffff:203.0.113.0"),
@@ -1244,6 +1247,8 @@ mod tests {
             r#"{"ip":"xxxxx","client_ip":null,"request_ip":5,"ip_list":"1.2.3.4","ipAddress":"1.2.3.4"}"#,
             r#"{"UntrustedIP":{"ip":"no"},"ip":"1.2.3.4:80","x":"1.2.3.4","ip6":"::1"}"#,
             r#"{"ip":"203.0.113.0"}"#,
+            // Not the canonical form, so not taken for an address: leading zeros, a sign, a space.
+            r#"{"ip":"01.2.3.4","client_ip":"1.2.3.04","a_ip":"+1.2.3.4","b_ip":" 1.2.3.4","c_ip":"1.2.3.256"}"#,
         ] {
             assert!(matches!(p.apply(text), Ok(Cow::Borrowed(_))), "{text}");
         }
