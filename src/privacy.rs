@@ -458,8 +458,8 @@ fn needles(names: &[(Box<str>, Rule)], truncate_ip: bool) -> Vec<Finder<'static>
 /// One key ending searched for by `Scan::run_by_endings`: three bytes, the last a quote.
 ///
 /// Where the CPU has AVX2, memchr's pair search is called directly. An entry is about a kilobyte, and on a
-/// text that short, `memmem`'s general searcher spends about as long choosing and setting up its search as the
-/// search itself takes; with three endings per entry that was a fifth of what the rules cost.
+/// text that short, choosing and setting up `memmem`'s general search adds about a third to the search itself
+/// (for the three endings of a fixture entry in cache: 176 ns through `memmem`, 137 ns directly).
 struct Ending {
     needle: [u8; 3],
     /// The general search: without AVX2, and for the last bytes, too few for the pair search.
