@@ -180,16 +180,13 @@ impl StoreError {
     /// Whether waiting can help: another process holds the database, or the disk is full or failing. A full
     /// disk is an outage, not a verdict: once there is space again the same write succeeds.
     pub fn is_transient(&self) -> bool {
+        if self.is_busy() {
+            return true;
+        }
         match self {
-            StoreError::Sqlite { source, .. } => matches!(
-                source.sqlite_error_code(),
-                Some(
-                    ErrorCode::DatabaseBusy
-                        | ErrorCode::DatabaseLocked
-                        | ErrorCode::DiskFull
-                        | ErrorCode::SystemIoFailure
-                )
-            ),
+            StoreError::Sqlite { source, .. } => {
+                matches!(source.sqlite_error_code(), Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure))
+            }
             StoreError::Unusable { source, .. } => {
                 source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull
             }
