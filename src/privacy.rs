@@ -360,7 +360,7 @@ impl Privacy {
         if let Some((_, rule)) = self.names.iter().find(|(name, _)| maybe_listed && **name == *key) {
             return Some(*rule);
         }
-        if self.truncate_ip && is_ip_key(key) { Some(Rule::Ip) } else { None }
+        if self.truncate_ip && is_ip_key(key.as_bytes()) { Some(Rule::Ip) } else { None }
     }
 
     /// `key_before` for a text without backslashes, together with the key's rule: the names are compared with
@@ -385,7 +385,7 @@ impl Privacy {
             Some(found) => found,
             None if self.truncate_ip && before.ends_with(b"ip") => {
                 let open = memchr::memrchr(b'"', before)?;
-                if !is_ip_key(std::str::from_utf8(&before[open + 1..]).ok()?) {
+                if !is_ip_key(&before[open + 1..]) {
                     return None;
                 }
                 (open, Rule::Ip)
@@ -440,8 +440,8 @@ const HASHED_KEPT: usize = 4;
 const MAX_CANDIDATES: usize = 32;
 
 /// Whether a key names an IP field: `ip` itself or any snake_case `*_ip` (`client_ip`, `request_ip`, ...).
-fn is_ip_key(key: &str) -> bool {
-    key == "ip" || key.ends_with("_ip")
+fn is_ip_key(key: &[u8]) -> bool {
+    key == b"ip" || key.ends_with(b"_ip")
 }
 
 /// The substrings that every entry without backslashes and with a matching key contains: each name in quotes
@@ -797,6 +797,16 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
 
     /// Truncate the IP address in the string at `start..end`, if it is one.
     fn truncate_ip(&mut self, start: usize, end: usize, escaped: bool) {
+        if !escaped {
+            // The common case, an IPv4 address as written by Auth0: only its last octet changes.
+            let content = &self.bytes[start + 1..end - 1];
+            if let Some(prefix) = ipv4_prefix(content) {
+                if &content[prefix..] != b"0" {
+                    self.rewrite(start + 1 + prefix, end - 1, |out| out.push('0'));
+                }
+                return;
+            }
+        }
         let content: Cow<'_, str> = if escaped {
             match serde_json::from_str::<String>(&self.text[start..end]) {
                 Ok(s) => Cow::Owned(s),
@@ -846,12 +856,13 @@ fn string_content(text: &str, start: usize, end: usize, escaped: bool) -> Result
             .map_err(|_| PrivacyError::Malformed { offset: start, reason: "invalid string" });
     }
     let inner = &text[start + 1..end - 1];
-    match inner.bytes().position(|b| b < 0x20) {
-        Some(i) => {
-            Err(PrivacyError::Malformed { offset: start + 1 + i, reason: "control character in a string" })
-        }
-        None => Ok(Cow::Borrowed(inner)),
+    // Nearly every value is clean: a check of all bytes without an early exit is vectorised, and the
+    // position is looked for only when there is something to report.
+    if !inner.bytes().fold(false, |control, b| control | (b < 0x20)) {
+        return Ok(Cow::Borrowed(inner));
     }
+    let i = inner.bytes().position(|b| b < 0x20).unwrap_or_default();
+    Err(PrivacyError::Malformed { offset: start + 1 + i, reason: "control character in a string" })
 }
 
 /// Whether `b` is JSON whitespace.
@@ -987,6 +998,38 @@ fn feed_compact(mac: &mut Hmac<Sha256>, value: &str) {
         }
     }
     mac.update(&bytes[run_start..]);
+}
+
+/// When `text` is exactly an IPv4 address as [`Ipv4Addr`] parses it (four decimal octets, each at most 255
+/// and without a leading zero), the length of its first three octets with their dots: the /24 network address
+/// is that prefix followed by `0`. `None` for any other text, which `truncate_ip` then reads in full.
+fn ipv4_prefix(text: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let mut prefix = 0;
+    for octet in 0..4 {
+        if octet > 0 {
+            if text.get(at) != Some(&b'.') {
+                return None;
+            }
+            at += 1;
+            prefix = at;
+        }
+        let start = at;
+        let mut value = 0u32;
+        while let Some(&digit) = text.get(at).filter(|b| b.is_ascii_digit()) {
+            // Four digits are never an octet; stopping here also keeps `value` small.
+            if at - start == 3 {
+                return None;
+            }
+            value = value * 10 + u32::from(digit - b'0');
+            at += 1;
+        }
+        let digits = at - start;
+        if digits == 0 || value > 255 || (digits > 1 && text[start] == b'0') {
+            return None;
+        }
+    }
+    (at == text.len()).then_some(prefix)
 }
 
 /// Room for the text of a truncated address (the longest IPv6 text form is 45 bytes).
@@ -1622,6 +1665,17 @@ mod tests {
                 check_both_ways(&format!("{}{}", &compact[..cut], &compact[next..]))?;
                 check_both_ways(&format!("{}{}{}", &compact[..cut], b, &compact[next..]))?;
             }
+        }
+
+        /// The quick IPv4 check takes exactly the texts the standard parser takes, and truncates them alike.
+        #[test]
+        fn the_quick_ipv4_check_agrees_with_the_standard_parser(
+            text in r"[0-9.]{0,17}|[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}",
+        ) {
+            let mut buf = [0u8; IP_TEXT_MAX];
+            let standard = text.parse::<Ipv4Addr>().ok().and(truncate_ip(&text, &mut buf));
+            let quick = ipv4_prefix(text.as_bytes()).map(|prefix| format!("{}0", &text[..prefix]));
+            prop_assert_eq!(quick.as_deref(), standard, "{:?}", text);
         }
 
         /// Arbitrary text never panics, and valid JSON among it comes out valid.
