@@ -1042,47 +1042,20 @@ fn truncate_ip<'b>(text: &str, buf: &'b mut [u8; IP_TEXT_MAX]) -> Option<&'b str
     if text.len() > 45 {
         return None;
     }
+    // A scan brings only escaped IPv4 addresses here (`Scan::truncate_ip` rewrites the last octet of a plain
+    // one where it stands), so the cost of the formatting machinery does not matter.
     let v4_net = |a: Ipv4Addr| Ipv4Addr::from(u32::from(a) & 0xffff_ff00);
-    let len = match text.parse::<IpAddr>().ok()? {
-        // The common case, written by hand: `Display` goes through the formatting machinery.
-        IpAddr::V4(a) => {
-            let [a, b, c, _] = a.octets();
-            let mut len = 0;
-            for octet in [a, b, c] {
-                len += write_decimal(octet, &mut buf[len..]);
-                buf[len] = b'.';
-                len += 1;
-            }
-            buf[len] = b'0';
-            len + 1
-        }
-        IpAddr::V6(a) => {
-            let net = match a.to_ipv4_mapped() {
-                Some(v4) => v4_net(v4).to_ipv6_mapped(),
-                None => Ipv6Addr::from(u128::from(a) & (u128::MAX << 80)),
-            };
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            std::io::Write::write_fmt(&mut cursor, format_args!("{net}")).ok()?;
-            usize::try_from(cursor.position()).ok()?
-        }
+    let net = match text.parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) => IpAddr::V4(v4_net(a)),
+        IpAddr::V6(a) => IpAddr::V6(match a.to_ipv4_mapped() {
+            Some(v4) => v4_net(v4).to_ipv6_mapped(),
+            None => Ipv6Addr::from(u128::from(a) & (u128::MAX << 80)),
+        }),
     };
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    std::io::Write::write_fmt(&mut cursor, format_args!("{net}")).ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
     std::str::from_utf8(&buf[..len]).ok()
-}
-
-/// Write `n` in decimal at the start of `out` (which has room for three digits); returns the digits written.
-fn write_decimal(n: u8, out: &mut [u8]) -> usize {
-    let digits = [n / 100, n / 10 % 10, n % 10];
-    let skip = if n >= 100 {
-        0
-    } else if n >= 10 {
-        1
-    } else {
-        2
-    };
-    for (slot, d) in out.iter_mut().zip(&digits[skip..]) {
-        *slot = b'0' + d;
-    }
-    3 - skip
 }
 
 #[cfg(test)]
