@@ -46,11 +46,12 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/0001_init.sql")),
         M::up(include_str!("../migrations/0002_tenants_tokens_imports.sql")),
+        M::up(include_str!("../migrations/0003_withheld_dead_letters.sql")),
     ])
 }
 
 /// The newest schema version this build knows (the number of migrations).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of our files ("A0RS"), set by the first migration, so a foreign SQLite database
 /// that happens to have a `user_version` is still recognised as not ours.
@@ -250,10 +251,56 @@ pub struct NewEntry {
 pub struct NewDeadLetter {
     /// Its `log_id`, when it had a valid one.
     pub log_id: Option<LogId>,
-    /// The raw entry.
-    pub raw: String,
+    /// What is kept of the entry.
+    pub kept: Kept,
     /// Why it was set aside.
     pub reason: String,
+}
+
+/// What a dead letter keeps of its entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// The whole text, as it would have been forwarded.
+    Whole(String),
+    /// Not the text: an entry whose clear values must not be stored (the privacy rules could not read it) or
+    /// that is too large to hold. Only its size, its SHA-256 and an excerpt that holds no clear value.
+    Withheld {
+        /// Bytes of the original text.
+        size: u64,
+        /// SHA-256 of the original text: the letter is set aside once however often the entry comes.
+        sha256: [u8; 32],
+        /// What may be shown of it (the privacy rules applied to its beginning), often empty.
+        excerpt: String,
+    },
+}
+
+impl Kept {
+    /// Keep `original` only by its size and hash, with `excerpt` (which must hold no clear value).
+    pub fn withheld(original: &[u8], excerpt: String) -> Kept {
+        Kept::Withheld { size: original.len() as u64, sha256: Sha256::digest(original).into(), excerpt }
+    }
+
+    /// The text stored in the letter's `raw` column.
+    fn text(&self) -> &str {
+        match self {
+            Kept::Whole(raw) => raw,
+            Kept::Withheld { excerpt, .. } => excerpt,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Kept::Whole(raw) => raw.len() as u64,
+            Kept::Withheld { size, .. } => *size,
+        }
+    }
+
+    fn sha256(&self) -> [u8; 32] {
+        match self {
+            Kept::Whole(raw) => Sha256::digest(raw.as_bytes()).into(),
+            Kept::Withheld { sha256, .. } => *sha256,
+        }
+    }
 }
 
 /// What one fetched page changes, committed in one transaction.
@@ -322,8 +369,14 @@ pub struct DeadLetter {
     pub reason: String,
     /// When (RFC 3339).
     pub created_at: String,
-    /// The raw entry.
+    /// The raw entry; for a withheld letter, only its excerpt (often empty).
     pub raw: String,
+    /// Whether the entry's text was withheld (see [`Kept::Withheld`]).
+    pub withheld: bool,
+    /// Bytes of the original entry.
+    pub size: u64,
+    /// SHA-256 of the original entry, in hex.
+    pub sha256: String,
 }
 
 /// Everything `status` and the metrics report from the database about one tenant.
@@ -387,6 +440,26 @@ pub struct StoredToken {
     pub refresh_at: i64,
     /// Which client and audience it belongs to.
     pub minted_for: String,
+}
+
+/// What `retry_dead_letters` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retried {
+    /// Letters moved back into the outbox.
+    pub moved: u64,
+    /// Letters whose text was withheld, left in place: their entries must be fetched again.
+    pub withheld: Vec<WithheldLetter>,
+}
+
+/// A withheld dead letter that a retry cannot queue by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithheldLetter {
+    /// Its id.
+    pub id: i64,
+    /// Its tenant.
+    pub tenant: String,
+    /// The entry's `log_id`, when one was found (without it, the entry cannot be fetched again).
+    pub log_id: Option<String>,
 }
 
 /// How far an import of one file got.
@@ -594,7 +667,11 @@ impl Store {
                 let row: Option<(String, String)> =
                     read.query_row(params![seq, tenant], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
                 let Some((log_id, raw)) = row else { continue };
-                let letter = NewDeadLetter { log_id: LogId::parse(&log_id).ok(), raw, reason: why.clone() };
+                let letter = NewDeadLetter {
+                    log_id: LogId::parse(&log_id).ok(),
+                    kept: Kept::Whole(raw),
+                    reason: why.clone(),
+                };
                 for (id, _) in insert_dead_letters(tx, tenant, std::slice::from_ref(&letter), &now)? {
                     letters.push((id, log_id.clone(), reason(why)));
                 }
@@ -805,17 +882,26 @@ impl Store {
     pub fn dead_letters(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, tenant, log_id, reason, created_at, raw FROM dead_letter
-                 WHERE ?1 IS NULL OR tenant = ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, tenant, log_id, reason, created_at, raw, withheld,
+                        COALESCE(size, length(CAST(raw AS BLOB))), raw_sha256
+                 FROM dead_letter WHERE ?1 IS NULL OR tenant = ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![tenant, to_i64(limit)], |r| {
+                let raw: String = r.get(5)?;
+                let sha256 = match r.get::<_, Option<Vec<u8>>>(8)? {
+                    Some(hash) => hex(&hash),
+                    None => hex(&Sha256::digest(raw.as_bytes())),
+                };
                 Ok(DeadLetter {
                     id: r.get(0)?,
                     tenant: r.get(1)?,
                     log_id: r.get(2)?,
                     reason: r.get(3)?,
                     created_at: r.get(4)?,
-                    raw: r.get(5)?,
+                    raw,
+                    withheld: r.get(6)?,
+                    size: to_u64(r.get(7)?),
+                    sha256,
                 })
             })?;
             rows.collect()
@@ -823,12 +909,13 @@ impl Store {
     }
 
     /// Move dead letters back into their tenants' outboxes: the given ids, or all of `tenant`'s (all tenants'
-    /// when `None`) when `ids` is empty. Returns how many moved. Ids that do not exist (for that tenant) are
-    /// refused, and nothing moves.
+    /// when `None`) when `ids` is empty. Ids that do not exist (for that tenant) are refused, and nothing
+    /// moves.
     ///
     /// They go to the end of the outbox in dead-letter order. One without a `log_id` is queued with an empty
-    /// one; if it still cannot be forwarded, the sender sets it aside again.
-    pub fn retry_dead_letters(&mut self, tenant: Option<&str>, ids: &[i64]) -> Result<u64, StoreError> {
+    /// one; if it still cannot be forwarded, the sender sets it aside again. A withheld letter has no text to
+    /// queue: it stays where it is and is returned, for the caller to fetch its entry again by `log_id`.
+    pub fn retry_dead_letters(&mut self, tenant: Option<&str>, ids: &[i64]) -> Result<Retried, StoreError> {
         let now = now();
         let path = self.path.clone();
         let tx = self
@@ -838,7 +925,7 @@ impl Store {
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
-        let run = |tx: &Transaction<'_>| -> rusqlite::Result<Result<u64, Vec<i64>>> {
+        let run = |tx: &Transaction<'_>| -> rusqlite::Result<Result<Retried, Vec<i64>>> {
             let chosen: Vec<(i64, String)> = if ids.is_empty() {
                 let mut stmt = tx.prepare_cached(
                     "SELECT id, tenant FROM dead_letter WHERE ?1 IS NULL OR tenant = ?1 ORDER BY id",
@@ -861,6 +948,8 @@ impl Store {
                 }
                 found
             };
+            let mut withheld_letter =
+                tx.prepare_cached("SELECT log_id FROM dead_letter WHERE id = ?1 AND withheld = 1")?;
             let mut requeue = tx.prepare_cached(
                 "INSERT INTO outbox (tenant, log_id, raw, fetched_at)
                  SELECT tenant, COALESCE(log_id, ''), raw, ?2 FROM dead_letter WHERE id = ?1",
@@ -868,20 +957,26 @@ impl Store {
             let mut delete = tx.prepare_cached("DELETE FROM dead_letter WHERE id = ?1")?;
             let mut count =
                 tx.prepare_cached("UPDATE tenant SET outbox_count = outbox_count + 1 WHERE domain = ?1")?;
-            let mut moved = 0u64;
+            let mut retried = Retried::default();
             for (id, t) in &chosen {
+                if let Some(log_id) =
+                    withheld_letter.query_row([id], |r| r.get::<_, Option<String>>(0)).optional()?
+                {
+                    retried.withheld.push(WithheldLetter { id: *id, tenant: t.clone(), log_id });
+                    continue;
+                }
                 if requeue.execute(params![id, now])? > 0 {
                     delete.execute([id])?;
                     count.execute([t])?;
-                    moved += 1;
+                    retried.moved += 1;
                 }
             }
-            Ok(Ok(moved))
+            Ok(Ok(retried))
         };
         match run(&tx).map_err(|e| StoreError::sqlite(&path, e))? {
-            Ok(moved) => {
+            Ok(retried) => {
                 tx.commit().map_err(|e| StoreError::sqlite(&path, e))?;
-                Ok(moved)
+                Ok(retried)
             }
             Err(missing) => Err(StoreError::UnknownDeadLetters { ids: missing }),
         }
@@ -1165,19 +1260,20 @@ fn insert_dead_letters(
     now: &str,
 ) -> rusqlite::Result<Vec<(i64, usize)>> {
     let mut dead = tx.prepare_cached(
-        "INSERT INTO dead_letter (tenant, log_id, raw, reason, created_at, raw_sha256)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        "INSERT INTO dead_letter (tenant, log_id, raw, reason, created_at, raw_sha256, withheld, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
     )?;
     let mut added = Vec::new();
     for (i, letter) in letters.iter().enumerate() {
-        let hash = Sha256::digest(letter.raw.as_bytes());
         let n = dead.execute(params![
             tenant,
             letter.log_id.as_ref().map(LogId::as_str),
-            letter.raw,
+            letter.kept.text(),
             reason(&letter.reason),
             now,
-            hash.as_slice()
+            letter.kept.sha256().as_slice(),
+            matches!(letter.kept, Kept::Withheld { .. }),
+            to_i64(letter.kept.size())
         ])?;
         if n > 0 {
             added.push((tx.last_insert_rowid(), i));
@@ -1415,6 +1511,11 @@ fn now() -> String {
 
 fn to_i64<N: TryInto<i64>>(n: N) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
+}
+
+/// Lower-case hex, as the SHA-256 of a dead letter is shown.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn to_u64(n: i64) -> u64 {

@@ -124,8 +124,18 @@ pub fn retry_dead_letters(
         None => None,
     };
     let mut store = Store::open_existing(&config.state.path)?;
-    let moved = store.retry_dead_letters(tenant.as_deref(), ids)?;
+    let retried = store.retry_dead_letters(tenant.as_deref(), ids)?;
+    let moved = retried.moved;
     let _ = writeln!(out, "{moved} dead letter{} moved back to the outbox", super::status::plural(moved));
+    for w in &retried.withheld {
+        let _ = writeln!(
+            out,
+            "dead letter {} ({}, log_id {}) was kept without its text and stays set aside",
+            w.id,
+            w.tenant,
+            w.log_id.as_deref().unwrap_or("unknown")
+        );
+    }
     Ok(())
 }
 

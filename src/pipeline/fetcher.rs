@@ -23,7 +23,7 @@ use super::{Error, Next, RunMode, TenantRun};
 use crate::auth0::{self, Bootstrap, Page};
 use crate::config::{OnExpiredCheckpoint, Start};
 use crate::entry::{self, LogId};
-use crate::store::{Cursor, Gap, Handle, NewDeadLetter, NewEntry, PageCommit, StoreError};
+use crate::store::{Cursor, Gap, Handle, Kept, NewDeadLetter, NewEntry, PageCommit, StoreError};
 
 /// A page sorted into what is stored, set aside, skipped and filtered, with the cursor it leads to.
 #[derive(Debug, Default)]
@@ -53,12 +53,6 @@ pub fn classify(
     let mut greatest: Option<Cursor> = None;
     for (i, raw) in entries.iter().enumerate() {
         let text = raw.get();
-        let stored = |text: &str| -> String {
-            match rewrite {
-                Some(f) => f(text).unwrap_or_else(|_| text.to_string()),
-                None => text.to_string(),
-            }
-        };
         // An entry that is not an object, or has no valid log_id, is set aside: it cannot move the cursor.
         let parsed = entry::read_head(text)
             .map_err(|e| e.to_string())
@@ -68,7 +62,7 @@ pub fn classify(
             Err(problem) => {
                 out.commit.dead_letters.push(NewDeadLetter {
                     log_id: None,
-                    raw: stored(text),
+                    kept: kept(text, rewrite),
                     reason: format!("page entry {}: {problem}", i + 1),
                 });
                 out.first_problem.get_or_insert(problem);
@@ -94,7 +88,7 @@ pub fn classify(
         match rewrite.map(|f| f(text)) {
             Some(Err(why)) => out.commit.dead_letters.push(NewDeadLetter {
                 log_id: Some(log_id),
-                raw: text.to_string(),
+                kept: Kept::withheld(text.as_bytes(), String::new()),
                 reason: format!("page entry {}: the privacy rules cannot be applied: {why}", i + 1),
             }),
             Some(Ok(rewritten)) => out.commit.entries.push(NewEntry { log_id, raw: rewritten }),
@@ -103,6 +97,16 @@ pub fn classify(
     }
     out.commit.cursor = greatest;
     out
+}
+
+/// What a dead letter may keep of an entry: the entry as the privacy rules rewrite it, or, when they cannot
+/// read it, nothing but its size and hash (its clear values must never be stored).
+pub fn kept(text: &str, rewrite: Option<&Rewrite>) -> Kept {
+    match rewrite.map(|f| f(text)) {
+        None => Kept::Whole(text.to_string()),
+        Some(Ok(rewritten)) => Kept::Whole(rewritten),
+        Some(Err(_)) => Kept::withheld(text.as_bytes(), String::new()),
+    }
 }
 
 /// Auth0 answered with an entry inside the retention window right after a cursor that lies outside it, and

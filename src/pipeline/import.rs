@@ -29,7 +29,7 @@ use super::{Error, RunMode, TenantRun};
 use crate::config::Config;
 use crate::entry::{self, LogId};
 use crate::input::EntryReader;
-use crate::store::{ImportProgress, NewDeadLetter, NewEntry, Store, StoreError};
+use crate::store::{ImportProgress, Kept, NewDeadLetter, NewEntry, Store, StoreError};
 
 /// Entries per transaction.
 const BATCH: usize = 2_000;
@@ -252,7 +252,10 @@ fn read_files(
                 match item {
                     Err(set_aside) => dead.push(NewDeadLetter {
                         log_id: None,
-                        raw: set_aside.text.clone().unwrap_or_default(),
+                        kept: super::fetcher::kept(
+                            set_aside.text.as_deref().unwrap_or_default(),
+                            rewrite.as_deref(),
+                        ),
                         reason: format!("{name}: {set_aside}"),
                     }),
                     Ok(e) => {
@@ -272,7 +275,7 @@ fn read_files(
                             Some(Err(why)) => {
                                 dead.push(NewDeadLetter {
                                     log_id,
-                                    raw: e.raw,
+                                    kept: Kept::withheld(e.raw.as_bytes(), String::new()),
                                     reason: format!(
                                         "{name} entry {} (byte {}): the privacy rules cannot be applied: {why}",
                                         e.index, e.offset
@@ -285,7 +288,7 @@ fn read_files(
                         let Some(log_id) = log_id else {
                             dead.push(NewDeadLetter {
                                 log_id: None,
-                                raw,
+                                kept: Kept::Whole(raw),
                                 reason: format!(
                                     "{name} entry {} (byte {}): no valid log_id",
                                     e.index, e.offset

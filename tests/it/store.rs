@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use auth0_rudderstack::entry::{LogId, parse_date};
-use auth0_rudderstack::store::{Cursor, Gap, NewDeadLetter, NewEntry, PageCommit, Store, StoreError};
+use auth0_rudderstack::store::{Cursor, Gap, Kept, NewDeadLetter, NewEntry, PageCommit, Store, StoreError};
 
 const TENANT: &str = "example-tenant.us.auth0.com";
 
@@ -138,8 +138,8 @@ fn a_page_that_fails_midway_changes_neither_the_outbox_nor_the_cursor() {
     let mut bad = page("b", 5);
     bad.filtered = 7;
     bad.dead_letters = vec![
-        NewDeadLetter { log_id: Some(id("bx")), raw: "fine".into(), reason: "bad".into() },
-        NewDeadLetter { log_id: None, raw: "poison".into(), reason: "bad".into() },
+        NewDeadLetter { log_id: Some(id("bx")), kept: Kept::Whole("fine".into()), reason: "bad".into() },
+        NewDeadLetter { log_id: None, kept: Kept::Whole("poison".into()), reason: "bad".into() },
     ];
     let err = store.commit_page(TENANT, &bad).expect_err("the injected failure must surface");
     assert!(!err.is_transient());
@@ -367,9 +367,9 @@ fn retrying_dead_letters_moves_them_back_to_the_end_of_the_outbox() {
     let mut store = Store::open(&dir.path().join("state.db")).expect("open");
     let mut first = page("a", 2);
     first.dead_letters = vec![
-        NewDeadLetter { log_id: Some(id("d1")), raw: "{1}".into(), reason: "no type".into() },
-        NewDeadLetter { log_id: Some(id("d2")), raw: "{2}".into(), reason: "no type".into() },
-        NewDeadLetter { log_id: None, raw: "{3}".into(), reason: "no log_id".into() },
+        NewDeadLetter { log_id: Some(id("d1")), kept: Kept::Whole("{1}".into()), reason: "no type".into() },
+        NewDeadLetter { log_id: Some(id("d2")), kept: Kept::Whole("{2}".into()), reason: "no type".into() },
+        NewDeadLetter { log_id: None, kept: Kept::Whole("{3}".into()), reason: "no log_id".into() },
     ];
     store.commit_page(TENANT, &first).expect("page");
     let ids: Vec<i64> =
@@ -380,11 +380,11 @@ fn retrying_dead_letters_moves_them_back_to_the_end_of_the_outbox() {
     let err = store.retry_dead_letters(Some(TENANT), &[ids[1], 12_345]).expect_err("unknown id");
     assert!(err.to_string().contains("12345"), "{err}");
     assert_eq!(head_ids(&store), ["a000", "a001"]);
-    assert_eq!(store.retry_dead_letters(Some(TENANT), &[ids[1], ids[1]]).expect("retry one"), 1);
+    assert_eq!(store.retry_dead_letters(Some(TENANT), &[ids[1], ids[1]]).expect("retry one").moved, 1);
     assert_eq!(head_ids(&store), ["a000", "a001", "d2"]);
     assert_eq!(store.outbox_head(TENANT, 10).expect("head")[2].raw, "{2}");
 
-    assert_eq!(store.retry_dead_letters(Some(TENANT), &[]).expect("retry all"), 2);
+    assert_eq!(store.retry_dead_letters(Some(TENANT), &[]).expect("retry all").moved, 2);
     assert_eq!(head_ids(&store), ["a000", "a001", "d2", "d1", ""]);
     let snap = store.snapshot(TENANT).expect("snapshot");
     assert_eq!((snap.outbox_depth, snap.dead_letters), (5, 0));
@@ -393,6 +393,51 @@ fn retrying_dead_letters_moves_them_back_to_the_end_of_the_outbox() {
     let last = store.outbox_head(TENANT, 10).expect("head")[4].seq;
     store.complete(TENANT, &[], &[(last, "still no log_id".into())]).expect("reject");
     assert_eq!(store.dead_letters(Some(TENANT), 10).expect("dead letters")[0].log_id, None);
+}
+
+/// A withheld dead letter keeps its entry's size and hash, never its text; it is set aside once however often
+/// it comes, and a retry leaves it in place and names it, for its entry to be fetched again.
+#[test]
+fn a_withheld_dead_letter_keeps_no_text_and_a_retry_leaves_it_for_a_fetch_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let mut store = Store::open(&path).expect("open");
+    let secret = r#"{"log_id":"w1","user_name":"victim@example.com"}"#;
+    let letter = || NewDeadLetter {
+        log_id: Some(id("w1")),
+        kept: Kept::withheld(secret.as_bytes(), String::new()),
+        reason: "unreadable".into(),
+    };
+    let mut p = page("a", 1);
+    p.dead_letters = vec![letter(), letter()];
+    p.dead_letters.push(NewDeadLetter {
+        log_id: None,
+        kept: Kept::Whole("{}".into()),
+        reason: "whole".into(),
+    });
+    store.commit_page(TENANT, &p).expect("page");
+
+    let letters = store.dead_letters(Some(TENANT), 10).expect("dead letters");
+    assert_eq!(letters.len(), 2, "the same entry is set aside once");
+    let w = &letters[0];
+    assert!(w.withheld && !letters[1].withheld);
+    assert_eq!((w.raw.as_str(), w.size, w.log_id.as_deref()), ("", secret.len() as u64, Some("w1")));
+    use sha2::Digest as _;
+    let expected: String = sha2::Sha256::digest(secret).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(w.sha256, expected);
+    assert_eq!((letters[1].size, letters[1].raw.as_str()), (2, "{}"));
+
+    let retried = store.retry_dead_letters(Some(TENANT), &[]).expect("retry all");
+    assert_eq!(retried.moved, 1, "only the letter with its text is queued");
+    assert_eq!(retried.withheld.len(), 1);
+    assert_eq!((retried.withheld[0].id, retried.withheld[0].log_id.as_deref()), (w.id, Some("w1")));
+    assert_eq!(head_ids(&store), ["a000", ""]);
+    assert_eq!(store.dead_letters(Some(TENANT), 10).expect("dead letters").len(), 1);
+    drop(store);
+    let bytes =
+        [std::fs::read(&path).unwrap(), std::fs::read(dir.path().join("state.db-wal")).unwrap_or_default()]
+            .concat();
+    assert!(!bytes.windows(18).any(|w| w == b"victim@example.com"), "the clear value reached the state file");
 }
 
 /// `snapshot` reports the cursor, counters, timestamps, the latest gap, the gap count and the stopped flag.
@@ -406,7 +451,8 @@ fn the_snapshot_reports_everything() {
 
     let mut p = page("a", 3);
     p.filtered = 2;
-    p.dead_letters = vec![NewDeadLetter { log_id: None, raw: "{}".into(), reason: "no log_id".into() }];
+    p.dead_letters =
+        vec![NewDeadLetter { log_id: None, kept: Kept::Whole("{}".into()), reason: "no log_id".into() }];
     store.commit_page(TENANT, &p).expect("page");
     let seq = store.outbox_head(TENANT, 1).expect("head")[0].seq;
     store.complete(TENANT, &[seq], &[]).expect("complete");
@@ -523,7 +569,12 @@ fn a_database_with_a_newer_schema_is_left_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = real_database(dir.path(), 2);
     raw(&path).pragma_update(None, "user_version", 99).expect("user_version");
-    assert_refused_untouched(&path, |e| matches!(e, StoreError::NewerSchema { found: 99, supported: 2, .. }));
+    assert_refused_untouched(&path, |e| {
+        matches!(
+            e,
+            StoreError::NewerSchema { found: 99, supported: auth0_rudderstack::store::SCHEMA_VERSION, .. }
+        )
+    });
 }
 
 /// Another application's SQLite database is refused, not migrated into, and left untouched.
