@@ -800,8 +800,7 @@ impl Config {
         for (section, value) in sections {
             let tenant =
                 ctx.tenant(form, &section, value, default_rudder.as_ref(), global_privacy.as_ref())?;
-            let lower = tenant.auth0.domain.to_ascii_lowercase();
-            if let Some((_, other)) = seen.iter().find(|(d, _)| *d == lower) {
+            if let Some((_, other)) = seen.iter().find(|(d, _)| d == tenant.domain()) {
                 return Err(ctx.invalid(
                     &format!("{section}.domain"),
                     format!(
@@ -810,7 +809,7 @@ impl Config {
                     ),
                 ));
             }
-            seen.push((lower, section.clone()));
+            seen.push((tenant.domain().to_string(), section.clone()));
             tenants.push(tenant);
         }
 
@@ -841,16 +840,18 @@ impl Config {
         Ok((config, ctx.warnings))
     }
 
-    /// The tenant with this domain.
+    /// The tenant whose state key is `domain`: the same bytes, since a domain keys the state as written (and
+    /// is written in lower case).
     pub fn tenant(&self, domain: &str) -> Option<&Tenant> {
-        self.tenants.iter().find(|t| t.auth0.domain.eq_ignore_ascii_case(domain))
+        self.tenants.iter().find(|t| t.auth0.domain == domain)
     }
 
     /// The tenants a `--tenant` option selects: that one, or all when none is given.
     pub fn select(&self, domain: Option<&str>) -> Result<Vec<&Tenant>, Error> {
         match domain {
             None => Ok(self.tenants.iter().collect()),
-            Some(d) => self.tenant(d).map(|t| vec![t]).ok_or_else(|| Error::Invalid {
+            // An operator typing `--tenant Acme.eu.auth0.com` means the tenant written in lower case.
+            Some(d) => self.tenant(&d.to_ascii_lowercase()).map(|t| vec![t]).ok_or_else(|| Error::Invalid {
                 path: self.path.clone(),
                 key: "--tenant".into(),
                 message: format!(
@@ -1186,19 +1187,34 @@ fn permission_warning(_path: &Path, _holds_secret: bool) -> Option<String> {
 
 fn domain<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
-    let s = s.trim().to_string();
+    parse_domain(&s).map_err(de::Error::custom)
+}
+
+/// Check a tenant domain (`auth0.domain`, `transform --domain`): a bare host name, in lower case.
+pub fn parse_domain(s: &str) -> Result<String, String> {
+    let s = s.trim();
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         && !s.starts_with('.')
         && !s.ends_with('.');
     if !ok {
-        return Err(de::Error::custom(format!(
+        return Err(format!(
             "expected a bare host name such as example-tenant.us.auth0.com, got {:?}",
-            clip(&s, 80)
-        )));
+            clip(s, 80)
+        ));
     }
-    Ok(s)
+    // The domain keys the tenant's state and seeds its event ids byte for byte, so `Acme.eu.auth0.com` would
+    // be a second tenant beside `acme.eu.auth0.com` and re-send its whole log with new ids. One spelling is
+    // accepted, the one Auth0 itself uses.
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "{s:?} has upper-case letters; write the domain in lower case ({:?}): a tenant is its domain in lower \
+             case, which keys its state and seeds its event ids",
+            s.to_ascii_lowercase()
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -1495,8 +1511,12 @@ write_key = "b-key"
         assert_eq!(c.tenants[1].rudderstack.write_key.expose_secret(), "b-key");
         assert_eq!(c.tenants[1].rudderstack.data_plane_url.as_str(), "http://127.0.0.1:9/");
         assert_eq!(c.tenants[1].section, "tenant[2]");
-        let dup = text.replace("b.example.com", "A.example.com");
-        assert!(err(&dup).contains("tenant[2].domain"), "{}", err(&dup));
+        let dup = text.replace("b.example.com", "a.example.com");
+        assert!(err(&dup).contains("tenant[2].domain") && err(&dup).contains("named once"), "{}", err(&dup));
+        let upper = text.replace("b.example.com", "B.example.com");
+        let e = err(&upper);
+        assert!(e.contains("tenant[2].domain") && e.contains("lower case") && e.contains("line 10"), "{e}");
+        assert!(e.contains("\"b.example.com\""), "the lower-case spelling is shown: {e}");
         let both =
             format!("{text}\n[auth0]\ndomain = \"c.example.com\"\nclient_id = \"c\"\nclient_secret = \"x\"");
         assert!(err(&both).contains("not both"));

@@ -166,7 +166,9 @@ fn transform(
         None => None,
     };
     let domain = match (domain, chosen) {
-        (Some(d), _) => d,
+        (Some(d), _) => {
+            auth0_rudderstack::config::parse_domain(&d).map_err(|m| Error::Usage(format!("--domain: {m}")))?
+        }
         (None, Some(t)) => t.domain().to_string(),
         (None, None) => {
             logging::note(
