@@ -1,14 +1,20 @@
-//! Files named by the configuration, read as if other processes on the host were hostile: they may put a
-//! FIFO, a device, a directory or a huge file where a small one is expected.
+//! Files named by the configuration, read and written as if other processes on the host were hostile: they
+//! may put a FIFO, a device, a directory or a huge file where a small one is expected, and plant a symlink
+//! where the daemon is about to create a file.
 //!
-//! Only a regular file is read, and never more than a bound the caller fixes, whatever its metadata says (a
-//! device reports a length of 0 and never ends). Nothing here blocks: opening a FIFO for reading waits for a
-//! writer, so the file is opened with `O_NONBLOCK`, and its type is checked twice, on the path before opening
-//! (so that no device is ever opened, which can have effects of its own) and on the descriptor after (so that
-//! a file swapped in between is caught). A symlink to a regular file is followed: secrets are often mounted
-//! that way.
+//! Reading: only a regular file is read, and never more than a bound the caller fixes, whatever its metadata
+//! says (a device reports a length of 0 and never ends). Nothing here blocks: opening a FIFO for reading waits
+//! for a writer, so the file is opened with `O_NONBLOCK`, and its type is checked twice, on the path before
+//! opening (so that no device is ever opened, which can have effects of its own) and on the descriptor after
+//! (so that a file swapped in between is caught). A symlink to a regular file is followed: secrets are often
+//! mounted that way.
+//!
+//! Writing: a file is replaced by writing a temporary file beside it and renaming that over it, so a reader
+//! never sees half a file. The temporary file gets a fresh random name and is created with `O_CREAT |
+//! O_EXCL`, which fails on any existing name, a symlink included, and so never writes through one; the rename
+//! replaces a symlink at the target's name rather than following it.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -70,6 +76,28 @@ fn regular(t: &std::fs::FileType) -> Result<(), ReadError> {
     Err(ReadError::NotRegular(kind))
 }
 
+/// Replace the file at `path` with `bytes`: a temporary file in the same directory (named
+/// `.{name}.{random}.tmp`, so a collector reading `*.prom` never picks it up), synced, then renamed over
+/// `path`. Its mode is the default one (0666 less the umask), as for any file the daemon's user creates. The
+/// temporary file is removed if anything fails.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+    // Random from the operating system, so that no other process can know the name in advance. Even a name
+    // it guessed could only make the creation fail: `create_new` never opens an existing file.
+    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let result = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// A bound in words: `64 KiB`, `1 MiB`, or bytes.
 fn size(bytes: u64) -> String {
     match bytes {
@@ -112,6 +140,30 @@ mod tests {
         }
         let err = read_regular(&dir.path().join("missing"), 64).unwrap_err();
         assert!(matches!(err, ReadError::Open(_)), "{err:?}");
+    }
+
+    /// A symlink planted at the target's name is replaced, and one at a temporary name (this test can only
+    /// plant at names it can know) is never written through.
+    #[test]
+    fn an_atomic_write_never_writes_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("out.prom");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        for old in [format!(".out.prom.{}.tmp", std::process::id()), ".out.prom.tmp".into()] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(old)).unwrap();
+        }
+        write_atomically(&path, b"new text").unwrap();
+        write_atomically(&path, b"newer text").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&path).unwrap(), b"newer text");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 4, "no temporary file is left behind: {names:?}");
     }
 
     #[test]

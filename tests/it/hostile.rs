@@ -1118,3 +1118,101 @@ async fn a_config_file_that_is_not_a_small_regular_file_exits_2_at_once() {
         );
     }
 }
+
+/// Symlinks to two victims (a plain file and the state database itself) planted at the metrics textfile's
+/// name, at the temporary name older versions used (`.{name}.{pid}.tmp`, for the daemon's pid and the pids
+/// after it) and at other names a writer might pick: while `run` rewrites the textfile several times, no
+/// victim changes, and every planted link is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_planted_around_the_metrics_textfile_redirect_no_write() {
+    use std::os::unix::fs::MetadataExt;
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let mut app = App::new(&auth0, &rudder);
+    let dir = app.dir.path().join("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    let name = "auth0-rudderstack.prom";
+    let file = dir.join(name);
+    app.set("metrics", "textfile", file.display().to_string()).set("metrics", "interval", "1s");
+    // The state exists, with its header, before the daemon starts.
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let victim = app.dir.path().join("victim");
+    std::fs::write(&victim, b"precious, not metrics").unwrap();
+    let db_before = std::fs::read(app.db_path()).unwrap();
+
+    let plant = |names: &[String]| {
+        for (i, n) in names.iter().enumerate() {
+            let target = if i % 2 == 0 { &victim } else { &app.db_path() };
+            std::os::unix::fs::symlink(target, dir.join(n)).unwrap();
+        }
+    };
+    let mut planted: Vec<String> =
+        [format!(".{name}.tmp"), format!("{name}.tmp"), format!("{name}.new"), format!(".{name}.swp")].into();
+    plant(&planted);
+    let child = app.spawn_run();
+    let pid = child.id().unwrap();
+    let by_pid: Vec<String> = (pid..pid + 8).map(|p| format!(".{name}.{p}.tmp")).collect();
+    plant(&by_pid);
+    planted.extend(by_pid);
+
+    // Several rewrites: each one renames a new file into place.
+    let mut inodes = HashSet::new();
+    let rewritten = wait_until(PATIENCE, || {
+        if let Ok(m) = std::fs::symlink_metadata(&file) {
+            inodes.insert(m.ino());
+        }
+        inodes.len() >= 4
+    })
+    .await;
+    assert!(rewritten, "the textfile was not rewritten 4 times: {inodes:?}\n{}", app.run_log());
+    let (status, _) = sigterm_within(child, PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+
+    let now = std::fs::read(&victim).unwrap();
+    let start = String::from_utf8_lossy(&now[..now.len().min(80)]).into_owned();
+    assert!(
+        now == b"precious, not metrics",
+        "a write went through a symlink; the victim now holds {start:?}"
+    );
+    let header = std::fs::read(app.db_path()).unwrap();
+    assert!(header[..100] == db_before[..100], "the state's header changed");
+    assert_eq!(app.status().await["delivered_total"], 20);
+    for n in &planted {
+        let meta = std::fs::symlink_metadata(dir.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert!(meta.file_type().is_symlink(), "{n} was replaced");
+    }
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(meta.file_type().is_file(), "the textfile is a file of its own");
+    assert!(std::fs::read_to_string(&file).unwrap().contains("auth0_rudderstack_delivered_events_total"));
+    let others: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != name && !planted.contains(n))
+        .collect();
+    assert!(others.is_empty(), "temporary files left behind: {others:?}");
+}
+
+/// A symlink planted at the destination of `backup`, even one that points nowhere, makes it refuse: nothing
+/// is written where the link points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_refuses_a_symlink_at_its_destination() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let dest = app.dir.path().join("copy.db");
+    let pointed = app.dir.path().join("elsewhere.db");
+    std::os::unix::fs::symlink(&pointed, &dest).unwrap();
+    let out = app.run(&["backup", dest.to_str().unwrap()], PATIENCE).await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stderr(&out).contains(&dest.display().to_string()), "{}", text(&out));
+    assert!(!pointed.exists(), "the backup followed the symlink");
+    assert!(std::fs::symlink_metadata(&dest).unwrap().file_type().is_symlink());
+
+    std::fs::remove_file(&dest).unwrap();
+    let out = app.run(&["backup", dest.to_str().unwrap()], PATIENCE).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let copy = rusqlite::Connection::open(&dest).unwrap();
+    let n: i64 = copy.query_row("SELECT count(*) FROM tenant", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
