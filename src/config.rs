@@ -53,8 +53,8 @@ pub enum Error {
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why.
+        source: crate::files::ReadError,
     },
     /// The file is not valid TOML, or a key is unknown, missing or of the wrong type.
     #[error("config file {}: {key}: {message}", path.display())]
@@ -669,7 +669,7 @@ impl Ctx<'_> {
             (Some(s), None) => Ok(Some(s)),
             (None, Some(f)) => {
                 let text = read_secret_file(f).map_err(|m| self.invalid(&format!("{key}_file"), m))?;
-                self.warnings.extend(permission_warning(f, true));
+                self.warnings.extend(secret_file_warning(f));
                 Ok(Some(SecretString::from(text)))
             }
             (None, None) => Ok(None),
@@ -685,13 +685,17 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Read a secret file: at most 64 KiB, surrounding whitespace (a trailing newline) removed, not empty.
+/// The most read of a file holding a secret (`client_secret_file`, `write_key_file`, `hash_key_file`).
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+/// The most read of the config file itself.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// Read a secret file: a regular file of at most 64 KiB, surrounding whitespace (a trailing newline) removed,
+/// not empty.
 fn read_secret_file(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.len() > 64 * 1024 {
-        return Err(format!("{} is larger than 64 KiB; it is not a secret", path.display()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::files::read_regular(path, MAX_SECRET_FILE_BYTES)
+        .map_err(|e| format!("{}: {}", path.display(), crate::logging::Chain(&e)))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{}: it is not UTF-8 text", path.display()))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -707,8 +711,14 @@ impl Config {
     /// (doubtful but legal settings, such as a secret in a file that others can read) are returned beside the
     /// config for the caller to log.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
-        let text = std::fs::read_to_string(path)
+        // Only a regular file, and a bounded one: `-c /dev/zero` or a FIFO must not hang or exhaust memory.
+        let bytes = crate::files::read_regular(path, MAX_CONFIG_FILE_BYTES)
             .map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            key: "(file)".into(),
+            message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        })?;
         let (config, mut warnings) = Self::parse(&text, path, ProcessEnv)?;
         warnings.extend(permission_warning(path, holds_secret(&text)));
         Ok((config, warnings))
@@ -800,8 +810,7 @@ impl Config {
         for (section, value) in sections {
             let tenant =
                 ctx.tenant(form, &section, value, default_rudder.as_ref(), global_privacy.as_ref())?;
-            let lower = tenant.auth0.domain.to_ascii_lowercase();
-            if let Some((_, other)) = seen.iter().find(|(d, _)| *d == lower) {
+            if let Some((_, other)) = seen.iter().find(|(d, _)| d == tenant.domain()) {
                 return Err(ctx.invalid(
                     &format!("{section}.domain"),
                     format!(
@@ -810,7 +819,7 @@ impl Config {
                     ),
                 ));
             }
-            seen.push((lower, section.clone()));
+            seen.push((tenant.domain().to_string(), section.clone()));
             tenants.push(tenant);
         }
 
@@ -841,16 +850,18 @@ impl Config {
         Ok((config, ctx.warnings))
     }
 
-    /// The tenant with this domain.
+    /// The tenant whose state key is `domain`: the same bytes, since a domain keys the state as written (and
+    /// is written in lower case).
     pub fn tenant(&self, domain: &str) -> Option<&Tenant> {
-        self.tenants.iter().find(|t| t.auth0.domain.eq_ignore_ascii_case(domain))
+        self.tenants.iter().find(|t| t.auth0.domain == domain)
     }
 
     /// The tenants a `--tenant` option selects: that one, or all when none is given.
     pub fn select(&self, domain: Option<&str>) -> Result<Vec<&Tenant>, Error> {
         match domain {
             None => Ok(self.tenants.iter().collect()),
-            Some(d) => self.tenant(d).map(|t| vec![t]).ok_or_else(|| Error::Invalid {
+            // An operator typing `--tenant Acme.eu.auth0.com` means the tenant written in lower case.
+            Some(d) => self.tenant(&d.to_ascii_lowercase()).map(|t| vec![t]).ok_or_else(|| Error::Invalid {
                 path: self.path.clone(),
                 key: "--tenant".into(),
                 message: format!(
@@ -1037,8 +1048,11 @@ impl Ctx<'_> {
         let mut p: PrivacyKeys = self.section(section, value)?;
         let env = self.env.var(ENV_HASH_KEY).map(std::ffi::OsString::from);
         let key_name = format!("{section}.hash_key_file");
-        let key =
-            load_key(p.hash_key_file.as_deref(), env).map_err(|e| self.invalid(&key_name, e.to_string()))?;
+        let key = load_key(p.hash_key_file.as_deref(), env)
+            .map_err(|e| self.invalid(&key_name, crate::logging::Chain(&e).to_string()))?;
+        if let Some(f) = &p.hash_key_file {
+            self.warnings.extend(secret_file_warning(f));
+        }
         if let Some(k) = &key
             && let Ok(text) = std::str::from_utf8(k.expose_secret())
         {
@@ -1160,45 +1174,71 @@ fn holds_secret(text: &str) -> bool {
     })
 }
 
-/// Warn when a file that holds a secret can be read by its group or by others.
-#[cfg(unix)]
+/// Warn when the config file holds a secret and can be read by its group or by others.
 fn permission_warning(path: &Path, holds_secret: bool) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (holds_secret && mode & 0o044 != 0).then(|| {
-        format!(
-            "{} holds a secret and is readable by {} (mode {:o}); run `chmod 600 {}`, or keep the secrets in \
-             files named by client_secret_file and write_key_file, or in {ENV_CLIENT_SECRET} and {ENV_WRITE_KEY}",
-            path.display(),
-            if mode & 0o004 != 0 { "others" } else { "its group" },
-            mode & 0o777,
-            path.display()
-        )
-    })
+    let (mode, who) = readable_by_others(path).filter(|_| holds_secret)?;
+    Some(format!(
+        "{} holds a secret and is readable by {who} (mode {mode:o}); run `chmod 600 {}`, or keep the secrets in \
+         files named by client_secret_file and write_key_file, or in {ENV_CLIENT_SECRET} and {ENV_WRITE_KEY}",
+        path.display(),
+        path.display()
+    ))
 }
 
-#[cfg(not(unix))]
-fn permission_warning(_path: &Path, _holds_secret: bool) -> Option<String> {
-    None
+/// Warn when a secret file (`client_secret_file`, `write_key_file`, `hash_key_file`) can be read by its group
+/// or by others.
+fn secret_file_warning(path: &Path) -> Option<String> {
+    let (mode, who) = readable_by_others(path)?;
+    Some(format!(
+        "{} holds a secret and is readable by {who} (mode {mode:o}); run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    ))
+}
+
+/// The permission bits of `path` and who besides its owner may read it, when someone may.
+fn readable_by_others(path: &Path) -> Option<(u32, &'static str)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    match mode {
+        m if m & 0o004 != 0 => Some((m & 0o777, "others")),
+        m if m & 0o040 != 0 => Some((m & 0o777, "its group")),
+        _ => None,
+    }
 }
 
 // Field deserializers: each checks its value where it is read, so errors carry the key and the line.
 
 fn domain<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
-    let s = s.trim().to_string();
+    parse_domain(&s).map_err(de::Error::custom)
+}
+
+/// Check a tenant domain (`auth0.domain`, `transform --domain`): a bare host name, in lower case.
+pub fn parse_domain(s: &str) -> Result<String, String> {
+    let s = s.trim();
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         && !s.starts_with('.')
         && !s.ends_with('.');
     if !ok {
-        return Err(de::Error::custom(format!(
+        return Err(format!(
             "expected a bare host name such as example-tenant.us.auth0.com, got {:?}",
-            clip(&s, 80)
-        )));
+            clip(s, 80)
+        ));
     }
-    Ok(s)
+    // The domain keys the tenant's state and seeds its event ids byte for byte, so `Acme.eu.auth0.com` would
+    // be a second tenant beside `acme.eu.auth0.com` and re-send its whole log with new ids. One spelling is
+    // accepted, the one Auth0 itself uses.
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "{s:?} has upper-case letters; write the domain in lower case ({:?}): a tenant is its domain in lower \
+             case, which keys its state and seeds its event ids",
+            s.to_ascii_lowercase()
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -1495,8 +1535,12 @@ write_key = "b-key"
         assert_eq!(c.tenants[1].rudderstack.write_key.expose_secret(), "b-key");
         assert_eq!(c.tenants[1].rudderstack.data_plane_url.as_str(), "http://127.0.0.1:9/");
         assert_eq!(c.tenants[1].section, "tenant[2]");
-        let dup = text.replace("b.example.com", "A.example.com");
-        assert!(err(&dup).contains("tenant[2].domain"), "{}", err(&dup));
+        let dup = text.replace("b.example.com", "a.example.com");
+        assert!(err(&dup).contains("tenant[2].domain") && err(&dup).contains("named once"), "{}", err(&dup));
+        let upper = text.replace("b.example.com", "B.example.com");
+        let e = err(&upper);
+        assert!(e.contains("tenant[2].domain") && e.contains("lower case") && e.contains("line 10"), "{e}");
+        assert!(e.contains("\"b.example.com\""), "the lower-case spelling is shown: {e}");
         let both =
             format!("{text}\n[auth0]\ndomain = \"c.example.com\"\nclient_id = \"c\"\nclient_secret = \"x\"");
         assert!(err(&both).contains("not both"));

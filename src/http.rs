@@ -30,10 +30,8 @@ pub struct CaBundle {
 impl CaBundle {
     /// Read a PEM bundle; the message names what is wrong (the caller names the key and the file).
     pub fn read(path: &std::path::Path) -> Result<CaBundle, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if bytes.len() > 16 << 20 {
-            return Err(format!("{} is larger than 16 MiB; it is not a CA bundle", path.display()));
-        }
+        let bytes = crate::files::read_regular(path, 16 << 20)
+            .map_err(|e| format!("{}: {}", path.display(), crate::logging::Chain(&e)))?;
         let certs = reqwest::Certificate::from_pem_bundle(&bytes)
             .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
         if certs.is_empty() {

@@ -10,6 +10,7 @@ pub mod auth0;
 pub mod cli;
 pub mod config;
 pub mod entry;
+pub mod files;
 pub mod http;
 pub mod input;
 pub mod logging;

@@ -112,15 +112,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
                     } else {
                         let _ = writeln!(stdout, "id\ttenant\tcreated_at\tlog_id\treason");
                         for d in &letters {
-                            let line = format!(
-                                "{}\t{}\t{}\t{}\t{}",
-                                d.id,
-                                d.tenant,
-                                d.created_at,
+                            // Each field is escaped on its own, so a tab or line break in a reason (which
+                            // can quote a file name) cannot make a column or a line of its own.
+                            let id = d.id.to_string();
+                            let fields = [
+                                &id,
+                                &d.tenant,
+                                &d.created_at,
                                 d.log_id.as_deref().unwrap_or("-"),
-                                d.reason
-                            );
-                            let _ = writeln!(stdout, "{}", logging::escape(&line));
+                                &d.reason,
+                            ];
+                            let line: Vec<String> = fields.iter().map(|f| logging::escape(f)).collect();
+                            let _ = writeln!(stdout, "{}", line.join("\t"));
                         }
                     }
                 }
@@ -163,7 +166,9 @@ fn transform(
         None => None,
     };
     let domain = match (domain, chosen) {
-        (Some(d), _) => d,
+        (Some(d), _) => {
+            auth0_rudderstack::config::parse_domain(&d).map_err(|m| Error::Usage(format!("--domain: {m}")))?
+        }
         (None, Some(t)) => t.domain().to_string(),
         (None, None) => {
             logging::note(

@@ -92,7 +92,7 @@ pub enum PrivacyError {
         path: PathBuf,
         /// Why it could not be read.
         #[source]
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     /// A list holds an empty field name.
     #[error("privacy.{list} holds an empty field name")]
@@ -138,12 +138,12 @@ impl PrivacyError {
 
 /// Read the hash key: from `file` when one is configured, else from `env` (the value of [`KEY_ENV`], passed in
 /// so that the caller decides where it comes from). One final line break (`\n` or `\r\n`) is not part of the
-/// key, since editors and `echo` add one. `Ok(None)` when neither is given.
+/// key, since editors and `echo` add one. `Ok(None)` when neither is given. The file must be a regular file of
+/// at most 64 KiB (see [`crate::files`]).
 pub fn load_key(file: Option<&Path>, env: Option<OsString>) -> Result<Option<SecretSlice<u8>>, PrivacyError> {
     let mut bytes = match (file, env) {
-        (Some(path), _) => {
-            std::fs::read(path).map_err(|source| PrivacyError::KeyFile { path: path.to_owned(), source })?
-        }
+        (Some(path), _) => crate::files::read_regular(path, crate::config::MAX_SECRET_FILE_BYTES)
+            .map_err(|source| PrivacyError::KeyFile { path: path.to_owned(), source })?,
         (None, Some(value)) => value.into_encoded_bytes(),
         (None, None) => return Ok(None),
     };

@@ -1105,21 +1105,27 @@ impl Store {
     /// Write a consistent copy of the whole database to `dest` (which must not exist), mode 0600. Safe while
     /// `run` is using the file: it reads one snapshot.
     pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
-        if dest.exists() {
-            return Err(StoreError::Unusable {
-                what: "write the backup to",
-                path: dest.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the file already exists"),
-            });
-        }
-        create_private(dest)?;
-        let target = dest.to_str().ok_or_else(|| StoreError::Unusable {
-            what: "write the backup to",
-            path: dest.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path is not UTF-8"),
+        let unusable =
+            |source| StoreError::Unusable { what: "write the backup to", path: dest.to_path_buf(), source };
+        let target = dest.to_str().ok_or_else(|| {
+            unusable(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path is not UTF-8"))
         })?;
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+            let mut builder = std::fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
+            builder.create(parent).map_err(unusable)?;
+        }
+        // Created here, exclusively: `O_EXCL` refuses any existing name, a symlink planted there (even one
+        // pointing nowhere) included, so the copy never lands where another process chose.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(dest).map_err(unusable)?;
         // VACUUM INTO wants a file that does not exist or is empty; the empty 0600 file keeps its mode.
-        self.conn.execute("VACUUM INTO ?1", [target]).map_err(|e| StoreError::sqlite(&self.path, e))?;
+        if let Err(e) = self.conn.execute("VACUUM INTO ?1", [target]) {
+            let _ = std::fs::remove_file(dest);
+            return Err(StoreError::sqlite(&self.path, e));
+        }
         Ok(())
     }
 

@@ -67,7 +67,7 @@ struct Inner {
     client_id: String,
     timeout: std::time::Duration,
     max_page_bytes: usize,
-    token: TokenCache,
+    token: Arc<TokenCache>,
     pacer: Pacer,
     telemetry: TenantTelemetry,
 }
@@ -99,7 +99,7 @@ impl Client {
         on_mint: Option<OnMint>,
     ) -> Result<Client, Error> {
         let logs_url = token::join(&cfg.base_url, "api/v2/logs")?;
-        let token = TokenCache::new(cfg, http.clone(), telemetry.clone(), stored, on_mint)?;
+        let token = Arc::new(TokenCache::new(cfg, http.clone(), telemetry.clone(), stored, on_mint)?);
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -235,7 +235,7 @@ impl Client {
             match status {
                 StatusCode::UNAUTHORIZED if !reauthenticated => {
                     reauthenticated = true;
-                    inner.token.invalidate(bearer.generation).await;
+                    inner.token.invalidate(bearer.generation);
                 }
                 StatusCode::UNAUTHORIZED => return Err(Error::Unauthorized { url: shown, message }),
                 StatusCode::FORBIDDEN => {

@@ -2,13 +2,20 @@
 //! refreshed early.
 //!
 //! Every mint writes a `seccft` entry into the very log we forward, so a token is reused for as long as it is
-//! safely valid, across restarts too (it is kept in the state file, sealed with a key derived from the client
-//! secret), and concurrent callers wait on one mint instead of starting their own (a tokio mutex is held
-//! across the request). It is refreshed when less than `max(60 s, 10 %)` of its lifetime remains, but never
-//! later than at 80 % of it, so that short lifetimes still get reused. However short a lifetime Auth0 states,
-//! at most one token is minted per minute; however long, it is taken as at most 30 days. A 401 from the API
-//! invalidates the token by generation number, so a caller holding a stale token cannot throw away the fresh
-//! one another caller just minted.
+//! valid, across restarts too (it is kept in the state file, sealed with its expiry under a key derived from
+//! the client secret), and mints are spaced. And a request must never wait on a mint while a valid token
+//! exists. So a token serves until it expires (less a moment for the request's flight); a refresh is due when
+//! less than `max(60 s, 10 %)` of its lifetime remains, but no later than at 80 % of it, and is spaced at
+//! least `min(60 s, lifetime / 2)` and at least 5 s from the last mint. A due refresh runs in a task of its
+//! own while callers go on with the current token; only when no valid token is left does a caller wait, for
+//! the spacing to pass and for the mint, and concurrent callers then wait on one mint instead of starting
+//! their own. A lifetime under a minute is warned about once: it makes the refreshes frequent. A lifetime is
+//! taken as at most 30 days. A 401 from the API invalidates the token by generation number, so a caller
+//! holding a stale token cannot throw away the fresh one another caller just minted, and the next caller
+//! mints at once: a refused token is not valid.
+//!
+//! When to use, refresh or mint is decided by [`plan`], a pure function of the time, so it is tested with a
+//! clock the test controls.
 //!
 //! The token request goes through a small [`AsyncHttpClient`] adapter around our reqwest client rather than
 //! oauth2's own, because oauth2 drops the HTTP status and headers of error answers, and we need them to tell a
@@ -17,8 +24,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
@@ -44,8 +51,17 @@ type OAuthClient = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, E
 const ASSUMED_LIFETIME: Duration = Duration::from_secs(3600);
 /// The longest lifetime believed (Auth0's maximum is 30 days).
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
-/// Tokens are minted at most this often.
-const MIN_MINT_INTERVAL: Duration = Duration::from_secs(60);
+/// A due refresh waits at least this long after the last mint, however short the lifetime.
+const MIN_SPACING: Duration = Duration::from_secs(5);
+/// ... and at least half the lifetime, up to this.
+const MAX_SPACING: Duration = Duration::from_secs(60);
+/// Lifetimes shorter than this are warned about.
+const SHORT_LIFETIME: Duration = Duration::from_secs(60);
+/// A token is no longer sent this long before it expires (or a tenth of its lifetime, if less), so that a
+/// request does not reach Auth0 after it.
+const EXPIRY_SKEW: Duration = Duration::from_secs(1);
+/// Marks a sealed token that carries its expiry (older states sealed the token alone).
+const SEALED_V2: &[u8] = b"\0v2\0";
 /// The largest token answer read.
 const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 
@@ -70,8 +86,77 @@ impl Bearer {
 
 struct Cached {
     token: SecretString,
-    refresh_at: Instant,
+    timing: Timing,
     generation: u64,
+}
+
+/// When a token is due for refresh, when it stops serving, and how far apart mints must be while it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timing {
+    refresh_at: Instant,
+    expires_at: Instant,
+    spacing: Duration,
+}
+
+impl Timing {
+    /// The timing of a token asked for at `asked` that lives `lifetime`.
+    fn of(asked: Instant, lifetime: Duration) -> Timing {
+        Timing {
+            refresh_at: asked + lifetime.saturating_sub(refresh_margin(lifetime)),
+            expires_at: asked + lifetime.saturating_sub(EXPIRY_SKEW.min(lifetime / 10)),
+            spacing: spacing(lifetime),
+        }
+    }
+}
+
+/// What a caller does about the token at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Use the cached token.
+    Use,
+    /// Use the cached token, and have a replacement minted beside the request.
+    UseAndRefresh,
+    /// No valid token: mint one now and use it.
+    Mint,
+    /// No valid token, and the last mint is too recent: wait until then, then mint.
+    MintAt(Instant),
+}
+
+/// The mint state [`plan`] decides on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mints {
+    /// When the last successful mint was asked for.
+    last: Option<Instant>,
+    /// A refresh that failed while a token was valid is not tried again before this.
+    retry_refresh_at: Option<Instant>,
+    /// A refresh is being minted beside the requests.
+    refreshing: bool,
+}
+
+/// Decide what a caller does at `now` with the cached token's `timing` (none: no token, or Auth0 refused it).
+fn plan(now: Instant, token: Option<Timing>, mints: Mints) -> Plan {
+    let Some(t) = token else { return Plan::Mint };
+    if now < t.refresh_at {
+        return Plan::Use;
+    }
+    let allowed = mints.last.map(|m| m + t.spacing);
+    if now < t.expires_at {
+        let not_before = allowed.max(mints.retry_refresh_at);
+        return if mints.refreshing || not_before.is_some_and(|at| now < at) {
+            Plan::Use
+        } else {
+            Plan::UseAndRefresh
+        };
+    }
+    match allowed {
+        Some(at) if now < at => Plan::MintAt(at),
+        _ => Plan::Mint,
+    }
+}
+
+/// How far apart a due refresh must be from the last mint: `min(60 s, lifetime / 2)`, at least 5 s.
+fn spacing(lifetime: Duration) -> Duration {
+    (lifetime / 2).min(MAX_SPACING).max(MIN_SPACING)
 }
 
 /// The token cache of one [`super::Client`].
@@ -86,8 +171,12 @@ pub(crate) struct TokenCache {
     seal_key: Key,
     /// What a stored token must have been minted for to be used.
     minted_for: String,
-    slot: tokio::sync::Mutex<Option<Cached>>,
-    last_mint: StdMutex<Option<Instant>>,
+    /// The cached token; held only to read or replace it, never across a request.
+    slot: StdMutex<Option<Cached>>,
+    /// Held across every mint, so that mints never overlap and callers that need one share it.
+    minting: tokio::sync::Mutex<()>,
+    mints: StdMutex<Mints>,
+    warned_short: AtomicBool,
     minted: AtomicU64,
     generation: AtomicU64,
     telemetry: TenantTelemetry,
@@ -123,8 +212,10 @@ impl TokenCache {
             token_url,
             seal_key,
             minted_for,
-            slot: tokio::sync::Mutex::new(None),
-            last_mint: StdMutex::new(None),
+            slot: StdMutex::new(None),
+            minting: tokio::sync::Mutex::new(()),
+            mints: StdMutex::new(Mints::default()),
+            warned_short: AtomicBool::new(false),
             minted: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             telemetry,
@@ -134,50 +225,95 @@ impl TokenCache {
             && let Some(cached) = cache.unseal(&stored)
         {
             tracing::debug!(client_id = %cache.client_id, "reusing the access token kept in the state file");
-            *cache.slot.try_lock().map_err(|_| Error::Setup("token cache busy".into()))? = Some(cached);
+            *cache.slot() = Some(cached);
         }
         Ok(cache)
     }
 
-    /// A token that is valid for a while yet, minting one when the cached one is missing or due.
-    pub(crate) async fn get(&self) -> Result<Bearer, Error> {
-        let mut slot = self.slot.lock().await;
-        let due = match slot.as_ref() {
-            Some(c) if Instant::now() < c.refresh_at => {
-                return Ok(Bearer { token: c.token.clone(), generation: c.generation });
-            }
-            Some(_) => true,
-            None => false,
-        };
-        if due {
-            self.throttle().await;
-        }
-        let cached = self.mint().await?;
-        let bearer = Bearer { token: cached.token.clone(), generation: cached.generation };
-        *slot = Some(cached);
-        Ok(bearer)
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wait until a minute has passed since the last mint. Only a refresh that is merely due waits: a token
-    /// Auth0 refused (401) is replaced at once, which the caller does only once per request.
-    async fn throttle(&self) {
-        let since = self.last_mint.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed());
-        if let Some(since) = since
-            && since < MIN_MINT_INTERVAL
-        {
-            let wait = MIN_MINT_INTERVAL - since;
-            tracing::warn!(
-                client_id = %self.client_id,
-                wait = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
-                "the access token is already due again; minting at most one token a minute"
-            );
-            tokio::time::sleep(wait).await;
+    fn mints(&self) -> std::sync::MutexGuard<'_, Mints> {
+        self.mints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The plan for now, with the cached token when there is one.
+    fn look(&self, refreshing_counts: bool) -> (Plan, Option<Bearer>) {
+        let slot = self.slot();
+        let mut mints = *self.mints();
+        mints.refreshing &= refreshing_counts;
+        let plan = plan(Instant::now(), slot.as_ref().map(|c| c.timing), mints);
+        let bearer = slot.as_ref().map(|c| Bearer { token: c.token.clone(), generation: c.generation });
+        (plan, bearer)
+    }
+
+    /// A token to send now: the cached one while it is valid (starting a refresh beside the request when one
+    /// is due), else a fresh one, minted once the spacing since the last mint has passed.
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<Bearer, Error> {
+        let mut minting = None;
+        loop {
+            let (plan, bearer) = self.look(true);
+            match (plan, bearer) {
+                (Plan::Use, Some(bearer)) => return Ok(bearer),
+                (Plan::UseAndRefresh, Some(bearer)) => {
+                    self.refresh_beside();
+                    return Ok(bearer);
+                }
+                // Wait for whoever is minting, then look again: their token may do.
+                _ if minting.is_none() => minting = Some(self.minting.lock().await),
+                (Plan::MintAt(at), _) => {
+                    tracing::debug!(
+                        client_id = %self.client_id,
+                        wait = ?at.saturating_duration_since(Instant::now()),
+                        "the access token has expired and the last mint is too recent; waiting to mint"
+                    );
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                _ => {
+                    let cached = self.mint().await?;
+                    let bearer = Bearer { token: cached.token.clone(), generation: cached.generation };
+                    *self.slot() = Some(cached);
+                    return Ok(bearer);
+                }
+            }
         }
+    }
+
+    /// Mint a replacement in a task of its own, unless one is being minted already. The task takes the mint
+    /// lock, looks again (a caller may have minted meanwhile), and on failure leaves the current token in
+    /// place and tries again no sooner than [`MIN_SPACING`] later.
+    fn refresh_beside(self: &Arc<Self>) {
+        {
+            let mut mints = self.mints();
+            if mints.refreshing {
+                return;
+            }
+            mints.refreshing = true;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _minting = this.minting.lock().await;
+            if matches!(this.look(false).0, Plan::UseAndRefresh | Plan::Mint) {
+                match this.mint().await {
+                    Ok(cached) => *this.slot() = Some(cached),
+                    Err(e) => {
+                        this.mints().retry_refresh_at = Some(Instant::now() + MIN_SPACING);
+                        tracing::warn!(
+                            client_id = %this.client_id,
+                            error = %crate::logging::Chain(&e),
+                            "cannot refresh the access token; the current one serves until it expires"
+                        );
+                    }
+                }
+            }
+            this.mints().refreshing = false;
+        });
     }
 
     /// Forget the token of this generation (after Auth0 refused it); a newer one is kept.
-    pub(crate) async fn invalidate(&self, generation: u64) {
-        let mut slot = self.slot.lock().await;
+    pub(crate) fn invalidate(&self, generation: u64) {
+        let mut slot = self.slot();
         if slot.as_ref().is_some_and(|c| c.generation == generation) {
             *slot = None;
         }
@@ -188,7 +324,6 @@ impl TokenCache {
     }
 
     async fn mint(&self) -> Result<Cached, Error> {
-        *self.last_mint.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         // The lifetime counts from before the request, so the cache errs on the early side.
         let asked = Instant::now();
         let http =
@@ -220,21 +355,37 @@ impl TokenCache {
                     "minted a Management API access token"
                 );
                 crate::logging::register_secret(accepted.token.expose_secret());
-                let refresh_in = accepted.lifetime.saturating_sub(refresh_margin(accepted.lifetime));
-                if let Some(on_mint) = &self.on_mint {
-                    on_mint(self.seal(&accepted.token, refresh_in));
+                if accepted.lifetime < SHORT_LIFETIME && !self.warned_short.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        client_id = %self.client_id,
+                        lifetime = %humantime::format_duration(accepted.lifetime),
+                        "the access token lives less than a minute, so it is replaced often, and every mint writes \
+                         an entry into the tenant's log; raise the Token Expiration of the Auth0 Management API \
+                         (Applications > APIs > Auth0 Management API > Settings)"
+                    );
                 }
-                Ok(Cached { token: accepted.token, refresh_at: asked + refresh_in, generation })
+                self.mints().last = Some(asked);
+                let timing = Timing::of(asked, accepted.lifetime);
+                if let Some(on_mint) = &self.on_mint {
+                    let left = |at: Instant| at.saturating_duration_since(asked);
+                    on_mint(self.seal(&accepted.token, left(timing.refresh_at), left(timing.expires_at)));
+                }
+                Ok(Cached { token: accepted.token, timing, generation })
             }
             Err(e) => Err(self.classify(e, seen)),
         }
     }
 
-    /// Seal a token for the state file.
-    fn seal(&self, token: &SecretString, refresh_in: Duration) -> StoredToken {
+    /// Seal a token for the state file, with when it expires.
+    fn seal(&self, token: &SecretString, refresh_in: Duration, expires_in: Duration) -> StoredToken {
         let cipher = ChaCha20Poly1305::new(&self.seal_key);
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let sealed = cipher.encrypt(&nonce, token.expose_secret().as_bytes()).map(|mut ct| {
+        let expires_at = unix_now().saturating_add(expires_in.as_secs() as i64);
+        let mut plain = Vec::with_capacity(SEALED_V2.len() + 8 + token.expose_secret().len());
+        plain.extend_from_slice(SEALED_V2);
+        plain.extend_from_slice(&expires_at.to_be_bytes());
+        plain.extend_from_slice(token.expose_secret().as_bytes());
+        let sealed = cipher.encrypt(&nonce, plain.as_slice()).map(|mut ct| {
             let mut out = nonce.to_vec();
             out.append(&mut ct);
             out
@@ -246,19 +397,35 @@ impl TokenCache {
         }
     }
 
-    /// A stored token, when it is for this client, still fresh, and opens with this client secret.
+    /// A stored token, when it is for this client, not yet due, and opens with this client secret. One
+    /// sealed without its expiry (by an older version) serves until it is due.
     fn unseal(&self, stored: &StoredToken) -> Option<Cached> {
         if stored.minted_for != self.minted_for || stored.sealed.len() <= 12 {
             return None;
         }
-        let left = stored.refresh_at.checked_sub(unix_now()).filter(|s| *s > 10)?;
-        let left = Duration::from_secs(left as u64).min(MAX_LIFETIME);
+        let now = unix_now();
+        let secs = |s: i64| Duration::from_secs(s as u64).min(MAX_LIFETIME);
+        let refresh_in = secs(stored.refresh_at.checked_sub(now).filter(|s| *s > 10)?);
         let (nonce, ct) = stored.sealed.split_at(12);
         let plain = ChaCha20Poly1305::new(&self.seal_key).decrypt(Nonce::from_slice(nonce), ct).ok()?;
-        let token = String::from_utf8(plain).ok()?;
+        let (expires_in, token) = match plain.strip_prefix(SEALED_V2) {
+            Some(rest) if rest.len() >= 8 => {
+                let (at, token) = rest.split_at(8);
+                let at = i64::from_be_bytes(at.try_into().ok()?);
+                // Whole seconds on both sides: a second less, so that it errs early.
+                (secs(at.saturating_sub(now + 1).max(0)).max(refresh_in), token.to_vec())
+            }
+            Some(_) => return None,
+            None => (refresh_in, plain),
+        };
+        let token = String::from_utf8(token).ok()?;
         crate::logging::register_secret(&token);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        Some(Cached { token: SecretString::from(token), refresh_at: Instant::now() + left, generation })
+        let now = Instant::now();
+        // Unknown here: the lifetime. No mint of this process precedes it, so the spacing never applies.
+        let timing =
+            Timing { refresh_at: now + refresh_in, expires_at: now + expires_in, spacing: MIN_SPACING };
+        Some(Cached { token: SecretString::from(token), timing, generation })
     }
 
     fn classify(
@@ -446,7 +613,8 @@ mod tests {
             TokenCache::new(c, http.clone(), TenantTelemetry::disabled(), None, None).unwrap()
         };
         let a = make(&cfg("secret-one-0123456789", "cid"));
-        let stored = a.seal(&SecretString::from("the-token-value".to_string()), Duration::from_secs(3600));
+        let token = SecretString::from("the-token-value".to_string());
+        let stored = a.seal(&token, Duration::from_secs(3000), Duration::from_secs(3590));
         assert!(
             !stored.sealed.windows(15).any(|w| w == b"the-token-value"),
             "sealed must not hold the token"
@@ -455,8 +623,150 @@ mod tests {
         assert_eq!(opened.token.expose_secret(), "the-token-value");
         assert!(make(&cfg("secret-two-0123456789", "cid")).unseal(&stored).is_none(), "another secret");
         assert!(make(&cfg("secret-one-0123456789", "other")).unseal(&stored).is_none(), "another client");
+        // It serves until its sealed expiry (less the second lost to rounding), and is due as stored.
+        let left = opened.timing.expires_at.saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(3580) && left <= Duration::from_secs(3590), "{left:?}");
+        let due = opened.timing.refresh_at.saturating_duration_since(Instant::now());
+        assert!(due > Duration::from_secs(2990) && due <= Duration::from_secs(3000), "{due:?}");
         let stale = StoredToken { refresh_at: unix_now() - 1, ..stored };
         assert!(a.unseal(&stale).is_none(), "a token past its refresh time is not used");
+
+        // A token an older version sealed alone serves until it is due.
+        let cipher = ChaCha20Poly1305::new(&a.seal_key);
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let mut sealed = nonce.to_vec();
+        sealed.extend(cipher.encrypt(&nonce, b"the-old-token".as_slice()).unwrap());
+        let old = StoredToken { sealed, refresh_at: unix_now() + 600, minted_for: a.minted_for.clone() };
+        let opened = a.unseal(&old).expect("an old sealed token opens");
+        assert_eq!(opened.token.expose_secret(), "the-old-token");
+        assert_eq!(opened.timing.expires_at, opened.timing.refresh_at);
+    }
+
+    /// What steady traffic met, simulated against [`plan`] with a clock the test moves.
+    #[derive(Debug, Default)]
+    struct Sim {
+        /// When each mint was asked for.
+        mints: Vec<Duration>,
+        /// Requests that waited for a mint: when they came, and whether a valid token existed then.
+        waits: Vec<(Duration, bool)>,
+        requests: usize,
+    }
+
+    /// A request every 100 ms for `run`, with tokens living `lifetime` and each mint taking `latency`. A due
+    /// refresh is minted beside the requests, as `TokenCache::get` does; a request planned to mint waits for
+    /// it (and first for a refresh in flight).
+    fn simulate(lifetime: Duration, latency: Duration, run: Duration) -> Sim {
+        let t0 = Instant::now();
+        let mut sim = Sim::default();
+        let (mut token, mut mints, mut pending) =
+            (None::<Timing>, Mints::default(), None::<(Instant, Instant)>);
+        let mut now = t0;
+        while now < t0 + run {
+            if let Some((asked, done)) = pending
+                && now >= done
+            {
+                (token, mints.last, mints.refreshing, pending) =
+                    (Some(Timing::of(asked, lifetime)), Some(asked), false, None);
+            }
+            let valid = token.is_some_and(|t| now < t.expires_at);
+            match plan(now, token, mints) {
+                Plan::Use => {}
+                Plan::UseAndRefresh => {
+                    sim.mints.push(now - t0);
+                    mints.refreshing = true;
+                    pending = Some((now, now + latency));
+                }
+                Plan::Mint | Plan::MintAt(_) if pending.is_some() => {
+                    sim.waits.push((now - t0, valid));
+                    now = pending.unwrap().1;
+                    continue;
+                }
+                Plan::Mint | Plan::MintAt(_) => {
+                    let at = match plan(now, token, mints) {
+                        Plan::MintAt(at) => at,
+                        _ => now,
+                    };
+                    sim.waits.push((now - t0, valid));
+                    sim.mints.push(at - t0);
+                    (token, mints.last) = (Some(Timing::of(at, lifetime)), Some(at));
+                    now = at + latency;
+                }
+            }
+            sim.requests += 1;
+            now += Duration::from_millis(100);
+        }
+        sim
+    }
+
+    /// With a 90-second lifetime and a request every 100 ms for an hour, only the very first request (there
+    /// is no token yet) waits for a mint: every refresh is minted beside the requests while the current token
+    /// serves, 72 s into its life, so 72 s apart.
+    #[test]
+    fn with_a_90_second_lifetime_no_request_waits_on_a_mint_while_a_valid_token_exists() {
+        let t = Timing::of(Instant::now(), Duration::from_secs(90));
+        assert_eq!(t.spacing, Duration::from_secs(45));
+        let sim = simulate(Duration::from_secs(90), Duration::from_secs(2), Duration::from_secs(3600));
+        assert_eq!(sim.waits, [(Duration::ZERO, false)], "{sim:?}");
+        assert!(sim.requests > 35_000, "{sim:?}");
+        for pair in sim.mints.windows(2) {
+            let apart = pair[1] - pair[0];
+            assert!(apart >= Duration::from_secs(72) && apart < Duration::from_secs(73), "{pair:?}");
+        }
+        assert!((49..=51).contains(&sim.mints.len()), "{} mints in an hour", sim.mints.len());
+    }
+
+    /// Whatever the lifetime, no request waits on a mint while a valid token exists, and mints are spaced at
+    /// least `min(60 s, lifetime / 2)` and at least 5 s apart; a slow mint changes neither.
+    #[test]
+    fn no_lifetime_makes_a_request_wait_while_a_token_is_valid_or_mints_crowd() {
+        for secs in [1, 2, 3, 7, 10, 11, 30, 59, 60, 61, 90, 120, 600, 3600, 86_400] {
+            for latency_ms in [5, 2_000] {
+                let lifetime = Duration::from_secs(secs);
+                let sim =
+                    simulate(lifetime, Duration::from_millis(latency_ms), Duration::from_secs(3 * 3600));
+                let case = format!("lifetime {secs} s, mint {latency_ms} ms");
+                assert!(sim.waits.iter().all(|(_, valid)| !valid), "{case}: {:?}", sim.waits);
+                let least = (lifetime / 2).clamp(MIN_SPACING, MAX_SPACING);
+                for pair in sim.mints.windows(2) {
+                    assert!(pair[1] - pair[0] >= least, "{case}: mints at {pair:?}");
+                }
+                // Long lifetimes are refreshed beside the requests, so only the first request ever waits.
+                if lifetime >= Duration::from_secs(30) {
+                    assert_eq!(sim.waits.len(), 1, "{case}: {:?}", sim.waits);
+                }
+            }
+        }
+    }
+
+    /// A token that lives 3 s expires before the 5 s spacing has passed: the next request waits until 5 s
+    /// after the last mint, and only then is one minted.
+    #[test]
+    fn a_three_second_token_is_replaced_five_seconds_after_the_last_mint() {
+        let t0 = Instant::now();
+        let t = Timing::of(t0, Duration::from_secs(3));
+        let mints = Mints { last: Some(t0), ..Mints::default() };
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(plan(at(2_000), Some(t), mints), Plan::Use);
+        // Due at 2.4 s, but not before 5 s after the last mint: it serves until it expires (2.7 s).
+        assert_eq!(plan(at(2_500), Some(t), mints), Plan::Use);
+        assert_eq!(plan(at(2_800), Some(t), mints), Plan::MintAt(at(5_000)));
+        assert_eq!(plan(at(5_000), Some(t), mints), Plan::Mint);
+    }
+
+    /// A token Auth0 refused is replaced at once however recent the last mint; a refresh in flight is not
+    /// started twice; a failed refresh is not tried again for 5 s while the token serves.
+    #[test]
+    fn a_refused_token_is_replaced_at_once_and_refreshes_are_not_repeated() {
+        let t0 = Instant::now();
+        let t = Timing::of(t0, Duration::from_secs(90));
+        let just_minted = Mints { last: Some(t0), ..Mints::default() };
+        assert_eq!(plan(t0 + Duration::from_secs(1), None, just_minted), Plan::Mint);
+        let due = t0 + Duration::from_secs(80);
+        assert_eq!(plan(due, Some(t), just_minted), Plan::UseAndRefresh);
+        assert_eq!(plan(due, Some(t), Mints { refreshing: true, ..just_minted }), Plan::Use);
+        let failed = Mints { retry_refresh_at: Some(due + MIN_SPACING), ..just_minted };
+        assert_eq!(plan(due, Some(t), failed), Plan::Use);
+        assert_eq!(plan(due + MIN_SPACING, Some(t), failed), Plan::UseAndRefresh);
     }
 
     proptest! {

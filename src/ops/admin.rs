@@ -58,16 +58,34 @@ pub async fn resume(config: &Config, tenant: Option<&str>, out: &mut dyn Write) 
 }
 
 /// `forget-tenant`: drop everything the state holds about a tenant the config no longer names.
+///
+/// The state key is found as written, else in any case when only one key matches: a key in upper case can only
+/// come from an older version, and the config can no longer name it (domains are written in lower case).
 pub fn forget_tenant(config: &Config, domain: &str, yes: bool, out: &mut dyn Write) -> Result<(), Error> {
-    if config.tenant(domain).is_some() {
-        return Err(Error::Usage(format!(
-            "{domain} is a tenant of {}; remove it from the config before forgetting its state",
-            config.path.display()
-        )));
+    let named = |key: &str| {
+        config.tenant(key).is_some().then(|| {
+            Error::Usage(format!(
+                "{key} is a tenant of {}; remove it from the config before forgetting its state",
+                config.path.display()
+            ))
+        })
+    };
+    if let Some(e) = named(domain) {
+        return Err(e);
     }
     let mut store = Store::open_existing(&config.state.path)?;
     let known = store.tenants()?;
-    let Some(k) = known.iter().find(|k| k.domain.eq_ignore_ascii_case(domain)) else {
+    let found = match known.iter().find(|k| k.domain == domain) {
+        Some(k) => Some(k),
+        None => {
+            let mut alike = known.iter().filter(|k| k.domain.eq_ignore_ascii_case(domain));
+            match (alike.next(), alike.next()) {
+                (Some(k), None) => Some(k),
+                _ => None,
+            }
+        }
+    };
+    let Some(k) = found else {
         return Err(Error::Usage(format!(
             "the state {} holds no tenant {domain} (it holds: {})",
             config.state.path.display(),
@@ -78,6 +96,9 @@ pub fn forget_tenant(config: &Config, domain: &str, yes: bool, out: &mut dyn Wri
             }
         )));
     };
+    if let Some(e) = named(&k.domain) {
+        return Err(e);
+    }
     if !yes {
         return Err(Error::Usage(format!(
             "forgetting {} drops {} undelivered entr{} and {} dead letter{} for good; add --yes to do it",

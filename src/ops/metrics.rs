@@ -5,8 +5,6 @@
 //! Every series carries a `tenant` label with the tenant's domain. The names below, and the alert rules in
 //! `packaging/alerts.yml`, are an interface operators build dashboards on: extend them, don't rename them.
 
-use std::path::Path;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -116,24 +114,4 @@ pub fn render(_config: &Config, tenants: &[(Tenant, Snapshot)], telemetry: Optio
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
-}
-
-/// Write `text` to `path` atomically: a temporary file in the same directory, then a rename, so a reader
-/// (node_exporter) never sees half a file. The temporary file is removed if anything fails.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "metrics".into());
-    // node_exporter only reads `*.prom`, so the temporary name must not end in it.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

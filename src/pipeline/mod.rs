@@ -502,6 +502,9 @@ async fn open_stores(
 
 /// Refuse to start when the state holds a tenant the config no longer names and that still holds entries or
 /// dead letters, or when it looks like a tenant was renamed (its entries would be re-sent with new ids).
+///
+/// Domains compare byte for byte, as they key the state: a state key in another case (written by a version
+/// that took upper-case domains) is another tenant, whose entries went out with other ids.
 async fn check_orphans(config: &Config, store: &Handle) -> Result<(), Error> {
     let known = store.call(|s| s.tenants()).await?;
     let named = |d: &str| config.tenant(d).is_some();
@@ -540,12 +543,8 @@ async fn check_orphans(config: &Config, store: &Handle) -> Result<(), Error> {
             how(&names.join(" "))
         )));
     }
-    let fresh: Vec<&str> = config
-        .tenants
-        .iter()
-        .map(|t| t.domain())
-        .filter(|d| !known.iter().any(|k| k.domain.eq_ignore_ascii_case(d)))
-        .collect();
+    let fresh: Vec<&str> =
+        config.tenants.iter().map(|t| t.domain()).filter(|d| !known.iter().any(|k| k.domain == *d)).collect();
     let with_cursor: Vec<&str> = orphans.iter().filter(|k| k.has_cursor).map(|k| k.domain.as_str()).collect();
     if !fresh.is_empty() && !with_cursor.is_empty() {
         return Err(Error::Orphans(format!(

@@ -288,7 +288,7 @@ pub async fn write_metrics(
             }
         };
         if let Some(text) = text {
-            match crate::ops::metrics::write_atomically(&path, &text) {
+            match crate::files::write_atomically(&path, text.as_bytes()) {
                 Ok(()) => warned = false,
                 Err(e) if !warned => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics file");

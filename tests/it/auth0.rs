@@ -93,11 +93,19 @@ async fn concurrent_callers_share_one_token_mint() {
     assert_eq!(fake.tokens_minted(), 1);
 }
 
-/// A token that lives two seconds is used for most of its life and never after it: once it is due, the next
-/// request is held (at most one token is minted a minute, each mint being an entry in the tenant's log)
-/// rather than sent with an expired token or a fresh mint.
+/// The successful mints the fake saw: when each was asked for.
+fn mints(fake: &FakeAuth0) -> Vec<Instant> {
+    fake.recorded()
+        .into_iter()
+        .filter(|r| r.path == "/oauth/token" && r.status == 200)
+        .map(|r| r.at)
+        .collect()
+}
+
+/// A token that lives two seconds serves until it expires and never after it; the next one is minted no
+/// sooner than 5 s after the last (each mint is an entry in the tenant's log), and meanwhile requests wait.
 #[tokio::test]
-async fn a_short_lived_token_is_not_replaced_more_than_once_a_minute() {
+async fn a_short_lived_token_is_replaced_no_sooner_than_five_seconds_after_the_last_mint() {
     let fake = FakeAuth0::start(FakeOptions { expires_in: 2, ..FakeOptions::default() }).await;
     fake.push_synthetic(5);
     let mut cfg = fake.config();
@@ -106,21 +114,58 @@ async fn a_short_lived_token_is_not_replaced_more_than_once_a_minute() {
     let from = lid(&fake.log_id(0));
     let start = Instant::now();
     let mut pages = 0;
-    // Within the token's life (80 % of it: 1.6 s) requests go out; the first one after that is held.
-    let held = loop {
-        assert!(start.elapsed() < Duration::from_secs(10), "no request was ever held");
-        match tokio::time::timeout(Duration::from_secs(3), c.page_after(&from, 10)).await {
-            Ok(r) => {
-                r.expect("no request may fail");
-                pages += 1;
-            }
-            Err(_) => break start.elapsed(),
-        }
-    };
-    assert!(held >= Duration::from_millis(1_500), "held after only {held:?}, before the token was due");
-    assert!(pages >= 10, "the token was not used for its life: {pages} pages");
-    assert_eq!(fake.tokens_minted(), 1, "a second token was minted within the minute");
+    while start.elapsed() < Duration::from_millis(11_500) {
+        let page = tokio::time::timeout(Duration::from_secs(10), c.page_after(&from, 10)).await;
+        page.expect("no request is held past the spacing").expect("no request fails");
+        pages += 1;
+    }
+    let mints = mints(&fake);
+    assert_eq!(mints.len(), 3, "one token at 0, 5 and 10 s");
+    for pair in mints.windows(2) {
+        let apart = pair[1] - pair[0];
+        assert!(apart >= Duration::from_secs(5), "two tokens minted {apart:?} apart");
+    }
+    assert!(pages >= 60, "each token served requests for most of its life: {pages} pages");
     assert_eq!(fake.log_requests_with(401), 0, "an expired token was used");
+}
+
+/// A refresh that is due is minted beside the requests: while a slow mint (2 s) is under way, requests go on
+/// with the current, still valid token, and none of them waits for the mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_refresh_never_holds_a_request_while_the_token_is_valid() {
+    // A 20 s token is due at 16 s (80 % of its life), may be replaced from 10 s after the last mint, and
+    // serves until 19 s: the 2 s mint ends a second before it expires.
+    let fake = FakeAuth0::start(FakeOptions {
+        expires_in: 20,
+        token_delay: Some(Duration::from_secs(2)),
+        ..FakeOptions::default()
+    })
+    .await;
+    fake.push_synthetic(5);
+    let mut cfg = fake.config();
+    cfg.max_requests_per_second = 20.0;
+    let c = client(&cfg);
+    let from = lid(&fake.log_id(0));
+    c.page_after(&from, 10).await.expect("the first page, after the first mint");
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(19) {
+        let asked = Instant::now();
+        c.page_after(&from, 10).await.expect("no request fails");
+        slowest = slowest.max(asked.elapsed());
+    }
+    let mints = mints(&fake);
+    assert_eq!(mints.len(), 2, "the first token and one refresh");
+    // Served while the refresh was being minted: requests that arrived during the mint's 2 s, all answered.
+    let during: Vec<_> = fake
+        .log_requests()
+        .into_iter()
+        .filter(|r| r.at > mints[1] && r.at < mints[1] + Duration::from_millis(1_900))
+        .collect();
+    assert!(during.len() >= 10, "only {} requests went out during the mint", during.len());
+    assert!(during.iter().all(|r| r.status == 200), "{during:?}");
+    assert!(slowest < Duration::from_millis(1_500), "a request took {slowest:?}: it waited for the mint");
+    assert_eq!(fake.log_requests_with(401), 0);
 }
 
 /// A 401 from /api/v2/logs (the token was revoked) leads to exactly one re-authentication, then success.

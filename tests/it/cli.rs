@@ -211,3 +211,42 @@ async fn log_format_json_writes_one_json_object_per_line() {
     }
     assert!(messages.iter().any(|m| m.contains("holds a secret")), "{messages:?}");
 }
+
+/// A domain with an upper-case letter, in `[auth0]` or in a `[[tenant]]`, exits 2 naming the key and the file
+/// and saying to write it in lower case; so does `transform --domain`. `--tenant` finds a tenant in any case.
+#[tokio::test]
+async fn a_domain_with_an_upper_case_letter_exits_2_and_says_to_write_it_in_lower_case() {
+    let mut app = unreachable_app();
+    app.set("auth0", "domain", "Plain.example.com");
+    let out = app.run(&["status"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("auth0.domain") && err.contains("lower case"), "{err}");
+    assert!(err.contains("\"plain.example.com\"") && err.contains(&app.config_path().display().to_string()));
+
+    let tenants = format!(
+        "[rudderstack]\ndata_plane_url = \"http://127.0.0.1:9\"\nwrite_key = \"{WRITE_KEY}\"\n\
+         [[tenant]]\ndomain = \"one.example.com\"\nclient_id = \"a\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
+         [[tenant]]\ndomain = \"plain.EXAMPLE.com\"\nclient_id = \"b\"\nclient_secret = \"{CLIENT_SECRET}\"\n"
+    );
+    let out = status_with_config(&app, &tenants).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("tenant[2].domain") && err.contains("lower case"), "{err}");
+
+    let out = status_with_config(&app, &tenants.replace("plain.EXAMPLE.com", "plain.example.com")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = app.run(&["status", "--tenant", "Plain.Example.com"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(0), "--tenant in another case finds the tenant: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plain.example.com"), "{}", text(&out));
+
+    let mut cmd = tokio::process::Command::new(crate::support::app::bin());
+    cmd.args(["transform", "--domain", "Plain.example.com"]).kill_on_drop(true);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = crate::support::app::run_bounded(cmd, LIMIT).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--domain") && err.contains("lower case"), "{err}");
+}

@@ -991,3 +991,228 @@ async fn the_wrong_credentials_and_missing_config_messages_say_each_cause_once()
     assert!(last.contains(&missing.display().to_string()), "{err}");
     assert_each_cause_once("missing config", last);
 }
+
+/// How soon a command that meets an unreadable config or secret file must have exited.
+const MAX_REFUSAL: Duration = Duration::from_secs(5);
+
+/// Run `cmd` to its end, sampling its peak resident set every few milliseconds while it lives: it must end
+/// within [`MAX_REFUSAL`] (it is killed, and the test fails, if not) and never hold more than
+/// [`MAX_PEAK_RSS_KIB`]. Returns its output and the highest peak seen.
+async fn refused_in_time(case: &str, mut cmd: tokio::process::Command) -> (Output, u64) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn the binary");
+    let pid = child.id().expect("started");
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        // Gone once the process has exited; a sample is taken while it lives.
+        let sample = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        });
+        peak = peak.max(sample.unwrap_or(0));
+        assert!(peak <= MAX_PEAK_RSS_KIB, "{case}: peak RSS {peak} KiB");
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > MAX_REFUSAL {
+            child.kill().await.unwrap();
+            panic!("{case}: still running after {MAX_REFUSAL:?} (peak RSS {peak} KiB)");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let out = child.wait_with_output().await.unwrap();
+    eprintln!(
+        "{case}: exited {:?} after {:?}, peak RSS seen {peak} KiB",
+        out.status.code(),
+        started.elapsed()
+    );
+    (out, peak)
+}
+
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo").arg(path).status().expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// `/dev/zero`, a FIFO with no writer, a directory and an oversized file as a secret file or CA bundle exit 2
+/// within 5 s naming the key and the file, with the peak memory within 64 MiB; a secret file its group can
+/// read gets a warning naming it, the hash key file as much as the client secret file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_that_are_not_small_regular_files_exit_2_at_once() {
+    let scratch = tempfile::tempdir().unwrap();
+    let fifo = scratch.path().join("secret.fifo");
+    mkfifo(&fifo);
+    let big = scratch.path().join("big-secret");
+    std::fs::write(&big, vec![b'k'; 64 * 1024 + 1]).unwrap();
+    let zero = PathBuf::from("/dev/zero");
+    let cases: [(&str, &str, &Path, &str); 9] = [
+        ("auth0", "client_secret_file", &zero, "a character device"),
+        ("auth0", "client_secret_file", &fifo, "a FIFO"),
+        ("auth0", "client_secret_file", &big, "larger than 64 KiB"),
+        ("privacy", "hash_key_file", &zero, "a character device"),
+        ("privacy", "hash_key_file", &fifo, "a FIFO"),
+        ("privacy", "hash_key_file", &big, "larger than 64 KiB"),
+        ("rudderstack", "write_key_file", scratch.path(), "a directory"),
+        ("rudderstack", "write_key_file", &fifo, "a FIFO"),
+        ("auth0", "tls_ca_file", &zero, "a character device"),
+    ];
+    for (section, key, file, what) in cases {
+        let case = format!("{section}.{key} = {}", file.display());
+        let mut app = App::with_urls("http://127.0.0.1:9", "http://127.0.0.1:9");
+        match key {
+            "client_secret_file" => app.unset("auth0", "client_secret"),
+            "write_key_file" => app.unset("rudderstack", "write_key"),
+            "hash_key_file" => app.set("privacy", "hash", vec!["user_name"]),
+            _ => &mut app,
+        };
+        app.set(section, key, file.display().to_string());
+        let (out, _) = refused_in_time(&case, app.command(&["status"])).await;
+        assert_eq!(out.status.code(), Some(2), "{case}: {}", text(&out));
+        let err = stderr(&out);
+        let (key, file) = (format!("{section}.{key}: "), file.display().to_string());
+        assert!(err.contains(&key) && err.contains(&file) && err.contains(what), "{case}: {err}");
+    }
+
+    let key_file = scratch.path().join("hash-key");
+    std::fs::write(&key_file, "a-hash-key-of-enough-bytes-0123456789\n").unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut app = App::with_urls("http://127.0.0.1:9", "http://127.0.0.1:9");
+    app.set("privacy", "hash", vec!["user_name"]).set(
+        "privacy",
+        "hash_key_file",
+        key_file.display().to_string(),
+    );
+    let out = app.run(&["status"], PATIENCE).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = stderr(&out);
+    let warned = format!("{} holds a secret and is readable by its group", key_file.display());
+    assert!(err.contains(&warned) && err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = app.run(&["status"], PATIENCE).await;
+    assert!(!stderr(&out).contains("holds a secret"), "{}", text(&out));
+}
+
+/// `/dev/zero`, a FIFO with no writer and a file over 1 MiB as the config file exit 2 within 5 s naming it,
+/// with the peak memory within 64 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_that_is_not_a_small_regular_file_exits_2_at_once() {
+    let scratch = tempfile::tempdir().unwrap();
+    let fifo = scratch.path().join("config.fifo");
+    mkfifo(&fifo);
+    let big = scratch.path().join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(1 << 20))).unwrap();
+    for (file, what) in
+        [(PathBuf::from("/dev/zero"), "a character device"), (fifo, "a FIFO"), (big, "larger than 1 MiB")]
+    {
+        let case = format!("-c {}", file.display());
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.arg("--config").arg(&file).arg("status");
+        let (out, _) = refused_in_time(&case, cmd).await;
+        assert_eq!(out.status.code(), Some(2), "{case}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("config file {}", file.display())) && err.contains(what),
+            "{case}: {err}"
+        );
+    }
+}
+
+/// Symlinks to two victims (a plain file and the state database itself) planted at the metrics textfile's
+/// name, at the temporary name older versions used (`.{name}.{pid}.tmp`, for the daemon's pid and the pids
+/// after it) and at other names a writer might pick: while `run` rewrites the textfile several times, no
+/// victim changes, and every planted link is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_planted_around_the_metrics_textfile_redirect_no_write() {
+    use std::os::unix::fs::MetadataExt;
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let mut app = App::new(&auth0, &rudder);
+    let dir = app.dir.path().join("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    let name = "auth0-rudderstack.prom";
+    let file = dir.join(name);
+    app.set("metrics", "textfile", file.display().to_string()).set("metrics", "interval", "1s");
+    // The state exists, with its header, before the daemon starts.
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let victim = app.dir.path().join("victim");
+    std::fs::write(&victim, b"precious, not metrics").unwrap();
+    let db_before = std::fs::read(app.db_path()).unwrap();
+
+    let plant = |names: &[String]| {
+        for (i, n) in names.iter().enumerate() {
+            let target = if i % 2 == 0 { &victim } else { &app.db_path() };
+            std::os::unix::fs::symlink(target, dir.join(n)).unwrap();
+        }
+    };
+    let mut planted: Vec<String> =
+        [format!(".{name}.tmp"), format!("{name}.tmp"), format!("{name}.new"), format!(".{name}.swp")].into();
+    plant(&planted);
+    let child = app.spawn_run();
+    let pid = child.id().unwrap();
+    let by_pid: Vec<String> = (pid..pid + 8).map(|p| format!(".{name}.{p}.tmp")).collect();
+    plant(&by_pid);
+    planted.extend(by_pid);
+
+    // Several rewrites: each one renames a new file into place.
+    let mut inodes = HashSet::new();
+    let rewritten = wait_until(PATIENCE, || {
+        if let Ok(m) = std::fs::symlink_metadata(&file) {
+            inodes.insert(m.ino());
+        }
+        inodes.len() >= 4
+    })
+    .await;
+    assert!(rewritten, "the textfile was not rewritten 4 times: {inodes:?}\n{}", app.run_log());
+    let (status, _) = sigterm_within(child, PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+
+    let now = std::fs::read(&victim).unwrap();
+    let start = String::from_utf8_lossy(&now[..now.len().min(80)]).into_owned();
+    assert!(
+        now == b"precious, not metrics",
+        "a write went through a symlink; the victim now holds {start:?}"
+    );
+    let header = std::fs::read(app.db_path()).unwrap();
+    assert!(header[..100] == db_before[..100], "the state's header changed");
+    assert_eq!(app.status().await["delivered_total"], 20);
+    for n in &planted {
+        let meta = std::fs::symlink_metadata(dir.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert!(meta.file_type().is_symlink(), "{n} was replaced");
+    }
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(meta.file_type().is_file(), "the textfile is a file of its own");
+    assert!(std::fs::read_to_string(&file).unwrap().contains("auth0_rudderstack_delivered_events_total"));
+    let others: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != name && !planted.contains(n))
+        .collect();
+    assert!(others.is_empty(), "temporary files left behind: {others:?}");
+}
+
+/// A symlink planted at the destination of `backup`, even one that points nowhere, makes it refuse: nothing
+/// is written where the link points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_refuses_a_symlink_at_its_destination() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let dest = app.dir.path().join("copy.db");
+    let pointed = app.dir.path().join("elsewhere.db");
+    std::os::unix::fs::symlink(&pointed, &dest).unwrap();
+    let out = app.run(&["backup", dest.to_str().unwrap()], PATIENCE).await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stderr(&out).contains(&dest.display().to_string()), "{}", text(&out));
+    assert!(!pointed.exists(), "the backup followed the symlink");
+    assert!(std::fs::symlink_metadata(&dest).unwrap().file_type().is_symlink());
+
+    std::fs::remove_file(&dest).unwrap();
+    let out = app.run(&["backup", dest.to_str().unwrap()], PATIENCE).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let copy = rusqlite::Connection::open(&dest).unwrap();
+    let n: i64 = copy.query_row("SELECT count(*) FROM tenant", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}

@@ -355,3 +355,34 @@ async fn messages_name_dead_letters_by_their_listed_id_with_the_right_plural() {
     let last = err.lines().rev().find(|l| l.contains("caught up")).unwrap_or_else(|| panic!("{err}"));
     assert!(last.contains("delivered_total=9") && last.contains("dead_letters=1"), "{last}");
 }
+
+/// The text form of `dead-letter list` has real tab-separated columns, and a reason quoting a file name with
+/// a tab, a line break and an escape sequence in it stays one field of one line, its characters escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_list_prints_one_line_of_five_tab_separated_columns_per_letter() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut entries = auth0.make_entries(3);
+    entries[1].as_object_mut().unwrap().remove("log_id");
+    // Nothing is asked of Auth0: the entries come from a file whose name an outsider chose.
+    let app = App::with_urls("http://127.0.0.1:9", &rudder.url());
+    let file = app.dir.path().join("x\tforged\ncolumn\x1b[31m.ndjson");
+    let lines: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let mut cmd = app.command(&["import"]);
+    cmd.arg(&file);
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let list = app.run(&["dead-letter", "list"], Duration::from_secs(20)).await;
+    assert_eq!(list.status.code(), Some(0), "{}", text(&list));
+    assert!(!list.stdout.contains(&0x1b), "an escape character reached the terminal: {}", text(&list));
+    let stdout = String::from_utf8(list.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "a header and one letter:\n{stdout}");
+    assert_eq!(rows[0], ["id", "tenant", "created_at", "log_id", "reason"]);
+    let row = &rows[1];
+    assert_eq!(row.len(), 5, "{row:?}");
+    assert!(row[0].parse::<i64>().is_ok(), "{row:?}");
+    assert_eq!((row[1], row[3]), (DOMAIN, "-"), "{row:?}");
+    assert!(row[4].contains(r"x\tforged\ncolumn\x1b[31m.ndjson"), "the file name, escaped: {row:?}");
+}

@@ -246,3 +246,34 @@ async fn tenants_on_one_auth0_server_keep_their_own_tokens_and_cursors() {
     };
     assert_eq!(all["tenants"].as_array().unwrap().len(), 2, "{all}");
 }
+
+/// A state keyed by a domain in upper case (as older versions wrote it when the config did) is another
+/// tenant than the same domain in lower case, whose ids differ: `sync` refuses as for a rename, and
+/// `forget-tenant` drops that key, as the refusal says, while it never drops the configured tenant's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_key_in_upper_case_is_refused_as_a_rename_until_forget_tenant_drops_it() {
+    let auth0 = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    auth0.push_synthetic(10);
+    let app = App::with_tenants(&[spec(&auth0)], &rudder.url());
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    assert_eq!(rudder.event_count(), 10);
+    let upper = A.to_ascii_uppercase();
+    let db = rusqlite::Connection::open(app.db_path()).unwrap();
+    db.execute("UPDATE tenant SET domain = ?1 WHERE domain = ?2", [upper.as_str(), A]).unwrap();
+    drop(db);
+
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("forget-tenant {upper} --yes")) && err.contains("new ids"), "{err}");
+    assert_eq!(rudder.event_count(), 10, "nothing was re-sent");
+
+    let out = app.run(&["forget-tenant", A, "--yes"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(2), "the configured tenant is never forgotten: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a tenant of"), "{}", text(&out));
+    let out = app.run(&["forget-tenant", &upper, "--yes"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("forgot {upper}")), "{}", text(&out));
+    assert_eq!(app.sync().await.status.code(), Some(0));
+}

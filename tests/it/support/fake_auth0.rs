@@ -120,6 +120,8 @@ pub struct FakeOptions {
     pub hostile_logs: Option<Hostile>,
     /// Send this body instead of every 200 answer of `/oauth/token` (the token is minted all the same).
     pub hostile_token: Option<Hostile>,
+    /// Hold every 200 answer of `/oauth/token` this long (the token is minted, and its life starts, at once).
+    pub token_delay: Option<Duration>,
 }
 
 impl Default for FakeOptions {
@@ -141,6 +143,7 @@ impl Default for FakeOptions {
             chunked_pages: None,
             hostile_logs: None,
             hostile_token: None,
+            token_delay: None,
         }
     }
 }
@@ -874,7 +877,10 @@ impl TenantState {
             json!(token),
             json!(self.opts.scope)
         );
-        let reply = Reply::new(200, body).header("content-type", "application/json");
+        let mut reply = Reply::new(200, body).header("content-type", "application/json");
+        if let Some(by) = self.opts.token_delay {
+            reply = reply.delayed(by);
+        }
         match &self.opts.hostile_token {
             Some(hostile) => reply.with_body(hostile),
             None => reply,
