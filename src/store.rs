@@ -477,6 +477,66 @@ pub struct ImportProgress {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    // Declared after `conn`, so that it is dropped after the connection has closed.
+    _live: Live,
+}
+
+/// The state files this process holds SQLite connections to, by device and inode, with how many.
+///
+/// SQLite's locks on the database file are POSIX record locks, and POSIX drops every lock a process holds on
+/// a file when the process closes *any* descriptor of that file. A process that reads the header of a file it
+/// already has connections to, through a descriptor of its own, silently loses the locks those connections rely
+/// on; the next outside reader (`sqlite3 state.db`) that closes then believes it is the last connection,
+/// checkpoints the write-ahead log and deletes it, while the daemon goes on writing into the deleted file.
+/// SQLite itself never does this (it keeps such descriptors open until its last lock is released), so the rule
+/// is ours to keep: a file is probed through a plain descriptor only while this process holds no connection to
+/// it, and every open goes through this registry, under its lock, so that no other thread opens a connection
+/// in between. A further connection to a file already open is a plain SQLite open: it was probed and migrated
+/// by the first.
+static LIVE: std::sync::Mutex<Vec<((u64, u64), usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// A connection's entry in [`LIVE`], removed when the connection has closed.
+struct Live(Option<(u64, u64)>);
+
+/// The device and inode of the file at `path`, found without opening it.
+fn file_key(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn live_list() -> std::sync::MutexGuard<'static, Vec<((u64, u64), usize)>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Live {
+    /// Whether this process holds a connection to the file at `path` (the caller holds the list's lock).
+    fn held(list: &[((u64, u64), usize)], path: &Path) -> bool {
+        file_key(path).is_some_and(|key| list.iter().any(|(k, n)| *k == key && *n > 0))
+    }
+
+    /// Count one more connection to the file at `path` (the caller holds the list's lock).
+    fn register(list: &mut Vec<((u64, u64), usize)>, path: &Path) -> Live {
+        let Some(key) = file_key(path) else { return Live(None) };
+        match list.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => list.push((key, 1)),
+        }
+        Live(Some(key))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(key) = self.0 {
+            let mut list = live_list();
+            if let Some(i) = list.iter().position(|(k, _)| *k == key) {
+                list[i].1 -= 1;
+                if list[i].1 == 0 {
+                    list.swap_remove(i);
+                }
+            }
+        }
+    }
 }
 
 /// What the read-only look at an existing file found.
@@ -505,6 +565,10 @@ impl Store {
 
     /// One attempt of `open`.
     fn open_once(path: &Path) -> Result<Store, StoreError> {
+        let mut list = live_list();
+        if Live::held(&list, path) {
+            return Store::connect(path, &mut list);
+        }
         let found = probe(path)?;
         if found.is_none() {
             create_private(path)?;
@@ -515,14 +579,36 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::sqlite(path, e))?;
-        let mut store = Store { conn, path: path.to_path_buf() };
+        let mut store = Store { conn, path: path.to_path_buf(), _live: Live(None) };
         store.configure()?;
         store.migrate(found.map_or(0, |p| p.user_version))?;
+        store._live = Live::register(&mut list, path);
+        Ok(store)
+    }
+
+    /// Another connection to the file this store works on, for another thread: no probe, no migration, and
+    /// never a descriptor of its own on the file (see [`LIVE`]).
+    pub fn connection(&self) -> Result<Store, StoreError> {
+        Store::connect(&self.path, &mut live_list())
+    }
+
+    /// A plain connection to a file this process already has open (the caller holds the list's lock).
+    fn connect(path: &Path, list: &mut Vec<((u64, u64), usize)>) -> Result<Store, StoreError> {
+        // No CREATE flag: if the file vanished meanwhile, this fails instead of making a new one.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::sqlite(path, e))?;
+        let mut store = Store { conn, path: path.to_path_buf(), _live: Live(None) };
+        store.configure()?;
+        store._live = Live::register(list, path);
         Ok(store)
     }
 
     /// Open an existing database without creating or migrating anything.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        let mut list = live_list();
+        if Live::held(&list, path) {
+            return Store::connect(path, &mut list);
+        }
         let missing = || StoreError::Missing { path: path.to_path_buf() };
         let found = probe(path)?.ok_or_else(missing)?;
         match found.user_version {
@@ -538,11 +624,7 @@ impl Store {
             _ => {}
         }
         // No CREATE flag: if the file vanished since the probe, this fails instead of making a new one.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::sqlite(path, e))?;
-        let store = Store { conn, path: path.to_path_buf() };
-        store.configure()?;
-        Ok(store)
+        Store::connect(path, &mut list)
     }
 
     /// The file this store works on.

@@ -468,8 +468,10 @@ async fn open_stores(
     loop {
         let p = path.to_path_buf();
         let attempt = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let open = |name: &str| -> Result<Handle, StoreError> {
-                let store = Store::open(&p)?;
+            // The state is opened once (probed, made private, migrated); the other connections are made
+            // from that one, so nothing ever opens the file a second way while connections hold it.
+            let first = Store::open(&p)?;
+            let open = |store: Store, name: &str| -> Result<Handle, StoreError> {
                 store.set_synchronous(sync)?;
                 // Read back what SQLite applied, so that the log shows the durability actually in effect.
                 let level = match store.synchronous()? {
@@ -481,7 +483,8 @@ async fn open_stores(
                 tracing::debug!(connection = name, synchronous = level, "state database connection open");
                 Handle::spawn(store, name)
             };
-            Ok((open("state-fetch")?, open("state-send")?, open("state-watch")?))
+            let (send, watch) = (first.connection()?, first.connection()?);
+            Ok((open(first, "state-fetch")?, open(send, "state-send")?, open(watch, "state-watch")?))
         })
         .await
         .map_err(|e| Error::Internal(format!("opening the state database: {e}")))?;

@@ -12,6 +12,7 @@ mod ops;
 mod privacy;
 mod rudderstack;
 mod sandbox;
+mod state;
 mod store;
 mod support;
 mod sync;

@@ -1,0 +1,156 @@
+//! The state file among other processes on the host: readers with any SQLite client, state-changing commands
+//! run while the daemon works, and a second `import` beside the first. None of them may corrupt the state,
+//! cut the daemon off its write-ahead log, or leave rows that nobody delivers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::app::{App, run_bounded, sigterm, text, wait_until};
+use crate::support::start_fakes;
+
+/// The state files a process has open that were deleted while it held them (`/proc/PID/fd` says
+/// "(deleted)"): a daemon writing into a deleted `-wal` loses every commit it makes from then on.
+fn deleted_state_files(pid: u32, db: &Path) -> Vec<String> {
+    let name = db.file_name().unwrap().to_string_lossy().to_string();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().to_string())
+        .filter(|target| target.contains(&name) && target.ends_with("(deleted)"))
+        .collect()
+}
+
+/// What an operator's `sqlite3 state.db 'select …'` does, forty times: open, read, close. It runs in Python's
+/// `sqlite3` module, the system's own SQLite, as an operator's tools would. Half of the readers are read-only,
+/// half are not: a read-write connection that closes last checkpoints the WAL and deletes it, so a daemon
+/// whose own locks on the file were dropped would go on writing into deleted files. After each read the script
+/// prints which of the daemon's state files are deleted.
+const FORTY_READS: &str = r#"
+import json, os, sqlite3, sys
+db, pid = sys.argv[1], sys.argv[2]
+for i in range(40):
+    uri = "file:" + db + ("?mode=ro" if i % 2 == 0 else "?mode=rw")
+    conn = sqlite3.connect(uri, uri=True, timeout=5)
+    rows = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    conn.close()
+    links = []
+    for fd in os.listdir("/proc/%s/fd" % pid):
+        try:
+            links.append(os.readlink("/proc/%s/fd/%s" % (pid, fd)))
+        except OSError:
+            pass
+    deleted = [l for l in links if os.path.basename(db) in l and l.endswith("(deleted)")]
+    print(json.dumps({"read": i + 1, "rows": rows, "deleted": deleted}), flush=True)
+"#;
+
+/// Forty outside reads, asserting after each that the daemon still holds no deleted state file.
+async fn forty_reads(pid: u32, db: &Path, when: &str, log: impl Fn() -> String) {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(FORTY_READS).arg(db).arg(pid.to_string()).kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert!(out.status.success(), "the outside reader failed: {}", text(&out));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 40, "{}", text(&out));
+    for line in &lines {
+        assert_eq!(line["deleted"], serde_json::json!([]), "{when}: {line}\n{}", log());
+    }
+    assert!(deleted_state_files(pid, db).is_empty());
+}
+
+/// While `run` delivers, and again while it idles, another process opens the state with SQLite, reads and
+/// closes, forty times each: the daemon never loses its files, every entry arrives once (those logged after
+/// the reads too), and the file is sound after SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_readers_never_cut_the_daemon_off_its_state() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(2_000);
+    // Slow delivery down, so that the first forty reads fall while the daemon is delivering.
+    rudder.set_delay(Some(Duration::from_millis(40)));
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "max_batch_events", 20);
+    let db = app.db_path();
+    let child = app.spawn_run();
+    let pid = child.id().expect("run is running");
+    let started = wait_until(Duration::from_secs(30), || rudder.event_count() >= 20).await;
+    assert!(started, "run delivered nothing:\n{}", app.run_log());
+
+    forty_reads(pid, &db, "while delivering", || app.run_log()).await;
+    assert!(rudder.event_count() < 2_000, "the reads were meant to fall while the daemon delivers");
+    rudder.set_delay(None);
+    let all = wait_until(Duration::from_secs(60), || rudder.event_count() >= 2_000).await;
+    assert!(all, "{} of 2000 delivered:\n{}", rudder.event_count(), app.run_log());
+
+    forty_reads(pid, &db, "while idle", || app.run_log()).await;
+    auth0.push_synthetic(50);
+    let more = wait_until(Duration::from_secs(30), || rudder.event_count() >= 2_050).await;
+    assert!(
+        more,
+        "entries logged after the reads: {} of 2050 delivered:\n{}",
+        rudder.event_count(),
+        app.run_log()
+    );
+    assert!(deleted_state_files(pid, &db).is_empty());
+
+    let status = sigterm(child).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in rudder.events() {
+        *seen.entry(e["properties"]["log_id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    let expected: Vec<String> =
+        auth0.entries().iter().map(|e| e["log_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(expected.len(), 2_050);
+    for id in &expected {
+        assert_eq!(seen.get(id), Some(&1), "entry {id} arrived {:?} times", seen.get(id));
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let left: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "rows were left undelivered");
+}
+
+/// Whether another process can take SQLite's EXCLUSIVE lock on the database file (the byte range of its
+/// SHARED locks): it can only when no connection holds the file, and that is when a closing connection
+/// deletes the write-ahead log.
+async fn another_process_could_delete_the_wal(db: &Path) -> bool {
+    const TRY_LOCK: &str = r#"
+import fcntl, sys
+f = open(sys.argv[1], "r+b")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 1073741826, 0)
+    print("free")
+except OSError:
+    print("held")
+"#;
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(TRY_LOCK).arg(db).kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = run_bounded(cmd, Duration::from_secs(30)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim() == "free"
+}
+
+/// Opening the state again in a process that already holds a connection to it (as `import`, `status` or a
+/// test may) keeps the locks of the connections already open: nothing reads the file through a descriptor of
+/// its own while they hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_the_state_again_in_one_process_keeps_the_open_connections_locks() {
+    use auth0_rudderstack::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let first = Store::open(&db).unwrap();
+    first.outbox_depth("a.example.com").unwrap();
+    assert!(!another_process_could_delete_the_wal(&db).await, "the first connection holds no lock");
+    let again = Store::open(&db).unwrap();
+    let existing = Store::open_existing(&db).unwrap();
+    let sibling = first.connection().unwrap();
+    for store in [&first, &again, &existing, &sibling] {
+        store.outbox_depth("a.example.com").unwrap();
+    }
+    assert!(!another_process_could_delete_the_wal(&db).await, "opening the file again dropped its locks");
+    drop((first, again, existing, sibling));
+    assert!(another_process_could_delete_the_wal(&db).await, "the check cannot tell a free file");
+}
