@@ -128,7 +128,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
                     }
                 }
                 DeadLetterAction::Retry { ids, tenant } => {
-                    ops::admin::retry_dead_letters(&config, tenant.as_deref(), &ids, &mut stdout)?;
+                    runtime()?.block_on(async {
+                        let shutdown = CancellationToken::new();
+                        tokio::spawn(signals(shutdown.clone()));
+                        ops::admin::retry_dead_letters(
+                            &config,
+                            tenant.as_deref(),
+                            &ids,
+                            &shutdown,
+                            &mut stdout,
+                        )
+                        .await
+                    })?;
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -9,8 +9,9 @@ use std::path::Path;
 use crate::auth0::{self, Bootstrap};
 use crate::config::{Config, Start};
 use crate::pipeline::fetcher;
-use crate::pipeline::lock::StateLock;
+use crate::pipeline::lock::{Holder, StateLock, Waited};
 use crate::store::{DeadLetter, PageCommit, Store, StoreError};
+use tokio_util::sync::CancellationToken;
 
 use super::Error;
 
@@ -19,7 +20,7 @@ use super::Error;
 /// the tenant is stopped.
 pub async fn resume(config: &Config, tenant: Option<&str>, out: &mut dyn Write) -> Result<(), Error> {
     let t = single(config, tenant, "resume")?;
-    let _lock = StateLock::acquire(&config.state.path)?;
+    let _lock = StateLock::acquire(&config.state.path, "resume")?;
     let mut store = Store::open(&config.state.path)?;
     let domain = t.domain().to_string();
     if !store.fetching_stopped(&domain)? {
@@ -74,6 +75,9 @@ pub fn forget_tenant(config: &Config, domain: &str, yes: bool, out: &mut dyn Wri
         return Err(e);
     }
     let mut store = Store::open_existing(&config.state.path)?;
+    // A daemon serving the state (even from a config that no longer names this tenant) would start the
+    // tenant afresh and send everything again; any other holder is working with the state too.
+    let _lock = StateLock::acquire(&config.state.path, "forget-tenant")?;
     let known = store.tenants()?;
     let found = match known.iter().find(|k| k.domain == domain) {
         Some(k) => Some(k),
@@ -134,10 +138,13 @@ pub fn dead_letters(config: &Config, tenant: Option<&str>, limit: usize) -> Resu
 }
 
 /// `dead-letter retry`: move dead letters back into the outbox (the given ids, or all of the tenant's, or all).
-pub fn retry_dead_letters(
+/// Beside a running daemon, which delivers them within about a second; any other holder of the state is
+/// waited for, so that the rows are not queued behind a command about to end.
+pub async fn retry_dead_letters(
     config: &Config,
     tenant: Option<&str>,
     ids: &[i64],
+    shutdown: &CancellationToken,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     let tenant = match tenant {
@@ -145,7 +152,20 @@ pub fn retry_dead_letters(
         None => None,
     };
     let mut store = Store::open_existing(&config.state.path)?;
+    let waited = StateLock::acquire_unless(
+        &config.state.path,
+        "dead-letter retry",
+        |h| h.is_some_and(Holder::is_daemon),
+        shutdown,
+    )
+    .await?;
+    let daemon = match &waited {
+        Waited::Taken(_) => None,
+        Waited::Held(holder) => Some(crate::pipeline::lock::named(holder.as_ref())),
+        Waited::Cancelled => return Err(Error::Usage("stopped by signal before anything was moved".into())),
+    };
     let retried = store.retry_dead_letters(tenant.as_deref(), ids)?;
+    drop(waited);
     let moved = retried.moved;
     let _ = writeln!(out, "{moved} dead letter{} moved back to the outbox", super::status::plural(moved));
     for w in &retried.withheld {
@@ -156,6 +176,12 @@ pub fn retry_dead_letters(
             w.tenant,
             w.log_id.as_deref().unwrap_or("unknown")
         );
+    }
+    if moved > 0 {
+        let _ = match daemon {
+            Some(d) => writeln!(out, "{d} delivers them"),
+            None => writeln!(out, "no daemon is running: `run` or `sync` delivers them"),
+        };
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::lock::{Holder, StateLock, Waited};
 use super::retry::RetryPolicy;
 use super::sender::Sender;
 use super::{Error, RunMode, TenantRun};
@@ -89,27 +90,37 @@ pub async fn import(
 ) -> Result<Summary, Error> {
     let t =
         config.tenant(tenant).ok_or_else(|| Error::Internal(format!("{tenant} is not configured")))?.clone();
-    let lock = match super::lock::StateLock::acquire(&config.state.path) {
-        Ok(lock) => Some(lock),
-        Err(Error::AlreadyRunning { .. }) => {
-            tracing::info!(tenant = %tenant, "a daemon is using this state: the entries are only enqueued, and it delivers them");
+    // Only the lock holder sends. A running daemon delivers what is queued here; any other holder (another
+    // `import`, a `sync`, a `resume`) may end before these rows are queued, so wait for it and deliver.
+    let waited = StateLock::acquire_unless(
+        &config.state.path,
+        "import",
+        |h| h.is_some_and(Holder::is_daemon),
+        &shutdown,
+    )
+    .await?;
+    let lock = match waited {
+        Waited::Taken(lock) => Some(lock),
+        Waited::Held(holder) => {
+            tracing::info!(tenant = %tenant, "{} is using this state: the entries are only enqueued, and it delivers them", super::lock::named(holder.as_ref()));
             None
         }
-        Err(e) => return Err(e),
+        Waited::Cancelled => return Ok(Summary { interrupted: true, ..Summary::default() }),
     };
+    // The state is opened here, once; the sender's connection is made from this one.
     let path = config.state.path.clone();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&path))
+    let store = tokio::task::spawn_blocking(move || Store::open(&path))
         .await
         .map_err(|e| Error::Internal(format!("opening the state database: {e}")))??;
-    drop(opened);
+    store.set_synchronous(config.state.synchronous)?;
 
     // The sender, when this process delivers: the one the daemon runs, in `sync` mode, ending once the
     // outbox is empty and the files are read.
     let mut delivery = None;
     let run = if lock.is_some() {
-        let store = Store::open(&config.state.path)?;
-        store.set_synchronous(config.state.synchronous)?;
-        let send_store = crate::store::Handle::spawn(store, "state-send")?;
+        let send = store.connection()?;
+        send.set_synchronous(config.state.synchronous)?;
+        let send_store = crate::store::Handle::spawn(send, "state-send")?;
         let telemetry = crate::telemetry::Telemetry::new();
         let clients = crate::http::Clients::default();
         let activity = Arc::default();
@@ -143,7 +154,7 @@ pub async fn import(
             (config.clone(), files.to_vec(), stop.clone(), progress.clone(), run.clone());
         let tenant = t.clone();
         tokio::task::spawn_blocking(move || {
-            read_files(&config, &tenant, &files, options, &stop, &progress, run.as_deref())
+            read_files(store, &config, &tenant, &files, options, &stop, &progress, run.as_deref())
         })
     };
     let read = reader.await.map_err(|e| Error::Internal(format!("the import reader failed: {e}")))?;
@@ -182,7 +193,9 @@ struct Progress {
 }
 
 /// Read every file on this (blocking) thread, committing batch by batch.
+#[allow(clippy::too_many_arguments)]
 fn read_files(
+    mut store: Store,
     config: &Config,
     tenant: &crate::config::Tenant,
     files: &[PathBuf],
@@ -191,8 +204,6 @@ fn read_files(
     progress: &Progress,
     run: Option<&TenantRun>,
 ) -> Result<Vec<FileSummary>, Error> {
-    let mut store = Store::open(&config.state.path)?;
-    store.set_synchronous(config.state.synchronous)?;
     let rewrite = super::privacy_rewrite(tenant);
     let mut summaries = Vec::new();
     for file in files {

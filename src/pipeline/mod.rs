@@ -83,15 +83,16 @@ pub enum Error {
     /// Auth0 served something the cursor cannot move past.
     #[error("{0}")]
     Stalled(String),
-    /// Another `run` or `sync` holds the state; two of them would fetch the same pages twice.
-    #[error(
-        "another auth0-rudderstack `run` or `sync` is already using {path} (it holds {lock}); stop it first"
-    )]
+    /// Another command holds the state's lock: two `run`s would fetch the same pages twice, and a command
+    /// that changes the state must not work under a daemon that relies on it.
+    #[error("{holder} is using {path} (it holds {lock}); stop it first, or wait for it to finish")]
     AlreadyRunning {
         /// The state database.
         path: String,
         /// The lock file.
         lock: String,
+        /// Who holds it, in words.
+        holder: String,
     },
     /// The state holds tenants the config no longer names, with entries that would be stranded.
     #[error("{0}")]
@@ -417,7 +418,11 @@ pub async fn run(
     options: Options,
 ) -> Result<Summary, Error> {
     // Held until this function returns; the OS releases it if the process dies.
-    let lock = lock::StateLock::acquire(&config.state.path)?;
+    let command = match mode {
+        RunMode::Daemon => "run",
+        RunMode::Sync => "sync",
+    };
+    let lock = lock::StateLock::acquire(&config.state.path, command)?;
     let path = lock.state.clone();
     let opened = open_stores(&config, mode, &path, &shutdown).await?;
     let Some((fetch_store, send_store, watch_store)) = opened else {

@@ -1233,7 +1233,10 @@ async fn a_second_daemon_on_the_same_state_refuses_to_start() {
     let out = app.sync().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = stderr(&out);
-    assert!(err.contains("already using") && err.contains(".lock"), "{err}");
+    assert!(
+        err.contains("auth0-rudderstack `run` (pid") && err.contains("is using") && err.contains(".lock"),
+        "{err}"
+    );
     let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     auth0.push_synthetic(5);

@@ -548,7 +548,7 @@ async fn a_second_daemon_through_a_symlink_is_refused_and_nothing_is_sent_twice(
         let out = second.run(&[cmd], Duration::from_secs(30)).await;
         assert_eq!(out.status.code(), Some(1), "{cmd}: {}", text(&out));
         let err = stderr(&out);
-        assert!(err.contains("already using"), "{cmd}: {err}");
+        assert!(err.contains("auth0-rudderstack `run` (pid") && err.contains("is using"), "{cmd}: {err}");
         let lock = with_suffix(&std::fs::canonicalize(first.db_path()).unwrap(), ".lock");
         assert!(err.contains(&lock.display().to_string()), "{cmd}: {err}");
     }

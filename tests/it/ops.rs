@@ -325,7 +325,7 @@ async fn a_second_run_refused_by_the_lock_does_not_claim_to_have_started() {
     let out = app.run(&["run"], Duration::from_secs(20)).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already using"), "{err}");
+    assert!(err.contains("auth0-rudderstack `run` (pid") && err.contains("is using"), "{err}");
     assert!(!err.contains("started"), "{err}");
     sigterm(child).await;
 }

@@ -154,3 +154,87 @@ async fn opening_the_state_again_in_one_process_keeps_the_open_connections_locks
     drop((first, again, existing, sibling));
     assert!(another_process_could_delete_the_wal(&db).await, "the check cannot tell a free file");
 }
+
+/// `forget-tenant` of a tenant a running `run` serves (from a config that no longer names it) is refused while
+/// the daemon runs, naming it, and nothing is dropped; once the daemon has stopped, it goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_tenant_is_refused_while_a_daemon_serves_the_state() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(30);
+    rudder.set_outage(true);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    let pid = child.id().unwrap();
+    let db = app.db_path();
+    let depth = || {
+        auth0_rudderstack::store::Store::open_existing(&db)
+            .and_then(|s| s.outbox_depth(crate::support::fake_auth0::DOMAIN))
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(30), || depth() == 30).await, "{}", app.run_log());
+
+    // The same state, from a config that names another tenant only.
+    let mut other = app.config.clone();
+    other["auth0"].as_table_mut().unwrap().insert("domain".into(), "other-tenant.example.com".into());
+    let other_path = app.dir.path().join("other.toml");
+    std::fs::write(&other_path, toml::to_string(&other).unwrap()).unwrap();
+    let forget = || {
+        let mut cmd = app.command(&["forget-tenant", crate::support::fake_auth0::DOMAIN, "--yes"]);
+        cmd.arg("--config").arg(&other_path);
+        cmd
+    };
+    let out = run_bounded(forget(), Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("`run` (pid {pid}) is using")), "{err}");
+    assert_eq!(depth(), 30, "the refused command dropped entries");
+
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
+    let out = run_bounded(forget(), Duration::from_secs(30)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped 30 undelivered"), "{}", text(&out));
+}
+
+/// Two imports started together on one state: the second waits for the first (which holds the lock and
+/// delivers) instead of leaving its rows for a daemon that does not exist, then delivers its own; every
+/// entry arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_imports_at_once_both_end_with_every_row_delivered() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.make_entries(1_000);
+    let app = App::with_urls("http://127.0.0.1:9", &rudder.url());
+    let mut files = Vec::new();
+    for (i, half) in entries.chunks(500).enumerate() {
+        let path = app.dir.path().join(format!("archive-{i}.ndjson"));
+        let text: String = half.iter().map(|e| format!("{e}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        files.push(path);
+    }
+    // Slow delivery, so that the first import still holds the state when the second starts.
+    rudder.set_delay(Some(Duration::from_millis(30)));
+    let import = |file: &Path| {
+        let mut cmd = app.command(&["import"]);
+        cmd.arg(file);
+        run_bounded(cmd, Duration::from_secs(120))
+    };
+    let (first, second) = tokio::join!(import(&files[0]), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        import(&files[1]).await
+    });
+    for out in [&first, &second] {
+        assert!(out.status.success(), "{}", text(out));
+    }
+    let waited = String::from_utf8_lossy(&second.stderr);
+    assert!(waited.contains("`import` (pid") && waited.contains("waiting for it to finish"), "{waited}");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in rudder.events() {
+        *seen.entry(e["properties"]["log_id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    for e in &entries {
+        let id = e["log_id"].as_str().unwrap();
+        assert_eq!(seen.get(id), Some(&1), "{id}");
+    }
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    let left: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0);
+}
