@@ -576,14 +576,15 @@ impl Tmpfs {
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs { at: at.to_path_buf() }),
             Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs (needs root): {}",
+                let why = format!(
+                    "cannot mount a tmpfs (needs root): {}",
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
+                crate::support::missing_prerequisite("tmpfs", &why);
                 None
             }
             Err(e) => {
-                eprintln!("SKIPPED: cannot run mount(8): {e}");
+                crate::support::missing_prerequisite("tmpfs", &format!("cannot run mount(8): {e}"));
                 None
             }
         }
@@ -864,7 +865,10 @@ async fn a_state_path_under_a_regular_file_exits_3_and_fails_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_directory_the_user_cannot_write_exits_3_and_fails_check() {
     if !is_root() {
-        eprintln!("SKIPPED: dropping to another user needs root");
+        crate::support::missing_prerequisite(
+            "unwritable state directory",
+            "dropping to another user needs root",
+        );
         return;
     }
     let (auth0, rudder) = start_fakes().await;
@@ -887,7 +891,8 @@ async fn a_state_directory_the_user_cannot_write_exits_3_and_fails_check() {
     };
     let probe = run_bounded(as_nobody(&["status"]), Duration::from_secs(20)).await;
     if probe.status.code() != Some(0) {
-        eprintln!("SKIPPED: the binary cannot run as nobody here: {}", text(&probe));
+        let why = format!("the binary cannot run as nobody here: {}", text(&probe));
+        crate::support::missing_prerequisite("unwritable state directory", &why);
         return;
     }
     for cmd in ["run", "sync"] {

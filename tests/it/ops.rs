@@ -36,9 +36,9 @@ fn sample(text: &str, name: &str, tenant: &str) -> Option<f64> {
     })
 }
 
-/// Whether a tool that CI installs must be there (CI sets this; a developer's machine may lack the tool).
+/// Whether a tool that CI installs must be there (a developer's machine may lack the tool).
 fn tools_required() -> bool {
-    std::env::var_os("AUTH0_RUDDERSTACK_REQUIRE_TOOLS").is_some()
+    crate::support::prerequisites_required()
 }
 
 /// Run `promtool check metrics` on `text`, if promtool is there.

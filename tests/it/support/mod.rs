@@ -72,6 +72,21 @@ pub fn fixture_pairs_rekeyed(auth0: &FakeAuth0) -> (Vec<Value>, Vec<Value>) {
     (entries, expected)
 }
 
+/// Whether every prerequisite of a test must be there: `.ci/run` sets `CI` (and, as before,
+/// `AUTH0_RUDDERSTACK_REQUIRE_TOOLS`), and there a test that cannot run is a failure, never a silent pass.
+pub fn prerequisites_required() -> bool {
+    ["CI", "AUTH0_RUDDERSTACK_REQUIRE_TOOLS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty() && x != "false" && x != "0"))
+}
+
+/// A test's prerequisite (root, a mount, a tool) is missing: under `CI` the test fails, saying which;
+/// elsewhere it says on stderr that it did not run (`SKIPPED: ...`) and the caller returns.
+pub fn missing_prerequisite(test: &str, why: &str) {
+    assert!(!prerequisites_required(), "{test}: a prerequisite is missing and CI requires it: {why}");
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 /// An event without the two ids that upstream randomises (and we derive), for comparison.
 pub fn strip_ids(event: &Value) -> Value {
     let mut e = event.clone();
