@@ -254,3 +254,101 @@ async fn two_imports_at_once_both_end_with_every_row_delivered() {
     let left: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
     assert_eq!(left, 0);
 }
+
+/// `resume` takes the lock: while a daemon runs it is refused, naming the daemon, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_is_refused_while_a_daemon_holds_the_state() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    let pid = child.id().unwrap();
+    assert!(rudder.wait_for_events(5, Duration::from_secs(30)).await.len() >= 5);
+    let requests = auth0.requests();
+    let out = app.run(&["resume"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("`run` (pid {pid}) is using")), "{err}");
+    assert!(auth0.requests() <= requests + 2, "resume asked Auth0 while refused");
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
+    // Without the daemon, resume goes as far as its own check: fetching is not stopped.
+    let out = app.run(&["resume"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not stopped"), "{}", text(&out));
+}
+
+/// `backup` while `run` delivers: a copy that SQLite finds sound, whose counters agree with its rows (one
+/// snapshot, not a file copied while it changed), and that only its owner can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_the_daemon_delivers_is_consistent_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(3_000);
+    rudder.set_delay(Some(Duration::from_millis(20)));
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "max_batch_events", 25);
+    let child = app.spawn_run();
+    assert!(wait_until(Duration::from_secs(30), || rudder.event_count() >= 50).await, "{}", app.run_log());
+    let mut copies = Vec::new();
+    for i in 0..5 {
+        let dest = app.dir.path().join(format!("copy-{i}.db"));
+        let out = app.run(&["backup", dest.to_str().unwrap()], Duration::from_secs(60)).await;
+        assert!(out.status.success(), "{}", text(&out));
+        copies.push(dest);
+    }
+    let delivered_meanwhile = rudder.event_count();
+    assert!(delivered_meanwhile < 3_000, "the copies were meant to be taken while the daemon delivers");
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
+    for copy in &copies {
+        let mode = std::fs::metadata(copy).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", copy.display());
+        let conn = rusqlite::Connection::open(copy).unwrap();
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        let (counted, rows, fetched, delivered): (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT outbox_count, (SELECT count(*) FROM outbox), fetched_total, delivered_total FROM tenant",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(counted, rows, "{}: the counter and the rows come from different moments", copy.display());
+        assert_eq!(fetched, rows + delivered, "{}", copy.display());
+    }
+}
+
+/// A state file and its companions that others can read are made private (0600) when the daemon opens
+/// them, with a warning that names each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_readable_by_others_is_made_private_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert!(out.status.success(), "{}", text(&out));
+    let db = app.db_path();
+    // Leave a -wal and -shm behind as a crash would, then open everything up.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute("UPDATE tenant SET last_error = NULL", []).unwrap();
+        let files: Vec<_> = ["", "-wal", "-shm"].iter().map(|s| format!("{}{s}", db.display())).collect();
+        for f in &files {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        auth0.push_synthetic(5);
+        let out = app.sync().await;
+        assert!(out.status.success(), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for f in &files {
+            if let Ok(meta) = std::fs::metadata(f) {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+            }
+            assert!(err.contains(&format!("path={f} ")), "no warning names {f}: {err}");
+        }
+        assert!(err.contains("readable by others"), "{err}");
+        drop(conn);
+    }
+    assert_eq!(rudder.event_count(), 10);
+}

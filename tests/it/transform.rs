@@ -569,3 +569,54 @@ fn events_are_upstreams_text_byte_for_byte_wherever_upstream_is_exact() {
     assert!(differ.is_empty(), "{} events differ from upstream's text:\n{}", differ.len(), differ.join("\n"));
     assert_eq!(compared, 142 + 14, "the generated edge cases hold 14 events");
 }
+
+/// `transform` never reads a `config.toml` that merely sits in the working directory: neither its tenant (the
+/// ids) nor its privacy rules apply unless the config is named with `-c`; with `-c` they both do.
+#[test]
+fn transform_ignores_a_config_in_the_working_directory_unless_it_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = r#"
+[auth0]
+domain = "cwd-tenant.example.com"
+client_id = "id"
+client_secret = "not-a-placeholder-secret-value"
+[rudderstack]
+data_plane_url = "https://plain.example.com"
+write_key = "not-a-placeholder-write-key"
+[privacy]
+hash = ["user_name"]
+"#;
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    std::fs::write(dir.path().join("hash.key"), "0123456789abcdef0123456789abcdef").unwrap();
+    let entry = r#"{"log_id":"90020260101000000000000000000000000000000000000000001","type":"s","date":"2026-01-01T00:00:00.000Z","user_name":"someone@example.com"}"#;
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_auth0-rudderstack"))
+            .current_dir(dir.path())
+            .env_remove("AUTH0_RUDDERSTACK_CONFIG")
+            .env("AUTH0_RUDDERSTACK_HASH_KEY", "0123456789abcdef0123456789abcdef")
+            .args(args)
+            .write_stdin(entry)
+            .output()
+            .expect("run binary");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let events: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        (events[0].clone(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let expected_id = |domain: &str| {
+        let (e, _) = run(&["transform", "--domain", domain]);
+        e["messageId"].as_str().unwrap().to_string()
+    };
+
+    let (plain, note) = run(&["transform"]);
+    assert_eq!(
+        plain["context"]["traits"]["user_name"], "someone@example.com",
+        "the rules of an unnamed config applied"
+    );
+    let tenant_id = expected_id("cwd-tenant.example.com");
+    assert_ne!(plain["messageId"].as_str().unwrap(), tenant_id, "the ids came from an unnamed config");
+    assert!(note.contains("no --domain given"), "{note}");
+
+    let (named, _) = run(&["-c", "config.toml", "transform"]);
+    assert_ne!(named["context"]["traits"]["user_name"], "someone@example.com", "the named config's rules");
+    assert_eq!(named["messageId"].as_str().unwrap(), tenant_id);
+}
