@@ -483,6 +483,123 @@ async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
     }
 }
 
+/// HTTPS fakes for both services, signed by a private CA, with the test credentials.
+async fn tls_fakes(tls: &Tls) -> (FakeAuth0, FakeRudderStack) {
+    let auth0_options = FakeOptions {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        ..FakeOptions::default()
+    };
+    let rudder_options = fake_rudderstack::Options {
+        write_keys: vec![WRITE_KEY.into()],
+        ..fake_rudderstack::Options::default()
+    };
+    (FakeAuth0::start_tls(auth0_options, tls).await, FakeRudderStack::start_tls(rudder_options, tls).await)
+}
+
+/// The operating system's trust store is honoured: a private CA named by `SSL_CERT_FILE` (which the system
+/// store loader reads, as it reads `/etc/ssl/certs`) is trusted without `tls_ca_file`, and without it the
+/// same `sync` is refused on the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_in_ssl_cert_file_is_trusted_like_the_systems_own() {
+    let tls = Tls::generate();
+    let (auth0, rudder) = tls_fakes(&tls).await;
+    auth0.push_synthetic(20);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("retry", "sync_give_up_after", "1s");
+    let ca = app.dir.path().join("system-ca.pem");
+    tls.write_ca(&ca);
+
+    let mut refused = app.command(&["sync"]);
+    refused.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+    let out = run_bounded(refused, PATIENCE).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("certificate"), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 0);
+
+    let mut trusted = app.command(&["sync"]);
+    trusted.env("SSL_CERT_FILE", &ca).env_remove("SSL_CERT_DIR");
+    let out = run_bounded(trusted, PATIENCE).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 20);
+}
+
+/// A CONNECT proxy on loopback that sends each tunnel for port `from` to 127.0.0.1:`to`, and counts them.
+async fn connect_proxy(routes: Vec<(u16, u16)>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let tunnels = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = tunnels.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            let (routes, count) = (routes.clone(), count.clone());
+            tokio::spawn(async move {
+                // The request head, bounded: a CONNECT line and a few headers.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let target = head.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next());
+                let port = target.and_then(|t| t.rsplit_once(':')).and_then(|(_, p)| p.parse::<u16>().ok());
+                let Some(to) = routes.iter().find(|(from, _)| Some(*from) == port).map(|(_, to)| *to) else {
+                    let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
+                    return;
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                if client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (url, tunnels)
+}
+
+/// `HTTPS_PROXY` is used: with both services named at ports where nothing listens, only a proxy that tunnels
+/// to the real fakes can make `sync` deliver, and every tunnel is counted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_carries_every_request() {
+    let tls = Tls::generate();
+    let (auth0, rudder) = tls_fakes(&tls).await;
+    auth0.push_synthetic(20);
+    let port = |url: &str| url.rsplit_once(':').unwrap().1.trim_end_matches('/').parse::<u16>().unwrap();
+    // Ports 1 and 2: nothing listens there, so a request that bypassed the proxy would be refused.
+    let (proxy, tunnels) = connect_proxy(vec![(1, port(&auth0.url())), (2, port(&rudder.url()))]).await;
+    let mut app = App::new(&auth0, &rudder);
+    let ca = app.dir.path().join("private-ca.pem");
+    tls.write_ca(&ca);
+    app.set("auth0", "base_url", "https://localhost:1")
+        .set("auth0", "tls_ca_file", ca.display().to_string())
+        .set("rudderstack", "data_plane_url", "https://localhost:2")
+        .set("rudderstack", "tls_ca_file", ca.display().to_string())
+        .set("retry", "sync_give_up_after", "2s");
+
+    let mut direct = app.command(&["sync"]);
+    for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        direct.env_remove(var);
+    }
+    let out = run_bounded(direct, PATIENCE).await;
+    assert_eq!(out.status.code(), Some(1), "without the proxy nothing can be reached: {}", text(&out));
+
+    let mut proxied = app.command(&["sync"]);
+    proxied.env("HTTPS_PROXY", &proxy).env_remove("NO_PROXY").env_remove("no_proxy");
+    let out = run_bounded(proxied, PATIENCE).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 20);
+    assert!(tunnels.load(std::sync::atomic::Ordering::SeqCst) >= 2, "both services went through the proxy");
+}
+
 /// The permission bits of a file or directory.
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
