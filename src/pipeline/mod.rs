@@ -49,6 +49,25 @@ pub use sender::SHUTDOWN_GRACE;
 /// How long a loop stopped by an error no wait can fix rests before `run` starts it again.
 pub const FAILED_RETRY: Duration = Duration::from_secs(300);
 
+/// How long a stopped loop rests: [`FAILED_RETRY`]. Debug builds only: `AUTH0_RUDDERSTACK_TEST_FAILED_RETRY`
+/// (a humantime duration, read once) shortens it, so that tests can watch a loop start again without waiting
+/// five minutes. Release builds compile this to the constant.
+fn failed_retry() -> Duration {
+    #[cfg(debug_assertions)]
+    {
+        static OVERRIDE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+        let set = OVERRIDE.get_or_init(|| {
+            std::env::var("AUTH0_RUDDERSTACK_TEST_FAILED_RETRY")
+                .ok()
+                .and_then(|v| humantime::parse_duration(&v).ok())
+        });
+        if let Some(d) = set {
+            return *d;
+        }
+    }
+    FAILED_RETRY
+}
+
 /// Why the pipeline (or one tenant's loop) stopped before its work was done.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -722,13 +741,13 @@ impl Supervisor {
                             let note = Chain(&e).to_string();
                             let d = t.domain.clone();
                             let _ = self.send_store.call(move |s| s.set_error(&d, Some(&note))).await;
-                            failed.insert((i, which), (e, Instant::now() + FAILED_RETRY));
+                            failed.insert((i, which), (e, Instant::now() + failed_retry()));
                             if self.mode == RunMode::Daemon && self.every_tenant_failed(&failed) {
                                 tracing::error!("every tenant has a stopped loop; exiting so that the service manager starts the daemon again");
                                 all_failed = true;
                                 self.shutdown.cancel();
                             } else if self.mode == RunMode::Daemon {
-                                tracing::warn!(tenant = %t.domain, retry_in = %humantime::format_duration(FAILED_RETRY), "the other tenants go on; {} of this tenant starts again later", which.name());
+                                tracing::warn!(tenant = %t.domain, retry_in = %humantime::format_duration(failed_retry()), "the other tenants go on; {} of this tenant starts again later", which.name());
                             }
                         }
                     }

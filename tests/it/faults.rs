@@ -1244,3 +1244,36 @@ async fn a_second_daemon_on_the_same_state_refuses_to_start() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(rudder.event_count(), 25);
 }
+
+/// During an Auth0 outage, what is already fetched is still delivered, in order: the fetcher's failures never
+/// hold the sender back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_fetched_is_delivered_in_order_during_an_auth0_outage() {
+    let (auth0, rudder) = start_fakes().await;
+    let logged = auth0.push_synthetic(400);
+    // First RudderStack is down, so that everything fetched waits in the outbox.
+    rudder.set_outage(true);
+    let app = App::new(&auth0, &rudder);
+    let db = app.db_path();
+    let child = app.spawn_run();
+    let depth = || Store::open_existing(&db).and_then(|s| s.outbox_depth(DOMAIN)).unwrap_or(0);
+    assert!(wait_until(Duration::from_secs(30), || depth() == 400).await, "{}", app.run_log());
+
+    // Then Auth0 goes down for good, and RudderStack comes back.
+    auth0.set_hook(|_: &Request, _| Some(Reply::text(503, "Service Unavailable")));
+    let failing = auth0.requests();
+    assert!(
+        wait_until(Duration::from_secs(30), || auth0.requests() >= failing + 2).await,
+        "{}",
+        app.run_log()
+    );
+    rudder.set_outage(false);
+    let events = rudder.wait_for_events(400, Duration::from_secs(60)).await;
+    let order: Vec<&str> = events.iter().map(|e| e["properties"]["log_id"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = logged.iter().map(|e| e["log_id"].as_str().unwrap()).collect();
+    assert_eq!(order, expected, "delivered out of order, or not all:\n{}", app.run_log());
+    assert!(auth0.requests() > failing + 2, "Auth0 was meant to be failing throughout");
+    assert!(app.run_log().contains("fetching failed, will retry"), "{}", app.run_log());
+    let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+}

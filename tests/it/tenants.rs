@@ -277,3 +277,57 @@ async fn a_state_key_in_upper_case_is_refused_as_a_rename_until_forget_tenant_dr
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("forgot {upper}")), "{}", text(&out));
     assert_eq!(app.sync().await.status.code(), Some(0));
 }
+
+/// A tenant loop stopped by an error no wait can fix (its credentials rejected) starts again after its rest
+/// (five minutes; shortened here through the debug builds' test variable), and then delivers; `run` meanwhile
+/// keeps serving the healthy tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_tenant_loop_starts_again_after_its_rest_and_delivers() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    let a = auth0_a.push_synthetic(10);
+    let b = auth0_b.push_synthetic(15);
+    // B's Auth0 rejects the credentials until the hook is cleared.
+    auth0_b.set_hook(|req: &crate::support::http::Request, _| {
+        req.path.starts_with("/oauth/token").then(|| {
+            crate::support::http::Reply::json(
+                401,
+                &serde_json::json!({"error": "access_denied", "error_description": "Unauthorized"}),
+            )
+        })
+    });
+    let app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    let mut cmd = app.command(&["run"]);
+    cmd.env("AUTH0_RUDDERSTACK_TEST_FAILED_RETRY", "2s");
+    let log = std::fs::File::create(app.dir.path().join("run.log")).unwrap();
+    cmd.stdout(std::process::Stdio::from(log.try_clone().unwrap())).stderr(std::process::Stdio::from(log));
+    let child = cmd.spawn().unwrap();
+    assert!(rudder.wait_for_events(a.len(), Duration::from_secs(20)).await.len() >= a.len());
+    let stopped = wait_until(Duration::from_secs(20), || app.run_log().contains("starts again later")).await;
+    assert!(stopped, "{}", app.run_log());
+    auth0_b.clear_hook();
+    let all = a.len() + b.len();
+    let delivered = wait_until(Duration::from_secs(30), || rudder.event_count() >= all).await;
+    assert!(delivered, "{} of {all}:\n{}", rudder.event_count(), app.run_log());
+    assert!(app.run_log().contains("starting fetching again"), "{}", app.run_log());
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
+    assert_eq!(rudder.event_count(), all, "each entry once");
+}
+
+/// `run` exits 1 only when every tenant has a stopped loop: with both tenants' credentials rejected it ends,
+/// naming both, so that the service manager can start it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_1_when_every_tenant_has_failed() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    let mut app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    app.set_tenant(0, "client_secret", "not-the-secret-of-a");
+    app.set_tenant(1, "client_secret", "not-the-secret-of-b");
+    let out = app.run(&["run"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("every tenant has a stopped loop"), "{err}");
+    assert!(err.contains(A) && err.contains(B), "{err}");
+}
