@@ -1277,3 +1277,18 @@ async fn what_is_fetched_is_delivered_in_order_during_an_auth0_outage() {
     let (status, _) = sigterm_within(child, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
 }
+
+/// `status` warns as soon as the checkpoint is older than half the retention, and not before: a three-hour-old
+/// cursor is past half of 5h50m and within half of 6h10m.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_half_retention_warning_starts_at_half_the_retention() {
+    let (_auth0, _rudder, mut app, _old) = three_hours_old_entries().await;
+    app.set("auth0", "retention", "10h");
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    for (retention, warned) in [("5h 50m", true), ("6h 10m", false)] {
+        app.set("auth0", "retention", retention);
+        let s = app.status().await;
+        let says = s["warnings"].to_string().contains("half of auth0.retention");
+        assert_eq!(says, warned, "retention {retention}: {s}");
+    }
+}

@@ -215,6 +215,26 @@ async fn a_retry_after_of_1e20_is_capped_and_sigterm_still_ends_the_wait() {
     assert_eq!(logs_requests(&auth0), 1, "asked again during a capped wait of five minutes");
 }
 
+/// A 503 with `Retry-After: 1e20` from RudderStack: the wait is capped at an hour and said so, no request is
+/// made while it lasts, and SIGTERM still ends the wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rudderstack_retry_after_of_1e20_is_capped_at_an_hour() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    rudder.hook(|req: &Request, _| {
+        (req.path == "/v1/batch")
+            .then(|| Reply::text(503, "Service Unavailable").header("retry-after", "1e20"))
+    });
+    let app = App::new(&auth0, &rudder);
+    let log = hold_out("RudderStack Retry-After 1e20", &app, "waiting 1h instead", || {
+        rudder.requests().iter().any(|r| r.path == "/v1/batch")
+    })
+    .await;
+    assert!(log.contains("Retry-After"), "{log}");
+    let posts = rudder.requests().iter().filter(|r| r.path == "/v1/batch").count();
+    assert_eq!(posts, 1, "posted again during a capped wait of an hour");
+}
+
 /// `x-ratelimit-remaining: 0` with `x-ratelimit-reset: 1e20`: the hold is capped and said so, no request is
 /// made while it lasts, and SIGTERM still ends the wait at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
