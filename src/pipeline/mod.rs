@@ -841,6 +841,7 @@ async fn fetch_loop(
 ) -> Result<(), Error> {
     let budget = t.fetch_budget();
     forced_panic(Which::Fetch, &t);
+    forced_wedge(Which::Fetch, &t.fetch_beat, &stop).await;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -873,6 +874,7 @@ async fn send_loop(
 ) -> Result<(), Error> {
     let budget = sender.budget();
     forced_panic(Which::Send, &t);
+    forced_wedge(Which::Send, &t.send_beat, &stop).await;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -917,6 +919,27 @@ fn forced_panic(which: Which, t: &TenantRun) {
     }
     #[cfg(not(debug_assertions))]
     let _ = (which, t);
+}
+
+/// Debug builds only: `AUTH0_RUDDERSTACK_TEST_WEDGE=fetch|send` (read once) makes that loop promise to be back
+/// within a second and then hang until shut down, as a wedged loop would, so that tests can prove the
+/// watchdog stops being fed. Release builds compile this to nothing.
+async fn forced_wedge(which: Which, beat: &Heartbeat, stop: &CancellationToken) {
+    #[cfg(debug_assertions)]
+    {
+        static WHICH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let asked = WHICH.get_or_init(|| std::env::var("AUTH0_RUDDERSTACK_TEST_WEDGE").ok());
+        let name = match which {
+            Which::Fetch => "fetch",
+            Which::Send => "send",
+        };
+        if asked.as_deref() == Some(name) {
+            beat.busy(Duration::from_secs(1));
+            stop.cancelled().await;
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (which, beat, stop);
 }
 
 /// A step succeeded: reset the backoff, and clear the error `status` shows once a failing loop recovers.

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
+use auth0_rudderstack::store::Store;
 use serde_json::Value;
 
 use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, run_bounded, sigterm, text, wait_until};
@@ -223,6 +224,47 @@ async fn run_notifies_systemd_ready_watchdog_and_status() {
     let watchdogs = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
     assert!(watchdogs >= 1, "{seen:?}");
     sigterm(child).await;
+}
+
+/// The watchdog is fed only while every loop keeps its deadline: a sending loop that hangs (forced through the
+/// debug builds' test variable) stops the `WATCHDOG=1` notifications, with an error naming the loop, while
+/// fetching goes on; a healthy daemon keeps feeding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_loop_stops_the_watchdog_being_fed() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(50);
+    let app = App::new(&auth0, &rudder);
+    let socket_path = app.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let log = std::fs::File::create(app.dir.path().join("run.log")).unwrap();
+    let mut cmd = app.command(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("AUTH0_RUDDERSTACK_TEST_WEDGE", "send");
+    cmd.stdout(std::process::Stdio::from(log.try_clone().unwrap())).stderr(std::process::Stdio::from(log));
+    let child = cmd.spawn().unwrap();
+    let said = "a loop has overrun its deadline";
+    assert!(wait_until(Duration::from_secs(30), || app.run_log().contains(said)).await, "{}", app.run_log());
+    assert!(app.run_log().contains(&format!("{DOMAIN} sending")), "{}", app.run_log());
+    // Drain what came before, then listen for three seconds: more than seven watchdog periods.
+    let mut buf = [0u8; 4096];
+    while socket.recv(&mut buf).is_ok() {}
+    let mut fed = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        if let Ok(n) = socket.recv(&mut buf) {
+            fed += usize::from(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
+        }
+    }
+    assert_eq!(fed, 0, "the watchdog was still fed with a wedged loop\n{}", app.run_log());
+    let fetched = wait_until(Duration::from_secs(20), || {
+        Store::open_existing(&app.db_path()).and_then(|s| s.outbox_depth(DOMAIN)).unwrap_or(0) == 50
+    })
+    .await;
+    assert!(fetched, "fetching stopped too\n{}", app.run_log());
+    assert_eq!(rudder.event_count(), 0);
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
 }
 
 /// Two consecutive syncs mint one token in all: the token is kept (sealed) in the state for the next start.
