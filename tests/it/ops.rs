@@ -14,7 +14,7 @@ use crate::support::fake_auth0::{DOMAIN, FakeAuth0, FakeOptions};
 use crate::support::start_fakes;
 
 /// The series the metrics must have, each with a `tenant` label.
-const SERIES: [&str; 11] = [
+const SERIES: [&str; 14] = [
     "auth0_rudderstack_checkpoint_timestamp_seconds",
     "auth0_rudderstack_outbox_entries",
     "auth0_rudderstack_dead_letters",
@@ -26,6 +26,9 @@ const SERIES: [&str; 11] = [
     "auth0_rudderstack_gaps_total",
     "auth0_rudderstack_fetching_stopped",
     "auth0_rudderstack_retention_seconds",
+    "auth0_rudderstack_repeated_entries_total",
+    "auth0_rudderstack_fetching_stalled",
+    "auth0_rudderstack_failing",
 ];
 
 /// The value of `name{tenant="…"}` in a Prometheus text exposition.
@@ -89,6 +92,62 @@ async fn metrics_after_a_sync_have_every_series_and_pass_promtool() {
     assert_eq!(sample(&metrics, "auth0_rudderstack_outbox_entries", DOMAIN), Some(0.0));
     assert!(metrics.contains("auth0_rudderstack_build_info{version=\""), "{metrics}");
     promtool_check(&metrics);
+}
+
+/// The state series show the states they name: repeated entries, a stall, a failing tenant, stopped
+/// fetching, a gap and dead letters each move their series, and clear again when the state clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_repeats_stalls_failures_stops_gaps_and_dead_letters() {
+    use auth0_rudderstack::entry::LogId;
+    use auth0_rudderstack::store::{Gap, Kept, NewDeadLetter, PageCommit};
+    let (auth0, rudder) = start_fakes().await;
+    let app = App::new(&auth0, &rudder);
+    let mut store = Store::open(&app.db_path()).unwrap();
+    let page = PageCommit {
+        repeated: 3,
+        dead_letters: vec![NewDeadLetter {
+            log_id: LogId::parse("d1").ok(),
+            kept: Kept::Whole("{}".into()),
+            reason: "no type".into(),
+        }],
+        ..PageCommit::default()
+    };
+    store.commit_page(DOMAIN, &page).unwrap();
+    store.set_stall(DOMAIN, Some("a page without a valid log_id")).unwrap();
+    store.set_error(DOMAIN, Some("Auth0 answered 503 (retrying)")).unwrap();
+    let gap = Gap {
+        detected_at: "2026-01-01T00:00:00.000Z".into(),
+        from_log_id: "a1".into(),
+        from_date: None,
+        to_log_id: None,
+        to_date: None,
+        detail: "expired".into(),
+    };
+    store.record_gap(DOMAIN, &gap, true).unwrap();
+    let metrics = || async {
+        let out = app.run(&["metrics"], Duration::from_secs(20)).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let m = metrics().await;
+    for (name, value) in [
+        ("auth0_rudderstack_repeated_entries_total", 3.0),
+        ("auth0_rudderstack_fetching_stalled", 1.0),
+        ("auth0_rudderstack_failing", 1.0),
+        ("auth0_rudderstack_fetching_stopped", 1.0),
+        ("auth0_rudderstack_gaps_total", 1.0),
+        ("auth0_rudderstack_dead_letters", 1.0),
+    ] {
+        assert_eq!(sample(&m, name, DOMAIN), Some(value), "{name}:\n{m}");
+    }
+    promtool_check(&m);
+    store.set_stall(DOMAIN, None).unwrap();
+    store.set_error(DOMAIN, None).unwrap();
+    let m = metrics().await;
+    for name in ["auth0_rudderstack_fetching_stalled", "auth0_rudderstack_failing"] {
+        assert_eq!(sample(&m, name, DOMAIN), Some(0.0), "{name}:\n{m}");
+    }
+    assert_eq!(sample(&m, "auth0_rudderstack_repeated_entries_total", DOMAIN), Some(3.0), "{m}");
 }
 
 /// `metrics` works while `run` holds the lock, and needs no network (nothing answers on the configured ports).
