@@ -6,7 +6,9 @@
 //! stay flat because the reader streams. Progress goes to stderr; stdout ends with one summary table whose
 //! PASS or MISS against each target is decided from the measurement (the README quotes that table). Peak
 //! memory is read from `/proc/<pid>/status` (`VmHWM`, the high-water mark) while the child runs, so nothing
-//! beyond Linux is needed. Set `BENCH_QUICK=1` to skip the 1M-entry runs.
+//! beyond Linux is needed. Every run's events go to a file, which is then read back and checked (one event per
+//! entry, each with its type, UUID ids and a distinct `log_id`) before its figure may PASS. Set
+//! `BENCH_QUICK=1` to skip the 1M-entry runs.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
+#[path = "support/events.rs"]
+mod events;
 #[path = "../tests/it/support/fixtures.rs"]
 mod fixtures;
 #[path = "support/proc.rs"]
@@ -81,7 +85,19 @@ fn pure_transform(table: &mut Table) {
     );
 }
 
-/// (b) The release binary's `transform` on a 100,000-entry file, output to /dev/null (median of 3 runs).
+/// Check the events `transform` wrote to `out` for `n` entries, then remove the file.
+fn check_output(out: &Path, n: usize) {
+    let checked = events::check_events(out, &mut |_, _| {});
+    assert_eq!(
+        (checked.events, checked.distinct_log_ids),
+        (n, n),
+        "{}: events, distinct log_ids",
+        out.display()
+    );
+    std::fs::remove_file(out).expect("remove");
+}
+
+/// (b) The release binary's `transform` on a 100,000-entry file, output to a file (median of 3 runs).
 fn whole_process(dir: &Path, table: &mut Table) {
     let n = 100_000;
     table.section(&format!(
@@ -98,15 +114,18 @@ fn whole_process(dir: &Path, table: &mut Table) {
             .map(|_| {
                 let cpu_before = children_cpu_seconds();
                 let start = Instant::now();
+                let out = dir.join("events.json");
                 let status = Command::new(BIN)
                     .arg("transform")
                     .arg(&path)
-                    .stdout(Stdio::null())
+                    .stdout(std::fs::File::create(&out).expect("create the output"))
                     .stderr(Stdio::null())
                     .status()
                     .expect("run transform");
                 assert!(status.success(), "transform failed: {status}");
-                (start.elapsed().as_secs_f64(), children_cpu_seconds() - cpu_before)
+                let times = (start.elapsed().as_secs_f64(), children_cpu_seconds() - cpu_before);
+                check_output(&out, n);
+                times
             })
             .collect();
         times.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -130,7 +149,7 @@ fn whole_process(dir: &Path, table: &mut Table) {
 /// (c) Peak RSS of `transform` for growing inputs.
 fn peak_memory(dir: &Path, table: &mut Table) {
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    table.section("(c) peak RSS (VmHWM) of `transform FILE > /dev/null`");
+    table.section("(c) peak RSS (VmHWM) of `transform FILE > events.json`");
     for n in [10_000usize, 100_000, 1_000_000] {
         if quick && n > 100_000 {
             continue;
@@ -141,10 +160,11 @@ fn peak_memory(dir: &Path, table: &mut Table) {
             let path = dir.join(format!("rss-{n}.{shape}"));
             let bytes = write(&path, n);
             let start = Instant::now();
+            let out = dir.join("events.json");
             let mut child = Command::new(BIN)
                 .arg("transform")
                 .arg(&path)
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(&out).expect("create the output"))
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn transform");
@@ -160,11 +180,13 @@ fn peak_memory(dir: &Path, table: &mut Table) {
                 std::thread::sleep(Duration::from_millis(2));
             };
             assert!(status.success(), "transform failed: {status}");
+            let secs = start.elapsed().as_secs_f64();
+            check_output(&out, n);
             let peak_mb = peak_kb as f64 / 1024.0;
             eprintln!("(c) {n} {shape}: {peak_mb:.1} MB");
             table.row(
                 &format!("{} entries, {shape} ({:.1} MB)", fmt_int(n as f64), bytes as f64 / 1e6),
-                format!("{peak_mb:.1} MB ({:.2} s)", start.elapsed().as_secs_f64()),
+                format!("{peak_mb:.1} MB ({secs:.2} s)"),
                 format!("< {MAX_PEAK_RSS_MB:.0} MB"),
                 peak_mb < MAX_PEAK_RSS_MB,
             );
