@@ -149,17 +149,17 @@ pub async fn report(
                 bars.update(i, t, now.behind, &behind_text, &eta_text, rate, outbox);
             } else {
                 if moved && (!caught_up || outbox > 0) {
+                    // Each figure once, as a field: a text line reads `progress fetched=… tenant=… outbox=…`,
+                    // and a JSON line carries the same figures as numbers and strings.
                     tracing::info!(
-                        tenant = %t.domain,
                         fetched = now.fetched,
                         delivered = now.delivered,
                         rate = %format!("{rate:.0}/s"),
                         behind = %behind_text,
                         eta = %eta_text,
+                        tenant = %t.domain,
                         outbox,
-                        "progress: fetched={} delivered={} rate={rate:.0}/s behind={behind_text} eta={eta_text}",
-                        now.fetched,
-                        now.delivered
+                        "progress"
                     );
                     statuses.push(format!("{}: behind {behind_text}, outbox {outbox}", t.domain));
                 }

@@ -224,6 +224,10 @@ async fn a_long_catch_up_logs_its_progress() {
         .find(|l| l.contains("progress") && l.contains("behind="))
         .unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains("eta=") && line.contains("fetched=") && line.contains("rate="), "{line}");
+    // Each figure appears once on the line.
+    for field in ["fetched=", "delivered=", "rate=", "behind=", "eta=", "tenant=", "outbox="] {
+        assert_eq!(line.matches(field).count(), 1, "{field} in {line}");
+    }
     assert!(
         line.contains("behind=59m") || line.contains("behind=1h") || line.contains("behind=58m"),
         "{line}"
@@ -250,7 +254,7 @@ async fn a_sync_on_a_terminal_draws_a_progress_bar() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let drawn = String::from_utf8_lossy(&out.stdout);
     assert!(drawn.contains(DOMAIN) && drawn.contains("behind=") && drawn.contains('%'), "{drawn}");
-    assert!(!drawn.contains("progress: fetched="), "a bar replaces the progress lines: {drawn}");
+    assert!(!drawn.contains("progress fetched="), "a bar replaces the progress lines: {drawn}");
     assert_eq!(rudder.event_count(), 300);
 }
 
