@@ -12,6 +12,7 @@ pub mod config;
 pub mod entry;
 pub mod http;
 pub mod input;
+pub mod json_text;
 pub mod logging;
 pub mod ops;
 pub mod pipeline;
