@@ -110,14 +110,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
                     } else if letters.is_empty() {
                         let _ = writeln!(stdout, "no dead letters");
                     } else {
-                        let _ = writeln!(stdout, "id\ttenant\tcreated_at\tlog_id\treason");
+                        let _ = writeln!(stdout, "id\ttenant\tcreated_at\tlog_id\tkept\treason");
                         for d in &letters {
                             let line = format!(
-                                "{}\t{}\t{}\t{}\t{}",
+                                "{}\t{}\t{}\t{}\t{}\t{}",
                                 d.id,
                                 d.tenant,
                                 d.created_at,
                                 d.log_id.as_deref().unwrap_or("-"),
+                                if d.withheld { "withheld" } else { "whole" },
                                 d.reason
                             );
                             let _ = writeln!(stdout, "{}", logging::escape(&line));
@@ -125,7 +126,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
                     }
                 }
                 DeadLetterAction::Retry { ids, tenant } => {
-                    ops::admin::retry_dead_letters(&config, tenant.as_deref(), &ids, &mut stdout)?;
+                    runtime()?.block_on(ops::admin::retry_dead_letters(
+                        &config,
+                        tenant.as_deref(),
+                        &ids,
+                        &mut stdout,
+                    ))?;
                 }
             }
             Ok(ExitCode::SUCCESS)
