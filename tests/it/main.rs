@@ -17,3 +17,4 @@ mod support;
 mod sync;
 mod tenants;
 mod transform;
+mod withheld;
