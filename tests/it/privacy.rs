@@ -401,6 +401,82 @@ mod daemon {
         assert_eq!(wrapped_dead["data"]["user_name"], hashed_in_dead["user_name"]);
     }
 
+    /// Entries holding IP addresses in every place and form `truncate_ip` must cover.
+    fn addressed(auth0: &FakeAuth0) -> Vec<Value> {
+        let mut entries = auth0.make_entries(4);
+        // A real `pwd_leak` entry carries the full IPv6 address in its description.
+        entries[0]["type"] = json!("pwd_leak");
+        entries[0]["ip"] = json!("2001:db8:85a3:8d3:1319:8a2e:370:7348");
+        entries[0]["description"] = json!(
+            "This login was blocked because the password was leaked; IP 2001:db8:85a3:8d3:1319:8a2e:370:7348."
+        );
+        entries[1]["details"] = json!({
+            "request": {
+                "headers": {"x-forwarded-for": "203.0.113.195, 70.41.3.18,150.172.238.178", "X-Real-IP": "198.51.100.23"},
+                "IP": "192.0.2.146:51234",
+                "clientIP": "[2001:db8:abcd:12::5]:443",
+                "client_ip": "fe80::1ff:fe23:4567:890a%eth2",
+                "peers": ["100.64.7.9", "::ffff:198.51.100.99", "::ffff:c633:6463"],
+            }
+        });
+        // 6to4 embeds 198.51.100.77 in bits 16 to 47; Teredo its client (65.54.227.120 obfuscated) at the end.
+        entries[2]["ip"] = json!("2002:c633:644d:1::7");
+        entries[2]["details"] =
+            json!({"teredo": "2001:0:4136:e378:8000:63bf:be1c:1c87", "nat64": "64:ff9b::198.51.100.7"});
+        entries[3]["user_agent"] =
+            json!("Mozilla/5.0 Chrome/120.0.6099.109 from 10.1.2.3; via proxy at 10.20.30.40:3128");
+        entries
+    }
+
+    /// With `truncate_ip`, no full address is left anywhere in what RudderStack receives, in either mode, or
+    /// in the state file, by an independent scan (see `support::addresses`) that finds them in the input.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncate_ip_leaves_no_full_address_anywhere() {
+        use crate::support::addresses;
+        let full = |text: &str| -> Vec<String> {
+            addresses::find(text).iter().filter_map(addresses::full_address).collect()
+        };
+        for mode in ["batch", "webhook"] {
+            let (auth0, rudder) = start_fakes().await;
+            let entries = addressed(&auth0);
+            let input = serde_json::to_string(&entries).unwrap();
+            let found = full(&input).join("; ");
+            for form in [
+                "2001:db8:85a3:8d3:1319:8a2e:370:7348",
+                "2002:c633:644d:1::7",
+                "teredo client",
+                "fe80::",
+                "2001:db8:abcd:12::5",
+                "(mapped)",
+                "(nat64)",
+                "150.172.238.178",
+                "192.0.2.146",
+                "10.20.30.40",
+            ] {
+                assert!(found.contains(form), "the scan finds {form} in the input: {found}");
+            }
+            auth0.push(entries.clone());
+            let mut app = App::new(&auth0, &rudder);
+            app.set("privacy", "truncate_ip", true).set("rudderstack", "mode", mode);
+            let out = app.sync().await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            let received: Vec<u8> = rudder.bodies().concat();
+            let received = String::from_utf8(received).unwrap();
+            assert_eq!(full(&received), Vec::<String>::new(), "{mode}: {received}");
+            // What truncation leaves is still found, and is what it should be.
+            let left = addresses::find(&received);
+            for want in
+                ["2001:db8:85a3::", "2002:c633:6400::", "::ffff:198.51.100.0", "192.0.2.0", "150.172.238.0"]
+            {
+                assert!(left.contains(&want.parse().unwrap()), "{mode}: {want} not in {left:?}");
+            }
+            let state = String::from_utf8_lossy(&files_text(&app)).to_string();
+            assert_eq!(full(&state), Vec::<String>::new(), "{mode}: the state file");
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert_eq!(full(&stderr), Vec::<String>::new(), "{mode}: {stderr}");
+        }
+    }
+
     /// `categories = ["Login - Failure", "Signup - Success"]` forwards exactly their documented codes;
     /// `exclude_types` wins over both; an unknown category exits 2 naming the known ones.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

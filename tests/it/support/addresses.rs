@@ -9,11 +9,27 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Every address found in `text`.
+/// Every address found in `text`. An IPv6 address glued to a word (`pipeline::fetcher` holds `e::fe`) is
+/// part of a name, not an address.
 pub fn find(text: &str) -> BTreeSet<IpAddr> {
     let mut found = BTreeSet::new();
     let is_part = |c: char| c.is_ascii_hexdigit() || c == '.' || c == ':';
-    for token in text.split(|c: char| !is_part(c)).filter(|t| !t.is_empty()) {
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut tokens = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        match (is_part(c) && i < text.len(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                tokens.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    for (s, e) in tokens {
+        let token = &text[s..e];
+        let glued = is_word(text[..s].chars().next_back()) || is_word(text[e..].chars().next());
         let mut candidates =
             vec![token.to_string(), token.trim_matches(|c| c == ':' || c == '.').to_string()];
         candidates.extend(token.split(':').map(str::to_string));
@@ -23,7 +39,9 @@ pub fn find(text: &str) -> BTreeSet<IpAddr> {
         // `[v6]:port` loses its brackets to the cut; a v4 `ip:port` is tried as a socket address too.
         for c in candidates.iter().filter(|c| !c.is_empty()) {
             if let Ok(a) = c.parse::<IpAddr>() {
-                found.insert(a);
+                if !(glued && a.is_ipv6() && c.as_str() == token) {
+                    found.insert(a);
+                }
             } else if let Ok(s) = c.parse::<SocketAddr>() {
                 found.insert(s.ip());
             }
