@@ -3,20 +3,26 @@
 //!
 //! A field name matches every object key of that name at any depth of the entry: top-level keys, keys inside
 //! `details`, keys of objects inside arrays. Keys are compared after unescaping, so `"e\u006dail"` is `email`.
-//! What happens to the value under a matching key:
+//! Keys and strings are read as JavaScript reads them (see `json_text`): every escape JSON allows is read, a
+//! lone UTF-16 surrogate (`\ud800`) included, so no entry an attacker can type escapes the rules. What happens
+//! to the value under a matching key:
 //!
 //! - **hash**: replaced by the lowercase hex HMAC-SHA256 of the value under the operator's key, as a JSON
-//!   string. A string hashes its unescaped content (so `"a\u0040b"` and `"a@b"` hash alike); `null` stays
+//!   string. A string hashes its unescaped content as WTF-8 (its UTF-8, a lone surrogate encoded like any
+//!   other code point), so `"a\u0040b"` and `"a@b"` hash alike; `null` stays
 //!   `null`; any other value (number, boolean, object, array) hashes its JSON text with the whitespace between
 //!   tokens removed, exactly as written otherwise (`1.0` and `1` differ; escapes inside nested strings are not
 //!   normalised). The same value under the same key always gives the same hash, so joins across events and
 //!   fields still work; another key gives unrelated hashes.
 //! - **mask**: replaced by the string [`MASK`]; `null` stays `null`.
 //! - **drop**: the key and its value are removed, with the comma that separated them from a neighbour.
-//! - **truncate_ip**: under a key named `ip` or ending in `_ip` (`client_ip`, `request_ip`, ...), a string that
-//!   is exactly an IP address is replaced by its network address in canonical text form: IPv4 to /24
-//!   (`203.0.113.7` → `203.0.113.0`), IPv6 to /48, an IPv4-mapped IPv6 address to the /24 of its IPv4 part.
-//!   Any other value under such a key stays as it is. An explicit hash, mask or drop rule for the same key wins.
+//!
+//! With **truncate_ip**, every IP address in every string of the entry, keys included, is replaced by its
+//! network address where it stands: IPv4 to /24 (`203.0.113.7` → `203.0.113.0`, only the last group
+//! rewritten), IPv6 to /48 in canonical form, with the IPv4 address an IPv6 one carries kept to its /24 at
+//! most (see `truncate_run` for what counts as an address, and `truncate_v6`). Lists, ports, brackets, zones
+//! and addresses inside free text are covered alike. It runs over what the other rules leave, so a hashed,
+//! masked or dropped value is not looked at again.
 //!
 //! It is shaped for speed, since it runs on every entry in front of a transform that takes 2 to 3 µs. The
 //! entry is never parsed, not even tokenized: every key is followed by a `:`, so a vectorised search for
@@ -26,7 +32,8 @@
 //! quote are one of a few short endings (`il"` for `email`, `ip"` for the IP keys): a search for each ending
 //! finds the few colons worth that look, and the dozens of others are never visited. Only keys are compared
 //! with the rules, only values under matching keys are read, checked and rewritten, and every other byte is
-//! copied verbatim. When no listed key can occur in the text at all, a substring search proves it first. The
+//! copied verbatim (through the address search, with `truncate_ip`). When no listed key can occur in the text
+//! at all, a substring search proves it first. The
 //! keyed HMAC state is computed once from the key and cloned per value, and a value that stands twice in one
 //! entry is hashed once. An entry without any rewrite is returned borrowed, without a copy. The `privacy`
 //! benchmark measures what all this adds to the transform.
@@ -34,9 +41,11 @@
 //! The text is treated as hostile: nothing recurses, every backward look stops at the previous key's quote,
 //! and every forward scan starts after the previous one, so the cost is linear in the input whatever it holds,
 //! and nothing panics. For valid JSON the result is valid JSON with exactly the rules applied (a test checks
-//! this against a rewrite of the parsed tree). The JSON syntax is not checked outside the values this module
-//! rewrites: those are checked in full (a malformed one is refused with [`PrivacyError::Malformed`]), the rest
-//! is left for the JSON reader after it, which every caller has anyway.
+//! this against a rewrite of the parsed tree), and valid JSON is never refused. The JSON syntax is not checked
+//! outside the values this module rewrites: those are checked in full (a malformed one is refused with
+//! [`PrivacyError::Malformed`]), the rest is left for the JSON reader after it, which every caller has anyway;
+//! only with `truncate_ip` and a backslash in the text is every string checked, since an invalid one could
+//! hide an address.
 //!
 //! The key is taken as a [`SecretSlice`], used once to build the HMAC state and then dropped (secrecy zeroes
 //! it). It never appears in a message, a `Debug` output or [`Privacy::describe`].
@@ -74,7 +83,7 @@ pub struct Rules {
     pub mask: Vec<String>,
     /// Fields removed with their values.
     pub drop: Vec<String>,
-    /// Whether IP addresses under IP keys are truncated (IPv4 to /24, IPv6 to /48).
+    /// Whether every IP address in the entry is truncated (IPv4 to /24, IPv6 to /48).
     pub truncate_ip: bool,
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Entries are kept as raw JSON (`Box<RawValue>`) so that what reaches the outbox is byte-for-byte what Auth0
 //! sent, and so that an element that is not even an object is still carried to the pipeline, which
-//! dead-letters it instead of losing the whole page. Paging uses `from`/`take` only (search mode caps out at
+//! dead-letters it instead of losing the whole page. For the same reason an element that is not valid UTF-8
+//! is carried apart ([`Unreadable`]) rather than making the page unusable. Paging uses `from`/`take` only (search mode caps out at
 //! 1,000 results), and `from` is always a validated [`LogId`], so no request URL is ever built from an
 //! unchecked id.
 //!
