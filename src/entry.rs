@@ -11,7 +11,6 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// The longest `log_id` accepted. Auth0's ids are 56 digits (24 hex digits before 2020); anything far longer
@@ -140,41 +139,26 @@ pub enum NotAnEntry {
     NotAnObject(&'static str),
 }
 
-/// The four head fields as they appear, borrowed; everything else in the entry is skipped unparsed.
-#[derive(Deserialize)]
-struct RawHead<'a> {
-    #[serde(borrow, default)]
-    log_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    date: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    client_id: Option<&'a RawValue>,
-}
-
-/// Read the head of one raw entry.
+/// Read the head of one raw entry. Only the four head fields are read (everything else is skipped unparsed),
+/// and keys are read as JavaScript reads them, so an entry holding a lone surrogate anywhere is still read.
 pub fn read_head(raw: &str) -> Result<EntryHead, NotAnEntry> {
     let trimmed = raw.trim_start();
     if !trimmed.starts_with('{') {
         let value: &RawValue = serde_json::from_str(raw).map_err(|_| NotAnEntry::NotJson)?;
         return Err(NotAnEntry::NotAnObject(json_kind(value)));
     }
-    let head: RawHead<'_> = serde_json::from_str(raw).map_err(|_| NotAnEntry::NotJson)?;
-    let log_id = match head.log_id.filter(|v| v.get() != "null") {
+    let [log_id, date, kind, client_id] =
+        crate::json_text::pick(raw, &["log_id", "date", "type", "client_id"])
+            .map_err(|_| NotAnEntry::NotJson)?;
+    let log_id = match log_id.filter(|v| v.get() != "null") {
         None => Err(NoLogId::Missing),
         Some(v) => match string(v) {
             Some(s) => LogId::parse(&s).map_err(NoLogId::from),
             None => Err(NoLogId::NotAString(json_kind(v))),
         },
     };
-    let date = head.date.and_then(string).and_then(|d| parse_date(&d));
-    Ok(EntryHead {
-        log_id,
-        date,
-        kind: head.kind.and_then(string),
-        client_id: head.client_id.and_then(string),
-    })
+    let date = date.and_then(string).and_then(|d| parse_date(&d));
+    Ok(EntryHead { log_id, date, kind: kind.and_then(string), client_id: client_id.and_then(string) })
 }
 
 /// Parse an entry date (RFC 3339). Anything else is no date at all.
@@ -190,12 +174,11 @@ pub fn format_date(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The value of a JSON string, unescaped.
+/// The value of a JSON string, unescaped; a lone surrogate in it becomes U+FFFD, which no log_id, date, type
+/// code or client id holds, so such a value is read as what it is not: none of those.
 fn string(v: &RawValue) -> Option<String> {
-    if !v.get().starts_with('"') {
-        return None;
-    }
-    serde_json::from_str::<String>(v.get()).ok()
+    let wtf8 = crate::json_text::string_value(v)?;
+    Some(crate::json_text::to_str_lossy(&wtf8).into_owned())
 }
 
 /// The JSON kind of a value, for messages.
@@ -260,6 +243,17 @@ mod tests {
         assert!(!e.to_string().contains("999"), "{e}");
         let escaped = read_head(r#"{"log_id":"12\n34"}"#).unwrap();
         assert_eq!(escaped.log_id.unwrap_err(), NoLogId::Invalid(InvalidLogId::BadCharacter { at: 2 }));
+    }
+
+    /// Keys and values holding lone surrogates (valid JSON, read by JavaScript) do not hide the head.
+    #[test]
+    fn the_head_is_read_whatever_escapes_the_entry_holds() {
+        let h = read_head(r#"{"\ud800":"x","user_name":"\ud800v@x","l\u006fg_id":"900","type":"s\udc00"}"#)
+            .expect("an entry");
+        assert_eq!(h.log_id.expect("an id").as_str(), "900");
+        assert_eq!(h.kind.as_deref(), Some("s\u{FFFD}"));
+        let bad = read_head(r#"{"log_id":"9\ud8000"}"#).expect("an entry").log_id.expect_err("no id");
+        assert_eq!(bad, NoLogId::Invalid(InvalidLogId::BadCharacter { at: 1 }));
     }
 
     #[test]

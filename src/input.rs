@@ -967,14 +967,11 @@ fn position_in(text: &str, e: &serde_json::Error) -> u64 {
 /// falsy (then the object is itself an entry).
 #[allow(clippy::type_complexity)]
 fn logs_list(text: &str) -> Result<Option<Vec<&RawValue>>, (u64, String)> {
-    #[derive(serde::Deserialize)]
-    struct Body<'a> {
-        #[serde(borrow)]
-        logs: Option<&'a RawValue>,
-    }
-    let body: Body<'_> = serde_json::from_str(text).map_err(|e| (position_in(text, &e), e.to_string()))?;
+    // Keys read as JavaScript reads them: a lone surrogate in one is no reason to refuse the body.
+    let [logs] =
+        crate::json_text::pick(text, &["logs"]).map_err(|e| (position_in(text, &e), e.to_string()))?;
     // `event.logs || [event]`: a falsy `logs` (null, false, 0, "") leaves the object an entry itself.
-    let Some(logs) = body.logs.filter(|l| transform::is_truthy(l)) else {
+    let Some(logs) = logs.filter(|l| transform::is_truthy(l)) else {
         return Ok(None);
     };
     if !logs.get().starts_with('[') {

@@ -13,6 +13,7 @@ pub mod entry;
 pub mod files;
 pub mod http;
 pub mod input;
+pub mod json_text;
 pub mod logging;
 pub mod ops;
 pub mod pipeline;

@@ -110,16 +110,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
                     } else if letters.is_empty() {
                         let _ = writeln!(stdout, "no dead letters");
                     } else {
-                        let _ = writeln!(stdout, "id\ttenant\tcreated_at\tlog_id\treason");
+                        let _ = writeln!(stdout, "id\ttenant\tcreated_at\tlog_id\tkept\treason");
                         for d in &letters {
                             // Each field is escaped on its own, so a tab or line break in a reason (which
                             // can quote a file name) cannot make a column or a line of its own.
                             let id = d.id.to_string();
-                            let fields = [
+                            let fields: [&str; 6] = [
                                 &id,
                                 &d.tenant,
                                 &d.created_at,
                                 d.log_id.as_deref().unwrap_or("-"),
+                                if d.withheld { "withheld" } else { "whole" },
                                 &d.reason,
                             ];
                             let line: Vec<String> = fields.iter().map(|f| logging::escape(f)).collect();

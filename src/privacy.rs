@@ -3,20 +3,26 @@
 //!
 //! A field name matches every object key of that name at any depth of the entry: top-level keys, keys inside
 //! `details`, keys of objects inside arrays. Keys are compared after unescaping, so `"e\u006dail"` is `email`.
-//! What happens to the value under a matching key:
+//! Keys and strings are read as JavaScript reads them (see `json_text`): every escape JSON allows is read, a
+//! lone UTF-16 surrogate (`\ud800`) included, so no entry an attacker can type escapes the rules. What happens
+//! to the value under a matching key:
 //!
 //! - **hash**: replaced by the lowercase hex HMAC-SHA256 of the value under the operator's key, as a JSON
-//!   string. A string hashes its unescaped content (so `"a\u0040b"` and `"a@b"` hash alike); `null` stays
+//!   string. A string hashes its unescaped content as WTF-8 (its UTF-8, a lone surrogate encoded like any
+//!   other code point), so `"a\u0040b"` and `"a@b"` hash alike; `null` stays
 //!   `null`; any other value (number, boolean, object, array) hashes its JSON text with the whitespace between
 //!   tokens removed, exactly as written otherwise (`1.0` and `1` differ; escapes inside nested strings are not
 //!   normalised). The same value under the same key always gives the same hash, so joins across events and
 //!   fields still work; another key gives unrelated hashes.
 //! - **mask**: replaced by the string [`MASK`]; `null` stays `null`.
 //! - **drop**: the key and its value are removed, with the comma that separated them from a neighbour.
-//! - **truncate_ip**: under a key named `ip` or ending in `_ip` (`client_ip`, `request_ip`, ...), a string that
-//!   is exactly an IP address is replaced by its network address in canonical text form: IPv4 to /24
-//!   (`203.0.113.7` → `203.0.113.0`), IPv6 to /48, an IPv4-mapped IPv6 address to the /24 of its IPv4 part.
-//!   Any other value under such a key stays as it is. An explicit hash, mask or drop rule for the same key wins.
+//!
+//! With **truncate_ip**, every IP address in every string of the entry, keys included, is replaced by its
+//! network address where it stands: IPv4 to /24 (`203.0.113.7` → `203.0.113.0`, only the last group
+//! rewritten), IPv6 to /48 in canonical form, with the IPv4 address an IPv6 one carries kept to its /24 at
+//! most (see `truncate_run` for what counts as an address, and `truncate_v6`). Lists, ports, brackets, zones
+//! and addresses inside free text are covered alike. It runs over what the other rules leave, so a hashed,
+//! masked or dropped value is not looked at again.
 //!
 //! It is shaped for speed, since it runs on every entry in front of a transform that takes 2 to 3 µs. The
 //! entry is never parsed, not even tokenized: every key is followed by a `:`, so a vectorised search for
@@ -26,7 +32,8 @@
 //! quote are one of a few short endings (`il"` for `email`, `ip"` for the IP keys): a search for each ending
 //! finds the few colons worth that look, and the dozens of others are never visited. Only keys are compared
 //! with the rules, only values under matching keys are read, checked and rewritten, and every other byte is
-//! copied verbatim. When no listed key can occur in the text at all, a substring search proves it first. The
+//! copied verbatim (through the address search, with `truncate_ip`). When no listed key can occur in the text
+//! at all, a substring search proves it first. The
 //! keyed HMAC state is computed once from the key and cloned per value, and a value that stands twice in one
 //! entry is hashed once. An entry without any rewrite is returned borrowed, without a copy. The `privacy`
 //! benchmark measures what all this adds to the transform.
@@ -34,9 +41,11 @@
 //! The text is treated as hostile: nothing recurses, every backward look stops at the previous key's quote,
 //! and every forward scan starts after the previous one, so the cost is linear in the input whatever it holds,
 //! and nothing panics. For valid JSON the result is valid JSON with exactly the rules applied (a test checks
-//! this against a rewrite of the parsed tree). The JSON syntax is not checked outside the values this module
-//! rewrites: those are checked in full (a malformed one is refused with [`PrivacyError::Malformed`]), the rest
-//! is left for the JSON reader after it, which every caller has anyway.
+//! this against a rewrite of the parsed tree), and valid JSON is never refused. The JSON syntax is not checked
+//! outside the values this module rewrites: those are checked in full (a malformed one is refused with
+//! [`PrivacyError::Malformed`]), the rest is left for the JSON reader after it, which every caller has anyway;
+//! only with `truncate_ip` and a backslash in the text is every string checked, since an invalid one could
+//! hide an address.
 //!
 //! The key is taken as a [`SecretSlice`], used once to build the HMAC state and then dropped (secrecy zeroes
 //! it). It never appears in a message, a `Debug` output or [`Privacy::describe`].
@@ -49,6 +58,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
+
+use crate::json_text;
 use memchr::memmem::Finder;
 use secrecy::{ExposeSecret, SecretSlice};
 use serde::de::IgnoredAny;
@@ -72,7 +83,7 @@ pub struct Rules {
     pub mask: Vec<String>,
     /// Fields removed with their values.
     pub drop: Vec<String>,
-    /// Whether IP addresses under IP keys are truncated (IPv4 to /24, IPv6 to /48).
+    /// Whether every IP address in the entry is truncated (IPv4 to /24, IPv6 to /48).
     pub truncate_ip: bool,
 }
 
@@ -162,8 +173,6 @@ enum Rule {
     Hash,
     Mask,
     Drop,
-    /// Truncate it when it is an IP address (implicit, from `truncate_ip`).
-    Ip,
 }
 
 /// Compiled privacy rules, ready to apply to entries. Cheap to share across threads.
@@ -260,9 +269,6 @@ impl Privacy {
                 last_bytes[usize::from(b)] = true;
             }
         }
-        if rules.truncate_ip {
-            last_bytes[usize::from(b'p')] = true;
-        }
         let mut last_pairs: Vec<[u8; 2]> = names
             .iter()
             .map(|(name, _)| match name.as_bytes() {
@@ -271,9 +277,6 @@ impl Privacy {
                 [] => [0, 0],
             })
             .collect();
-        if rules.truncate_ip {
-            last_pairs.push(*b"ip");
-        }
         last_pairs.sort_unstable();
         last_pairs.dedup();
         let endings = last_pairs.iter().map(|&[a, b]| Ending::new([a, b, b'"'])).collect();
@@ -281,7 +284,7 @@ impl Privacy {
             endings,
             last_bytes,
             last_pairs,
-            needles: needles(&names, rules.truncate_ip),
+            needles: needles(&names),
             names,
             lengths,
             long_names,
@@ -318,13 +321,16 @@ impl Privacy {
         // Without a single backslash, every quote is a real one and every key is spelled as it is named, so
         // keys can be compared where they stand, and looked for as substrings. Most entries have none.
         let literal = memchr::memchr(b'\\', raw_entry_json.as_bytes()).is_none();
-        if literal && !self.may_match(raw_entry_json) {
+        let keys = !self.names.is_empty() && (!literal || self.may_match(raw_entry_json));
+        if !keys && !self.truncate_ip {
             return Ok(false);
         }
         out.clear();
-        let mut scan = Scan::new(self, raw_entry_json, out);
-        scan.run(literal)?;
-        Ok(scan.finish())
+        let mut scan = Scan::new(self, raw_entry_json, out, literal);
+        if keys {
+            scan.run(literal)?;
+        }
+        scan.finish()
     }
 
     /// The active rules in one line, for status output and logs; never the key. `off` when nothing applies.
@@ -353,14 +359,14 @@ impl Privacy {
         self.needles.len() > MAX_NEEDLES || self.needles.iter().any(|n| n.find(text.as_bytes()).is_some())
     }
 
-    /// The rule for an (unescaped) object key, if any.
-    fn rule_for(&self, key: &str) -> Option<Rule> {
+    /// The rule for an object key, unescaped to WTF-8 (see `json_text`), if any.
+    fn rule_for(&self, key: &[u8]) -> Option<Rule> {
         let len = key.len();
         let maybe_listed = if len < 64 { self.lengths & (1 << len) != 0 } else { self.long_names };
-        if let Some((_, rule)) = self.names.iter().find(|(name, _)| maybe_listed && **name == *key) {
-            return Some(*rule);
+        if !maybe_listed {
+            return None;
         }
-        if self.truncate_ip && is_ip_key(key.as_bytes()) { Some(Rule::Ip) } else { None }
+        self.names.iter().find(|(name, _)| name.as_bytes() == key).map(|(_, rule)| *rule)
     }
 
     /// `key_before` for a text without backslashes, together with the key's rule: the names are compared with
@@ -381,17 +387,7 @@ impl Privacy {
             // The quote first: it rules out almost every name without a comparison.
             (bytes[open] == b'"' && before.ends_with(name.as_bytes())).then_some((open, *rule))
         });
-        let (open, rule) = match named {
-            Some(found) => found,
-            None if self.truncate_ip && before.ends_with(b"ip") => {
-                let open = memchr::memrchr(b'"', before)?;
-                if !is_ip_key(&before[open + 1..]) {
-                    return None;
-                }
-                (open, Rule::Ip)
-            }
-            None => return None,
-        };
+        let (open, rule) = named?;
         let separator = separator_before(bytes, open)?;
         Some((Key { open, close, separator, escaped: false }, rule))
     }
@@ -439,20 +435,10 @@ const HASHED_KEPT: usize = 4;
 /// fixtures have at most 15; the array is zeroed for every entry, so it is kept no larger than needed.
 const MAX_CANDIDATES: usize = 32;
 
-/// Whether a key names an IP field: `ip` itself or any snake_case `*_ip` (`client_ip`, `request_ip`, ...).
-fn is_ip_key(key: &[u8]) -> bool {
-    key == b"ip" || key.ends_with(b"_ip")
-}
-
-/// The substrings that every entry without backslashes and with a matching key contains: each name in quotes
-/// and the IP key shapes. (A key can be spelled another way only with a backslash.)
-fn needles(names: &[(Box<str>, Rule)], truncate_ip: bool) -> Vec<Finder<'static>> {
-    let mut texts: Vec<Vec<u8>> = names.iter().map(|(n, _)| format!("\"{n}\"").into_bytes()).collect();
-    if truncate_ip {
-        texts.push(b"\"ip\"".to_vec());
-        texts.push(b"_ip\"".to_vec());
-    }
-    texts.into_iter().map(|t| Finder::new(&t).into_owned()).collect()
+/// The substrings that every entry without backslashes and with a matching key contains: each name in
+/// quotes. (A key can be spelled another way only with a backslash.)
+fn needles(names: &[(Box<str>, Rule)]) -> Vec<Finder<'static>> {
+    names.iter().map(|(n, _)| Finder::new(format!("\"{n}\"").as_bytes()).into_owned()).collect()
 }
 
 /// One key ending searched for by `Scan::run_by_endings`: three bytes, the last a quote.
@@ -531,10 +517,12 @@ struct Scan<'p, 'a, 'o> {
     hashed: [(&'a str, Range<usize>); HASHED_KEPT],
     /// How many of `hashed` are in use.
     hashed_len: usize,
+    /// Whether the text has no backslash.
+    literal: bool,
 }
 
 impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
-    fn new(privacy: &'p Privacy, text: &'a str, out: &'o mut String) -> Self {
+    fn new(privacy: &'p Privacy, text: &'a str, out: &'o mut String, literal: bool) -> Self {
         Scan {
             privacy,
             text,
@@ -544,29 +532,80 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
             copied: 0,
             hashed: Default::default(),
             hashed_len: 0,
+            literal,
         }
     }
 
-    /// Finish the rewritten text; whether there was anything to rewrite.
-    fn finish(self) -> bool {
-        if self.rewritten {
-            self.out.push_str(&self.text[self.copied..]);
-        }
-        self.rewritten
+    /// Finish the rewritten text; whether there was anything to rewrite. With `truncate_ip`, the rest of the
+    /// text is copied through the address search, which may be the first to rewrite anything.
+    fn finish(mut self) -> Result<bool, PrivacyError> {
+        let end = self.text.len();
+        self.copy_to(end)?;
+        Ok(self.rewritten)
     }
 
-    /// Replace `start..end` of the input by what `write` appends.
-    fn rewrite(&mut self, start: usize, end: usize, write: impl FnOnce(&mut String)) {
-        // Rewrites come in input order; the clamps only guard that invariant against malformed input.
-        let start = start.max(self.copied);
-        let end = end.max(start);
+    /// Start the rewritten text, once.
+    fn start_rewriting(&mut self) {
         if !self.rewritten {
             self.out.reserve(self.text.len() + 128);
             self.rewritten = true;
         }
-        self.out.push_str(&self.text[self.copied..start]);
+    }
+
+    /// Copy the input from `copied` up to `to` (which never lies inside a string or an address) into the
+    /// rewritten text, with every IP address in it truncated when `truncate_ip` is on. Nothing is copied while
+    /// nothing was rewritten yet: the copy starts at the first rewrite, with everything before it.
+    fn copy_to(&mut self, to: usize) -> Result<(), PrivacyError> {
+        let from = self.copied;
+        if to <= from {
+            return Ok(());
+        }
+        if self.privacy.truncate_ip {
+            let text = self.text;
+            let mut at = from;
+            let mut started = self.rewritten;
+            let out = &mut *self.out;
+            let mut emit = |start: usize, end: usize, replacement: &str| {
+                if !started {
+                    out.reserve(text.len() + 128);
+                    started = true;
+                }
+                out.push_str(&text[at..start]);
+                out.push_str(replacement);
+                at = end;
+            };
+            if self.literal {
+                find_addresses(self.bytes, from, to, &mut emit);
+            } else {
+                find_addresses_in_strings(text, from, to, &mut emit)?;
+            }
+            self.rewritten = started;
+            if !self.rewritten {
+                return Ok(());
+            }
+            self.out.push_str(&text[at..to]);
+        } else if self.rewritten {
+            self.out.push_str(&self.text[from..to]);
+        }
+        self.copied = to;
+        Ok(())
+    }
+
+    /// Replace `start..end` of the input by what `write` appends.
+    fn rewrite(
+        &mut self,
+        start: usize,
+        end: usize,
+        write: impl FnOnce(&mut String),
+    ) -> Result<(), PrivacyError> {
+        // Rewrites come in input order; the clamps only guard that invariant against malformed input.
+        let start = start.max(self.copied);
+        let end = end.max(start);
+        self.start_rewriting();
+        self.copy_to(start)?;
         write(self.out);
         self.copied = end;
+        Ok(())
     }
 
     /// Visit every key, rewriting as the rules say.
@@ -686,7 +725,7 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
         let quoted = &self.text[key.open..=key.close];
         if !key.escaped {
             let name = &quoted[1..quoted.len() - 1];
-            let rule = self.privacy.rule_for(name);
+            let rule = self.privacy.rule_for(name.as_bytes());
             // A raw control character makes the key invalid JSON; rewriting the member would hide that.
             if rule.is_some() && name.bytes().any(|b| b < 0x20) {
                 return Err(PrivacyError::Malformed {
@@ -696,14 +735,14 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
             }
             return Ok(rule);
         }
-        let name = serde_json::from_str::<String>(quoted)
+        // As JavaScript reads it: a key holding a lone surrogate is read too (and matches no listed name).
+        let name = json_text::unescape(&quoted[1..quoted.len() - 1])
             .map_err(|_| PrivacyError::Malformed { offset: key.open, reason: "invalid key" })?;
         Ok(self.privacy.rule_for(&name))
     }
 
     /// Apply `rule` to the member of `key`, whose value starts at `start`. Returns where the search for keys
-    /// goes on: past the value when it was rewritten, else at the value (an object under an IP key may hold
-    /// more keys).
+    /// goes on: past the value, which was rewritten.
     #[inline(never)]
     fn apply_rule(&mut self, rule: Rule, key: &Key, start: usize) -> Result<usize, PrivacyError> {
         let bytes = self.bytes;
@@ -711,19 +750,11 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
         let Some(&first) = bytes.get(start) else {
             return Err(malformed("a key without a value"));
         };
-        if rule == Rule::Ip {
-            if first == b'"' {
-                let (end, escaped) = string_end(bytes, start).ok_or(malformed("unterminated string"))?;
-                self.truncate_ip(start, end, escaped);
-                return Ok(end);
-            }
-            return Ok(start);
-        }
         // Hash, mask or drop: the whole value goes, so check all of it.
         let (end, value) = match first {
             b'"' => {
                 let (end, escaped) = string_end(bytes, start).ok_or(malformed("unterminated string"))?;
-                (end, Value::String(string_content(self.text, start, end, escaped)?))
+                (end, string_content(self.text, start, end, escaped)?)
             }
             b'{' | b'[' => {
                 let end = container_end(bytes, start).ok_or(malformed("unterminated object or array"))?;
@@ -740,34 +771,33 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
         };
         match (rule, value) {
             (Rule::Hash | Rule::Mask, Value::Null) => {}
-            (Rule::Hash, Value::String(Cow::Borrowed(s))) => self.hash_string(s, start, end),
+            (Rule::Hash, Value::Plain(s)) => self.hash_string(s, start, end)?,
             (Rule::Hash, value) => {
                 let privacy = self.privacy;
                 self.rewrite(start, end, |out| match value {
-                    Value::String(s) => privacy.hash_into(out, |mac| mac.update(s.as_bytes())),
+                    // WTF-8: the UTF-8 of the string, lone surrogates encoded like other code points.
+                    Value::Unescaped(s) => privacy.hash_into(out, |mac| mac.update(&s)),
                     Value::Other(text) => privacy.hash_into(out, |mac| feed_compact(mac, text)),
-                    Value::Null => {}
-                });
+                    Value::Null | Value::Plain(_) => {}
+                })?;
             }
             (Rule::Mask, _) => self.rewrite(start, end, |out| {
                 out.push('"');
                 out.push_str(MASK);
                 out.push('"');
-            }),
-            (Rule::Drop, _) => self.drop_member(key, end),
-            (Rule::Ip, _) => {}
+            })?,
+            (Rule::Drop, _) => self.drop_member(key, end)?,
         }
         Ok(end)
     }
 
     /// Replace the string at `start..end`, whose content `s` has no escapes, by its hash: copied from where
     /// the same content was hashed before in this text, if it was.
-    fn hash_string(&mut self, s: &'a str, start: usize, end: usize) {
+    fn hash_string(&mut self, s: &'a str, start: usize, end: usize) -> Result<(), PrivacyError> {
         let hashed = &self.hashed[..self.hashed_len];
         if let Some((_, done)) = hashed.iter().find(|(earlier, _)| *earlier == s) {
             let done = done.clone();
-            self.rewrite(start, end, |out| out.extend_from_within(done));
-            return;
+            return self.rewrite(start, end, |out| out.extend_from_within(done));
         }
         let privacy = self.privacy;
         let mut at = 0..0;
@@ -775,58 +805,24 @@ impl<'p, 'a, 'o> Scan<'p, 'a, 'o> {
             at.start = out.len();
             privacy.hash_into(out, |mac| mac.update(s.as_bytes()));
             at.end = out.len();
-        });
+        })?;
         if let Some(slot) = self.hashed.get_mut(self.hashed_len) {
             *slot = (s, at);
             self.hashed_len += 1;
         }
+        Ok(())
     }
 
     /// Cut the member of `key`, whose value ends at `end`, with one comma next to it.
-    fn drop_member(&mut self, key: &Key, end: usize) {
+    fn drop_member(&mut self, key: &Key, end: usize) -> Result<(), PrivacyError> {
         if self.bytes[key.separator] == b',' && key.separator >= self.copied {
             // A member is kept before this one: its comma goes with the dropped member.
-            self.rewrite(key.separator, end, |_| {});
-            return;
+            return self.rewrite(key.separator, end, |_| {});
         }
         // The first member of its object, or the first left after earlier cuts: the comma after it goes.
         let after = skip_ws(self.bytes, end);
         let end = if self.bytes.get(after) == Some(&b',') { after + 1 } else { end };
-        self.rewrite(key.open, end, |_| {});
-    }
-
-    /// Truncate the IP address in the string at `start..end`, if it is one.
-    fn truncate_ip(&mut self, start: usize, end: usize, escaped: bool) {
-        if !escaped {
-            // The common case, an IPv4 address as written by Auth0: only its last octet changes.
-            let content = &self.bytes[start + 1..end - 1];
-            if let Some(prefix) = ipv4_prefix(content) {
-                if &content[prefix..] != b"0" {
-                    self.rewrite(start + 1 + prefix, end - 1, |out| out.push('0'));
-                }
-                return;
-            }
-        }
-        let content: Cow<'_, str> = if escaped {
-            match serde_json::from_str::<String>(&self.text[start..end]) {
-                Ok(s) => Cow::Owned(s),
-                // Not an address, whatever it is.
-                Err(_) => return,
-            }
-        } else {
-            Cow::Borrowed(&self.text[start + 1..end - 1])
-        };
-        let mut buf = [0u8; IP_TEXT_MAX];
-        let Some(truncated) = truncate_ip(&content, &mut buf) else {
-            return;
-        };
-        if escaped || truncated != content {
-            self.rewrite(start, end, |out| {
-                out.push('"');
-                out.push_str(truncated);
-                out.push('"');
-            });
-        }
+        self.rewrite(key.open, end, |_| {})
     }
 }
 
@@ -842,24 +838,30 @@ fn for_each_colon<E>(bytes: &[u8], mut f: impl FnMut(usize) -> Result<(), E>) ->
 /// A value under a hash, mask or drop rule, checked.
 enum Value<'a> {
     Null,
-    /// A string's unescaped content.
-    String(Cow<'a, str>),
+    /// A string without escapes: its content as written.
+    Plain(&'a str),
+    /// A string with escapes: its content unescaped to WTF-8 (see `json_text`), lone surrogates included.
+    Unescaped(Vec<u8>),
     /// Any other value's text.
     Other(&'a str),
 }
 
-/// The content of the string at `start..end`, unescaped; an error when it is not a valid JSON string.
-fn string_content(text: &str, start: usize, end: usize, escaped: bool) -> Result<Cow<'_, str>, PrivacyError> {
-    if escaped {
-        return serde_json::from_str::<String>(&text[start..end])
-            .map(Cow::Owned)
-            .map_err(|_| PrivacyError::Malformed { offset: start, reason: "invalid string" });
-    }
+/// The content of the string at `start..end`; an error when it is not a valid JSON string.
+fn string_content(text: &str, start: usize, end: usize, escaped: bool) -> Result<Value<'_>, PrivacyError> {
     let inner = &text[start + 1..end - 1];
+    if escaped {
+        return json_text::unescape(inner).map(|c| Value::Unescaped(c.into_owned())).map_err(|e| {
+            let at = match e {
+                json_text::InvalidString::ControlCharacter { at }
+                | json_text::InvalidString::BadEscape { at } => at,
+            };
+            PrivacyError::Malformed { offset: start + 1 + at, reason: "invalid string" }
+        });
+    }
     // Nearly every value is clean: a check of all bytes without an early exit is vectorised, and the
     // position is looked for only when there is something to report.
     if !inner.bytes().fold(false, |control, b| control | (b < 0x20)) {
-        return Ok(Cow::Borrowed(inner));
+        return Ok(Value::Plain(inner));
     }
     let i = inner.bytes().position(|b| b < 0x20).unwrap_or_default();
     Err(PrivacyError::Malformed { offset: start + 1 + i, reason: "control character in a string" })
@@ -1000,62 +1002,212 @@ fn feed_compact(mac: &mut Hmac<Sha256>, value: &str) {
     mac.update(&bytes[run_start..]);
 }
 
-/// When `text` is exactly an IPv4 address as [`Ipv4Addr`] parses it (four decimal octets, each at most 255
-/// and without a leading zero), the length of its first three octets with their dots: the /24 network address
-/// is that prefix followed by `0`. `None` for any other text, which `truncate_ip` then reads in full.
-fn ipv4_prefix(text: &[u8]) -> Option<usize> {
-    let mut at = 0;
-    let mut prefix = 0;
-    for octet in 0..4 {
-        if octet > 0 {
-            if text.get(at) != Some(&b'.') {
-                return None;
-            }
-            at += 1;
-            prefix = at;
-        }
-        let start = at;
-        let mut value = 0u32;
-        while let Some(&digit) = text.get(at).filter(|b| b.is_ascii_digit()) {
-            // Four digits are never an octet; stopping here also keeps `value` small.
-            if at - start == 3 {
-                return None;
-            }
-            value = value * 10 + u32::from(digit - b'0');
-            at += 1;
-        }
-        let digits = at - start;
-        if digits == 0 || value > 255 || (digits > 1 && text[start] == b'0') {
-            return None;
-        }
-    }
-    (at == text.len()).then_some(prefix)
-}
-
 /// Room for the text of a truncated address (the longest IPv6 text form is 45 bytes).
 const IP_TEXT_MAX: usize = 48;
 
-/// The network address of the IP address written as `text`, in canonical form, written into `buf`: IPv4 to
-/// /24, IPv6 to /48, an IPv4-mapped IPv6 address to the /24 of its IPv4 part (/48 would erase it altogether).
-/// `None` when `text` is not exactly an IP address.
-fn truncate_ip<'b>(text: &str, buf: &'b mut [u8; IP_TEXT_MAX]) -> Option<&'b str> {
-    if text.len() > 45 {
-        return None;
+/// Whether `b` can be part of an address as written: a hex digit, `.` or `:`.
+fn is_address_byte(b: u8) -> bool {
+    b.is_ascii_hexdigit() || b == b'.' || b == b':'
+}
+
+/// Whether `b` continues a name: an IPv6-looking run glued to one is part of a name (`std::vector` holds
+/// `d::ec`, `Foo::Bar` holds `::Ba`), not an address.
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Find every IP address in `bytes[from..to]` and call `emit(start, end, replacement)`, in order, for each
+/// whose truncated form differs from it (see `truncate_run` for what counts as an address).
+///
+/// Every address holds a `.` between two digits or a `:` next to a hex digit or another `:`, so a
+/// vectorised search for both finds every candidate, and one or two byte comparisons turn away the many that
+/// are neither (a key's colon follows a quote). A candidate is read as the whole run of hex digits, dots and
+/// colons around it; runs never hold a quote or a backslash, so in a text without backslashes one lies within
+/// a single string (or is a number, which is never an address) and is rewritten where it stands.
+fn find_addresses(bytes: &[u8], from: usize, to: usize, emit: &mut dyn FnMut(usize, usize, &str)) {
+    let mut next = from;
+    for hit in memchr::memchr2_iter(b'.', b':', &bytes[from..to]) {
+        let hit = from + hit;
+        if hit < next {
+            continue;
+        }
+        let before = if hit > from { bytes[hit - 1] } else { 0 };
+        let after = if hit + 1 < to { bytes[hit + 1] } else { 0 };
+        let candidate = if bytes[hit] == b'.' {
+            before.is_ascii_digit() && after.is_ascii_digit()
+        } else {
+            (before.is_ascii_hexdigit() || before == b':') && (after.is_ascii_hexdigit() || after == b':')
+        };
+        if !candidate {
+            continue;
+        }
+        let mut start = hit;
+        while start > from && is_address_byte(bytes[start - 1]) {
+            start -= 1;
+        }
+        let mut end = hit + 1;
+        while end < to && is_address_byte(bytes[end]) {
+            end += 1;
+        }
+        next = end;
+        truncate_run(bytes, from, to, start, end, emit);
     }
-    // A scan brings only escaped IPv4 addresses here (`Scan::truncate_ip` rewrites the last octet of a plain
-    // one where it stands), so the cost of the formatting machinery does not matter.
-    let v4_net = |a: Ipv4Addr| Ipv4Addr::from(u32::from(a) & 0xffff_ff00);
-    let net = match text.parse::<IpAddr>().ok()? {
-        IpAddr::V4(a) => IpAddr::V4(v4_net(a)),
-        IpAddr::V6(a) => IpAddr::V6(match a.to_ipv4_mapped() {
-            Some(v4) => v4_net(v4).to_ipv6_mapped(),
-            None => Ipv6Addr::from(u128::from(a) & (u128::MAX << 80)),
-        }),
-    };
+}
+
+/// Truncate the addresses in the run `bytes[start..end]` of hex digits, dots and colons (inside
+/// `bytes[from..to]`).
+///
+/// - **IPv6**: the run, less one leading `:` (as in `from:2001:db8::1`) and a trailing `.` or `:` (the end of
+///   a sentence), when it parses as an IPv6 address and is not glued to a letter, digit or `_` on either
+///   side. Brackets, a `%zone` and a `/prefix` end the run, so `[2001:db8::1]:443`, `fe80::1%eth0` and
+///   `2001:db8::/32` are found too.
+/// - **IPv4**: otherwise, every chain of exactly four groups of one to three digits, each at most 255, joined
+///   by single dots, whatever stands around it (`1.2.3.4:443`, `ip=1.2.3.4`, `v1.2.3.4`). Leading zeros are
+///   allowed, as `inet_aton` allows them. A version number of that shape is indistinguishable from an
+///   address and is truncated too; a chain of five or more groups is not an address.
+fn truncate_run(
+    bytes: &[u8],
+    from: usize,
+    to: usize,
+    start: usize,
+    end: usize,
+    emit: &mut dyn FnMut(usize, usize, &str),
+) {
+    let run = &bytes[start..end];
+    let colons = run.iter().filter(|&&b| b == b':').count();
+    if colons >= 2 && (colons >= 6 || run.windows(2).any(|w| w == b"::")) {
+        let (mut a, mut b) = (start, end);
+        // `from:2001:db8::1` and `from:::1`, but not `::1` itself.
+        if bytes[a] == b':' && (bytes.get(a + 1) != Some(&b':') || bytes.get(a + 2) == Some(&b':')) {
+            a += 1;
+        }
+        while b > a && bytes[b - 1] == b'.' {
+            b -= 1;
+        }
+        if b >= a + 2 && bytes[b - 1] == b':' && bytes[b - 2] != b':' {
+            b -= 1;
+        }
+        let glued = (a == start && start > from && is_word_byte(bytes[start - 1]))
+            || (b == end && end < to && is_word_byte(bytes[end]));
+        let parsed = std::str::from_utf8(&bytes[a..b]).ok().and_then(|t| t.parse::<Ipv6Addr>().ok());
+        if let Some(address) = parsed.filter(|_| !glued && b - a <= 45) {
+            let mut buf = [0u8; IP_TEXT_MAX];
+            if let Some(text) = format_ip(IpAddr::V6(truncate_v6(address)), &mut buf)
+                && text.as_bytes() != &bytes[a..b]
+            {
+                emit(a, b, text);
+            }
+            return;
+        }
+    }
+    let mut i = start;
+    while i < end {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // A chain of digit groups joined by single dots, from `i`.
+        let mut groups = [(0usize, 0usize); 4];
+        let mut count = 0;
+        let mut octets = true;
+        let mut j = i;
+        loop {
+            let group = j;
+            while j < end && bytes[j].is_ascii_digit() {
+                j += 1;
+            }
+            let digits = &bytes[group..j];
+            let value = digits.iter().take(4).fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
+            octets &= digits.len() <= 3 && value <= 255;
+            if let Some(slot) = groups.get_mut(count) {
+                *slot = (group, j);
+            }
+            count += 1;
+            if j + 1 < end && bytes[j] == b'.' && bytes[j + 1].is_ascii_digit() {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if count == 4 && octets {
+            let (last, last_end) = groups[3];
+            if bytes[last..last_end].iter().any(|&d| d != b'0') {
+                emit(last, last_end, "0");
+            }
+        }
+        i = j;
+    }
+}
+
+/// An IPv4 address's /24.
+fn v4_net(a: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(a) & 0xffff_ff00)
+}
+
+/// The network address an IPv6 address is truncated to: /48, except where the first 48 bits would hold more
+/// than an IPv4 /24. An IPv4-mapped address (`::ffff:a.b.c.d`) keeps the /24 of its IPv4 address, and a 6to4
+/// address (2002::/16, whose next 32 bits are an IPv4 address) is cut to /40, the 6to4 prefix and that /24.
+/// Other forms that embed an IPv4 address do so in their last 64 bits (IPv4-compatible, NAT64's 64:ff9b::/96,
+/// Teredo's client, ISATAP), which /48 removes; a Teredo address (2001::/32) keeps 16 bits of its server's.
+fn truncate_v6(a: Ipv6Addr) -> Ipv6Addr {
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return v4_net(v4).to_ipv6_mapped();
+    }
+    let bits = u128::from(a);
+    let keep = if bits >> 112 == 0x2002 { 40 } else { 48 };
+    Ipv6Addr::from(bits & (u128::MAX << (128 - keep)))
+}
+
+/// The canonical text of an address, written into `buf`.
+fn format_ip(address: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> Option<&str> {
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    std::io::Write::write_fmt(&mut cursor, format_args!("{net}")).ok()?;
+    std::io::Write::write_fmt(&mut cursor, format_args!("{address}")).ok()?;
     let len = usize::try_from(cursor.position()).ok()?;
     std::str::from_utf8(&buf[..len]).ok()
+}
+
+/// [`find_addresses`] over the strings of `text[from..to]`, a stretch of a text with backslashes that starts
+/// outside any string. A string without escapes is searched where it stands; one with escapes is unescaped
+/// first (so `1\u002e2.3.4` is found) and, if it held an address, written back whole (see
+/// `json_text::push_string`). A string that is not valid JSON is refused: what it hides cannot be known.
+fn find_addresses_in_strings(
+    text: &str,
+    from: usize,
+    to: usize,
+    emit: &mut dyn FnMut(usize, usize, &str),
+) -> Result<(), PrivacyError> {
+    let bytes = text.as_bytes();
+    let mut i = from;
+    while let Some(q) = memchr::memchr(b'"', &bytes[i..to]) {
+        let open = i + q;
+        let malformed = |reason| PrivacyError::Malformed { offset: open, reason };
+        let (end, escaped) = string_end(bytes, open).ok_or(malformed("unterminated string"))?;
+        if end > to {
+            return Err(malformed("unterminated string"));
+        }
+        if escaped {
+            let wtf8 =
+                json_text::unescape(&text[open + 1..end - 1]).map_err(|_| malformed("invalid string"))?;
+            let mut changed: Option<Vec<u8>> = None;
+            let mut at = 0;
+            find_addresses(&wtf8, 0, wtf8.len(), &mut |s, e, replacement| {
+                let c = changed.get_or_insert_with(|| Vec::with_capacity(wtf8.len()));
+                c.extend_from_slice(&wtf8[at..s]);
+                c.extend_from_slice(replacement.as_bytes());
+                at = e;
+            });
+            if let Some(mut c) = changed {
+                c.extend_from_slice(&wtf8[at..]);
+                let mut literal = String::with_capacity(c.len() + 2);
+                json_text::push_string(&mut literal, &c);
+                emit(open, end, &literal);
+            }
+        } else {
+            find_addresses(bytes, open + 1, end - 1, emit);
+        }
+        i = end;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1194,6 +1346,40 @@ mod tests {
         assert_eq!(apply(&p, r#"{"e\u006dails":"a"}"#), r#"{"e\u006dails":"a"}"#);
     }
 
+    /// Lone surrogates, which JSON allows and JavaScript reads, are read too: in keys (which then match no
+    /// name, unless the rest of the key is escaped into one) and in values, whose hash is that of their WTF-8
+    /// bytes; masking and dropping work as usual.
+    #[test]
+    fn lone_surrogates_are_read_as_javascript_reads_them() {
+        let p = privacy(&["email", "user_name"], &["phone_number"], &["user_agent"], true);
+        let text = r#"{"\ud800":"x","user_name":"\ud800victim@example.org","email":"a\udc00\u0040b","phone_number":"\udfff","user_agent":"\ud83d\ude00\ud800","ip":"1.2.3.4","e\u006dail\ud800":"kept"}"#;
+        let out = apply_unchecked(&p, text);
+        let want = format!(
+            r#"{{"\ud800":"x","user_name":"{}","email":"{}","phone_number":"****","ip":"1.2.3.0","e\u006dail\ud800":"kept"}}"#,
+            tag(b"\xED\xA0\x80victim@example.org"),
+            tag(b"a\xED\xB0\x80@b"),
+        );
+        assert_eq!(out, want);
+        // Without escapes elsewhere, and a key with a lone surrogate before a listed one.
+        let out = apply_unchecked(&p, r#"{"a\ud800":{"email":"q"},"l":["\ud800",{"user_name":"r"}]}"#);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"a\ud800":{{"email":"{}"}},"l":["\ud800",{{"user_name":"{}"}}]}}"#,
+                tag(b"q"),
+                tag(b"r")
+            )
+        );
+        // A paired surrogate hashes as the character it is, escaped or not.
+        assert_eq!(
+            apply_unchecked(&p, r#"{"email":"\ud83d\ude00"}"#),
+            apply_unchecked(&p, "{\"email\":\"\u{1F600}\"}")
+        );
+        // A hashed object holding lone surrogates hashes its compact text.
+        let out = apply_unchecked(&p, r#"{"email":{"\ud800": "x"}}"#);
+        assert_eq!(out, format!(r#"{{"email":"{}"}}"#, tag(br#"{"\ud800":"x"}"#)));
+    }
+
     /// null stays null; other non-strings hash their JSON text without whitespace between tokens.
     #[test]
     fn non_string_values_hash_their_compact_text_and_null_stays() {
@@ -1240,9 +1426,9 @@ mod tests {
         }
     }
 
-    /// IPv4 goes to /24 and IPv6 to /48 in canonical form under IP keys at any depth; other values stay.
+    /// IPv4 goes to /24 and IPv6 to /48 in canonical form, in every string at any depth, keys included.
     #[test]
-    fn ip_addresses_under_ip_keys_are_truncated() {
+    fn ip_addresses_are_truncated_in_every_string() {
         let p = privacy(&[], &[], &[], true);
         for (ip, want) in [
             ("203.0.113.7", "203.0.113.0"),
@@ -1253,26 +1439,50 @@ mod tests {
             ("2001:0db8:0001:0002:0003:0004:0005:0006", "2001:db8:1::"),
             ("::ffff:203.0.113.7", "::ffff:203.0.113.0"),
             ("::1", "::"),
+            // 6to4 embeds 192.0.2.33 in bits 16 to 47: only its /24 stays.
+            ("2002:c000:0221::1", "2002:c000:200::"),
+            // Teredo: server 65.54.227.120 in bits 32 to 63, the client in the last 32 bits.
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136::"),
+            ("01.2.3.4", "01.2.3.0"),
         ] {
-            let text =
-                format!(r#"{{"ip":"{ip}","client_ip":"{ip}","details":{{"request":{{"ip":"{ip}"}}}}}}"#);
+            let text = format!(
+                r#"{{"ip":"{ip}","IP":"{ip}","clientIP":"{ip}","x-forwarded-for":"{ip}, {ip}","details":{{"d":["at {ip}."],"{ip}":1}}}}"#
+            );
             let out = apply(&p, &text);
             assert_eq!(out, text.replace(ip, want), "{ip}");
         }
-        for text in [
-            r#"{"ip":"xxxxx","client_ip":null,"request_ip":5,"ip_list":"1.2.3.4","ipAddress":"1.2.3.4"}"#,
-            r#"{"UntrustedIP":{"ip":"no"},"ip":"1.2.3.4:80","x":"1.2.3.4","ip6":"::1"}"#,
-            r#"{"ip":"203.0.113.0"}"#,
-            // Not the canonical form, so not taken for an address: leading zeros, a sign, a space.
-            r#"{"ip":"01.2.3.4","client_ip":"1.2.3.04","a_ip":"+1.2.3.4","b_ip":" 1.2.3.4","c_ip":"1.2.3.256"}"#,
+        for (text, want) in [
+            ("1.2.3.4:443", "1.2.3.0:443"),
+            ("[2001:db8:1:2::7]:443", "[2001:db8:1::]:443"),
+            ("fe80::1:2%eth0", "fe80::%eth0"),
+            ("from:2001:db8:1:2::7 via 10.1.2.3,192.0.2.9", "from:2001:db8:1:: via 10.1.2.0,192.0.2.0"),
+            ("::ffff:1.2.3.4:80", "::ffff:1.2.3.0:80"),
+            ("ip=1.2.3.4;v1.2.3.4", "ip=1.2.3.0;v1.2.3.0"),
+            (
+                "Chrome/120.0.6099.109 Safari/537.36 Windows NT 10.0",
+                "Chrome/120.0.6099.109 Safari/537.36 Windows NT 10.0",
+            ),
+            (
+                "1.2.3.4.5 and 1.2.3.256 and 1.2.3 and 1234.1.2.3",
+                "1.2.3.4.5 and 1.2.3.256 and 1.2.3 and 1234.1.2.3",
+            ),
+            (
+                "std::vector Foo::Bar 10:00:00.000 00:1a:2b:3c:4d:5e",
+                "std::vector Foo::Bar 10:00:00.000 00:1a:2b:3c:4d:5e",
+            ),
+            ("2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000Z"),
         ] {
-            assert!(matches!(p.apply(text), Ok(Cow::Borrowed(_))), "{text}");
+            let json = |s: &str| format!(r#"{{"description":{}}}"#, serde_json::to_string(s).expect("text"));
+            assert_eq!(apply(&p, &json(text)), json(want), "{text}");
         }
+        assert!(matches!(p.apply(r#"{"ip":"203.0.113.0","n":1.5,"t":"10:00"}"#), Ok(Cow::Borrowed(_))));
+        // Escaped, in a text with backslashes: found all the same, and written back unescaped.
         assert_eq!(apply(&p, r#"{"ip":"\u0031.2.3.4"}"#), r#"{"ip":"1.2.3.0"}"#);
-        assert_eq!(
-            apply(&p, r#"{"ip":["1.2.3.4"],"b_ip":"1.2.3.4"}"#),
-            r#"{"ip":["1.2.3.4"],"b_ip":"1.2.3.0"}"#
-        );
+        let lone = r#"{"q":"\"","d":"1\u002e2.3.4 \ud800"}"#;
+        assert_eq!(apply_unchecked(&p, lone), r#"{"q":"\"","d":"1.2.3.0 \ud800"}"#);
+        assert_eq!(apply(&p, r#"{"q":"\"","ip":"1.2.3.4"}"#), r#"{"q":"\"","ip":"1.2.3.0"}"#);
+        // In a text with backslashes, a string that is not valid JSON may hide an address: refused.
+        assert!(matches!(p.apply(r#"{"q":"\"","d":"\x1.2.3.4"}"#), Err(PrivacyError::Malformed { .. })));
     }
 
     /// An explicit rule for an IP key wins over truncation.
@@ -1409,10 +1619,11 @@ mod tests {
             r#"{"a":":email","b":"x\":","c":"\"email\":1","d":"{\"y\":2}"}"#,
             r#"["x,",":y","{",":x"]"#,
             r#"{"k":["a,",":email"],"t":"10:00:00","u":"https://x/y:z"}"#,
-            r#"{"s":"ip\":\"1.2.3.4"}"#,
         ] {
             assert!(matches!(p.apply(text), Ok(Cow::Borrowed(_))), "{text}");
         }
+        // What looks like an IP member inside a string is a string like any other: its address is truncated.
+        assert_eq!(apply(&p, r#"{"s":"ip\":\"1.2.3.4"}"#), r#"{"s":"ip\":\"1.2.3.0"}"#);
         // Keys whose names end in a backslash or hold escaped quotes are still keys.
         let text = r#"{"a\\":"1","\"x\"":2,"email":"q"}"#;
         assert_eq!(apply(&p, text), format!(r#"{{"a\\":"1","\"x\"":2,"email":"{}"}}"#, tag(b"q")));
@@ -1493,7 +1704,7 @@ mod tests {
             Value::Object(map) => {
                 let mut out = Map::new();
                 for (k, x) in map {
-                    let new = match p.rule_for(k) {
+                    let new = match p.rule_for(k.as_bytes()) {
                         Some(Rule::Drop) => continue,
                         Some(_) if x.is_null() => Value::Null,
                         Some(Rule::Hash) => Value::String(match x {
@@ -1502,22 +1713,32 @@ mod tests {
                             _ => SOME_HASH.to_owned(),
                         }),
                         Some(Rule::Mask) => Value::String(MASK.to_owned()),
-                        Some(Rule::Ip) => match x
-                            .as_str()
-                            .and_then(|s| Some(truncate_ip(s, &mut [0; IP_TEXT_MAX])?.to_owned()))
-                        {
-                            Some(t) => Value::String(t),
-                            None => reference(x, p, exact),
-                        },
                         None => reference(x, p, exact),
                     };
-                    out.insert(k.clone(), new);
+                    out.insert(addresses_truncated(k, p), new);
                 }
                 Value::Object(out)
             }
             Value::Array(items) => Value::Array(items.iter().map(|x| reference(x, p, exact)).collect()),
+            Value::String(s) => Value::String(addresses_truncated(s, p)),
             other => other.clone(),
         }
+    }
+
+    /// `s` with its addresses truncated when the rules say so.
+    fn addresses_truncated(s: &str, p: &Privacy) -> String {
+        if !p.truncate_ip {
+            return s.to_owned();
+        }
+        let mut out = String::new();
+        let mut at = 0;
+        find_addresses(s.as_bytes(), 0, s.len(), &mut |start, end, replacement| {
+            out.push_str(&s[at..start]);
+            out.push_str(replacement);
+            at = end;
+        });
+        out.push_str(&s[at..]);
+        out
     }
 
     /// Whether `got` is `want`, where `SOME_HASH` in `want` stands for any hash.
@@ -1640,15 +1861,33 @@ mod tests {
             }
         }
 
-        /// The quick IPv4 check takes exactly the texts the standard parser takes, and truncates them alike.
+        /// Every address the standard parsers read, written among other text, comes out as its network
+        /// address; the text around it is left alone.
         #[test]
-        fn the_quick_ipv4_check_agrees_with_the_standard_parser(
-            text in r"[0-9.]{0,17}|[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}",
+        fn every_standard_address_in_text_is_truncated(
+            bits in any::<u128>(),
+            v4 in any::<u32>(),
+            form in 0usize..6,
+            before in prop::sample::select(vec!["", " ", "ip=", "[", "(", ", ", "from:"]),
+            after in prop::sample::select(vec!["", " ", "]:443", ":8080", "%eth0", ".", ", x", "/64"]),
         ) {
-            let mut buf = [0u8; IP_TEXT_MAX];
-            let standard = text.parse::<Ipv4Addr>().ok().and(truncate_ip(&text, &mut buf));
-            let quick = ipv4_prefix(text.as_bytes()).map(|prefix| format!("{}0", &text[..prefix]));
-            prop_assert_eq!(quick.as_deref(), standard, "{:?}", text);
+            let address: IpAddr = match form {
+                0 | 1 => IpAddr::V4(Ipv4Addr::from(v4)),
+                2 => IpAddr::V6(Ipv4Addr::from(v4).to_ipv6_mapped()),
+                3 => IpAddr::V6(Ipv6Addr::from((0x2002u128 << 112) | (u128::from(v4) << 80) | (bits & 0xffff_ffff))),
+                4 => IpAddr::V6(Ipv6Addr::from(bits)),
+                _ => IpAddr::V6(Ipv6Addr::from(bits >> 64)),
+            };
+            // After an IPv6 address, `:8080` would be one more group of it (only `[...]:8080` is a port).
+            let after = if address.is_ipv6() && after == ":8080" { " 8080" } else { after };
+            let text = format!("{before}{address}{after}");
+            let want = match address {
+                IpAddr::V4(a) => IpAddr::V4(v4_net(a)),
+                IpAddr::V6(a) => IpAddr::V6(truncate_v6(a)),
+            };
+            let p = privacy(&[], &[], &[], true);
+            let got = addresses_truncated(&text, &p);
+            prop_assert_eq!(&got, &format!("{before}{want}{after}"), "{}", text);
         }
 
         /// Arbitrary text never panics, and valid JSON among it comes out valid.
@@ -1673,9 +1912,9 @@ mod tests {
     /// One text through one of the two ways `Scan::run` finds keys, for a text without backslashes.
     fn scan_by(p: &Privacy, text: &str, endings: bool) -> Result<Option<String>, String> {
         let mut out = String::new();
-        let mut scan = Scan::new(p, text, &mut out);
+        let mut scan = Scan::new(p, text, &mut out, true);
         let ran = if endings { scan.run_by_endings() } else { scan.run_every_colon(true) };
-        let changed = ran.map(|()| scan.finish()).map_err(|e| e.to_string())?;
+        let changed = ran.and_then(|()| scan.finish()).map_err(|e| e.to_string())?;
         Ok(changed.then_some(out))
     }
 

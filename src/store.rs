@@ -1064,6 +1064,38 @@ impl Store {
         }
     }
 
+    /// Queue the entry of a withheld dead letter, fetched again and now readable (`raw`, with the privacy
+    /// rules applied), and delete the letter, in one transaction. `false` (and nothing changed) when the
+    /// letter is no longer there or no longer withheld (another retry took it meanwhile).
+    pub fn requeue_withheld(&mut self, id: i64, log_id: &LogId, raw: &str) -> Result<bool, StoreError> {
+        let now = now();
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::sqlite(&path, e))?;
+        let run = |tx: &Transaction<'_>| -> rusqlite::Result<bool> {
+            let tenant: Option<String> = tx
+                .query_row("SELECT tenant FROM dead_letter WHERE id = ?1 AND withheld = 1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(tenant) = tenant else { return Ok(false) };
+            tx.execute(
+                "INSERT INTO outbox (tenant, log_id, raw, fetched_at) VALUES (?1, ?2, ?3, ?4)",
+                params![tenant, log_id.as_str(), raw, now],
+            )?;
+            tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
+            tx.execute("UPDATE tenant SET outbox_count = outbox_count + 1 WHERE domain = ?1", [&tenant])?;
+            Ok(true)
+        };
+        let done = run(&tx).map_err(|e| StoreError::sqlite(&path, e))?;
+        if done {
+            tx.commit().map_err(|e| StoreError::sqlite(&path, e))?;
+        }
+        Ok(done)
+    }
+
     /// The cached token of a tenant.
     pub fn load_token(&self, tenant: &str) -> Result<Option<StoredToken>, StoreError> {
         self.read(|conn| {

@@ -16,9 +16,8 @@
 //! written directly into a `String`.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -714,7 +713,7 @@ fn write_event(
     }
     if let Some(group_id) = group_id {
         out.push_str(",\"groupId\":");
-        push_json_str(out, &group_id);
+        crate::json_text::push_string(out, &group_id);
     }
     out.push_str(",\"anonymousId\":\"");
     out.push_str(anonymous.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
@@ -740,8 +739,9 @@ impl GroupIdError {
     }
 }
 
-/// Upstream's `getGroupId`: the second-to-last `/` segment of `details.request.path`, which must be non-empty.
-fn group_id(details: Option<&RawValue>) -> Result<String, GroupIdError> {
+/// Upstream's `getGroupId`: the second-to-last `/` segment of `details.request.path`, which must be non-empty,
+/// as WTF-8 (see `json_text`).
+fn group_id(details: Option<&RawValue>) -> Result<Vec<u8>, GroupIdError> {
     let path = details
         .and_then(|det| nested(det, &["request"]))
         .and_then(|req| pick(req, &["path"]).ok())
@@ -750,13 +750,14 @@ fn group_id(details: Option<&RawValue>) -> Result<String, GroupIdError> {
     let Some(path) = path else {
         return Err(GroupIdError::Missing(None));
     };
-    let Some(text) = json_str(path) else {
+    // As WTF-8: a path holding a lone surrogate still splits as JavaScript splits it.
+    let Some(text) = crate::json_text::string_value(path) else {
         return Err(GroupIdError::NotAString(path.get().to_owned()));
     };
-    let parts: Vec<&str> = text.split('/').collect();
+    let parts: Vec<&[u8]> = text.split(|&b| b == b'/').collect();
     match parts.len().checked_sub(2).map(|i| parts[i]) {
-        Some(segment) if !segment.is_empty() => Ok(segment.to_owned()),
-        _ => Err(GroupIdError::Missing(Some(text.into_owned()))),
+        Some(segment) if !segment.is_empty() => Ok(segment.to_vec()),
+        _ => Err(GroupIdError::Missing(Some(crate::json_text::to_str_lossy(&text).into_owned()))),
     }
 }
 
@@ -780,12 +781,6 @@ fn array_event_name(ty: &RawValue) -> Option<&'static str> {
 fn put(out: &mut String, prefix: &str, value: &RawValue) {
     out.push_str(prefix);
     out.push_str(value.get());
-}
-
-/// Append a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    // Serializing a &str into a String cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
 /// An object being written whose keys are all optional.
@@ -837,15 +832,10 @@ pub(crate) fn is_truthy(v: &RawValue) -> bool {
     }
 }
 
-/// The text of a raw value when it is a JSON string.
+/// The text of a raw value when it is a JSON string without lone surrogates (a string with one never equals
+/// a type code, a description the rules look for, or a valid log_id).
 fn json_str(v: &RawValue) -> Option<Cow<'_, str>> {
-    let text = v.get();
-    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.contains('\\') {
-        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
-    } else {
-        Some(Cow::Borrowed(inner))
-    }
+    crate::json_text::str_value(v)
 }
 
 /// Walk `path` through nested objects; `None` when a step is missing, null or not an object.
@@ -883,63 +873,13 @@ fn pick<'a, const N: usize>(
     pick_text(object.get(), keys)
 }
 
-/// `pick` on text, which must be exactly one JSON object.
+/// `pick` on text, which must be exactly one JSON object; keys are read as JavaScript reads them, lone
+/// surrogates included (see `json_text`).
 fn pick_text<'a, const N: usize>(
     text: &'a str,
     keys: &[&str; N],
 ) -> Result<[Option<&'a RawValue>; N], serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let found = de.deserialize_map(Pick { keys })?;
-    de.end()?;
-    Ok(found)
-}
-
-/// Visitor of `pick`.
-struct Pick<'k, const N: usize> {
-    keys: &'k [&'k str; N],
-}
-
-impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
-    type Value = [Option<&'de RawValue>; N];
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = [None; N];
-        while let Some(index) = map.next_key_seed(KeyIndex { keys: self.keys })? {
-            match index {
-                Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?),
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(found)
-    }
-}
-
-/// Reads an object key as its index in `keys` without allocating (unless the key has escapes).
-struct KeyIndex<'k> {
-    keys: &'k [&'k str],
-}
-
-impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.keys.iter().position(|k| *k == key))
-    }
+    crate::json_text::pick(text, keys)
 }
 
 // Indices into `Fields`, in the order of `FIELD_KEYS`.
@@ -1193,6 +1133,28 @@ mod tests {
     }
 
     /// Non-objects and type-less entries are errors that say what is wrong.
+    /// Lone surrogates, valid JSON that JavaScript reads, are read too: in keys at any level, in copied
+    /// values (kept as the escapes they are, as `JSON.stringify` writes them), in the type, and in the path a
+    /// group id is cut from.
+    #[test]
+    fn entries_with_lone_surrogates_transform_as_javascript_reads_them() {
+        let out = entry(
+            r#"{"\ud800":1,"type":"f","user_name":"\ud800victim@example.org","log_id":"90","details":{"\udc00":"x"}}"#,
+        )
+        .expect("transforms");
+        assert!(out.contains(r#""user_name":"\ud800victim@example.org""#), "{out}");
+        assert!(out.contains(r#""event":"Failed Login""#), "{out}");
+        assert!(out.contains(r#""details":{"\udc00":"x"}"#), "{out}");
+        let out = entry(r#"{"type":"x\ud800","log_id":"91"}"#).expect("transforms");
+        assert!(out.contains(r#""event":"x\ud800""#), "{out}");
+        let group = r#"{"type":"sapi","description":"Add members to an organization","log_id":"92","details":{"request":{"path":"/api/v2/organizations/org_\ud800\u0041/members"}}}"#;
+        let out = entry(group).expect("transforms");
+        assert!(out.contains(r#""groupId":"org_\ud800A""#), "{out}");
+        let wrapped = transform_any(T, &raw(r#"{"\ud800":0,"log_id":"93","data":{"type":"s","\ud800":1}}"#))
+            .expect("a wrapper");
+        assert!(wrapped.json.contains(r#""log_id":"93""#), "{}", wrapped.json);
+    }
+
     #[test]
     fn unusable_entries_are_errors_with_reasons() {
         assert_eq!(entry("null"), Err(TransformError::NullEntry));

@@ -3,7 +3,8 @@
 //!
 //! Entries are kept as raw JSON (`Box<RawValue>`) so that what reaches the outbox is byte-for-byte what Auth0
 //! sent, and so that an element that is not even an object is still carried to the pipeline, which
-//! dead-letters it instead of losing the whole page. Paging uses `from`/`take` only (search mode caps out at
+//! dead-letters it instead of losing the whole page. For the same reason an element that is not valid UTF-8
+//! is carried apart ([`Unreadable`]) rather than making the page unusable. Paging uses `from`/`take` only (search mode caps out at
 //! 1,000 results), and `from` is always a validated [`LogId`], so no request URL is ever built from an
 //! unchecked id.
 //!
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use chrono::SecondsFormat;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap, LOCATION};
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use super::pace::{self, Pacer};
@@ -32,10 +34,54 @@ use crate::telemetry::TenantTelemetry;
 pub struct Page {
     /// The entries, raw, in the order Auth0 returned them (`log_id` order).
     pub entries: Vec<Box<RawValue>>,
+    /// The elements that are not valid UTF-8 (see [`Unreadable`]), kept apart so the rest of the page is not
+    /// lost with them.
+    pub unreadable: Vec<Unreadable>,
     /// The `from` of the `Link: <...>; rel="next"` header, when Auth0 sent a valid one: on a non-empty page the
     /// last entry's `log_id`, on an empty page the `from` of the request. Informative only: the cursor comes
     /// from the entries themselves.
     pub next_from: Option<LogId>,
+}
+
+/// An element of an answer that is not valid UTF-8, which JSON requires: it cannot be read as text, so no
+/// rule can be applied to it. What is kept is what identifies it without holding its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// 1-based position in its page.
+    pub position: usize,
+    /// Offset of the first byte that is not UTF-8, in the element.
+    pub invalid_at: usize,
+    /// Bytes of the element.
+    pub size: u64,
+    /// SHA-256 of the element's bytes.
+    pub sha256: [u8; 32],
+    /// The element with each invalid byte sequence replaced by U+FFFD, as a JavaScript reader decodes it:
+    /// read for its `log_id` and kept whole only where no privacy rules apply.
+    pub lossy: String,
+}
+
+impl Unreadable {
+    fn new(position: usize, bytes: &[u8], invalid_at: usize) -> Unreadable {
+        use sha2::Digest;
+        Unreadable {
+            position,
+            invalid_at,
+            size: bytes.len() as u64,
+            sha256: sha2::Sha256::digest(bytes).into(),
+            lossy: String::from_utf8_lossy(bytes).into_owned(),
+        }
+    }
+}
+
+/// What `GET /api/v2/logs/{id}` gave.
+#[derive(Debug)]
+pub enum ById {
+    /// The entry.
+    Found(Box<RawValue>),
+    /// An entry that is not valid UTF-8.
+    Unreadable(Unreadable),
+    /// Auth0 does not hold that id (404): never logged, or aged out of the tenant's retention.
+    Gone,
 }
 
 /// Where a state with no cursor begins.
@@ -123,15 +169,39 @@ impl Client {
     pub async fn page_after(&self, from: &LogId, take: u32) -> Result<Page, Error> {
         let query = [("from", from.to_string()), ("take", take.to_string())];
         let (headers, body, url) = self.get(&query, Some(from)).await?;
-        let entries = parse_array(&body, &url)?;
+        let (entries, unreadable) = parse_page(&body, &url)?;
         let next_from = headers
             .get_all(reqwest::header::LINK)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(next_from_link)
             .and_then(|s| LogId::parse(&s).ok());
-        tracing::debug!(from = %from, take, entries = entries.len(), "read a page of /api/v2/logs");
-        Ok(Page { entries, next_from })
+        tracing::debug!(from = %from, take, entries = entries.len(), unreadable = unreadable.len(), "read a page of /api/v2/logs");
+        Ok(Page { entries, unreadable, next_from })
+    }
+
+    /// Read one entry by its `log_id` (`GET /api/v2/logs/{id}`), with the same pacing, token, bound on the
+    /// body and error handling as a page. A 404 is [`ById::Gone`].
+    pub async fn log_by_id(&self, id: &LogId) -> Result<ById, Error> {
+        // A LogId is ASCII letters and digits only: it needs no escaping in a path.
+        let url = reqwest::Url::parse(&format!("{}/{id}", self.inner.logs_url))
+            .map_err(|e| Error::Setup(format!("{}: {e}", self.inner.logs_url)))?;
+        let (_, body, shown) = match self.get_url(url, None).await {
+            Err(Error::Status { status: 404, .. }) => return Ok(ById::Gone),
+            other => other?,
+        };
+        match serde_json::from_slice::<Box<RawValue>>(&body) {
+            Ok(entry) => Ok(ById::Found(entry)),
+            Err(e) => match std::str::from_utf8(&body) {
+                Err(bad) if serde_json::from_slice::<IgnoredAny>(&body).is_ok() => {
+                    Ok(ById::Unreadable(Unreadable::new(1, &body, bad.valid_up_to())))
+                }
+                _ => Err(Error::Body {
+                    url: shown,
+                    message: format!("expected one log entry as JSON ({} bytes): {e}", body.len()),
+                }),
+            },
+        }
     }
 
     /// Find where a fresh state begins. `LogId` needs no request; the others are one search-mode query each.
@@ -169,19 +239,38 @@ impl Client {
         }
         query.extend([("sort", sort.to_string()), ("per_page", "1".into()), ("page", "0".into())]);
         let (_, body, url) = self.get(&query, None).await?;
-        parse_array(&body, &url)
+        match parse_page(&body, &url)? {
+            (entries, unreadable) if unreadable.is_empty() => Ok(entries),
+            // The one entry a search finds decides where a state begins: it has to be read.
+            (_, unreadable) => Err(Error::Body {
+                url,
+                message: format!(
+                    "the entry found is not valid UTF-8 (byte {} of it)",
+                    unreadable[0].invalid_at
+                ),
+            }),
+        }
     }
 
-    /// One paced, authenticated GET of `/api/v2/logs`, with a single re-authentication on 401. Returns the
-    /// headers, the body, and the URL for messages.
+    /// One paced, authenticated GET of `/api/v2/logs` with this query (see `get_url`).
     async fn get(
         &self,
         query: &[(&str, String)],
         from: Option<&LogId>,
     ) -> Result<(HeaderMap, Vec<u8>, String), Error> {
+        let url = reqwest::Url::parse_with_params(&self.inner.logs_url, query)
+            .map_err(|e| Error::Setup(format!("{}: {e}", self.inner.logs_url)))?;
+        self.get_url(url, from).await
+    }
+
+    /// One paced, authenticated GET of a logs URL, with a single re-authentication on 401. Returns the
+    /// headers, the body, and the URL for messages.
+    async fn get_url(
+        &self,
+        url: reqwest::Url,
+        from: Option<&LogId>,
+    ) -> Result<(HeaderMap, Vec<u8>, String), Error> {
         let inner = &*self.inner;
-        let url = reqwest::Url::parse_with_params(&inner.logs_url, query)
-            .map_err(|e| Error::Setup(format!("{}: {e}", inner.logs_url)))?;
         let shown = url.to_string();
         let transport = |e: reqwest::Error| {
             let message = crate::logging::Chain(&e.without_url()).to_string();
@@ -288,16 +377,103 @@ fn next_from_link(header: &str) -> Option<String> {
     })
 }
 
-fn parse_array(body: &[u8], url: &str) -> Result<Vec<Box<RawValue>>, Error> {
-    serde_json::from_slice::<Vec<Box<RawValue>>>(body).map_err(|e| Error::Body {
+/// The elements of a JSON array of log entries: those that are text as raw JSON, and apart those that are
+/// not valid UTF-8 but otherwise JSON, so that one damaged entry does not hold up the page. Anything else
+/// that is not a JSON array is an unusable body.
+fn parse_page(body: &[u8], url: &str) -> Result<(Vec<Box<RawValue>>, Vec<Unreadable>), Error> {
+    let unusable = |e: serde_json::Error| Error::Body {
         url: url.to_string(),
         message: format!("expected a JSON array of log entries ({} bytes): {e}", body.len()),
-    })
+    };
+    let strict = match serde_json::from_slice::<Vec<Box<RawValue>>>(body) {
+        Ok(entries) => return Ok((entries, Vec::new())),
+        Err(e) => e,
+    };
+    // Only a body that is JSON but for its encoding is split; serde_json does not check UTF-8 when it
+    // merely skips values.
+    if std::str::from_utf8(body).is_ok() || serde_json::from_slice::<Vec<IgnoredAny>>(body).is_err() {
+        return Err(unusable(strict));
+    }
+    let mut entries = Vec::new();
+    let mut unreadable = Vec::new();
+    for (i, element) in array_elements(body).into_iter().enumerate() {
+        let bytes = &body[element];
+        match std::str::from_utf8(bytes) {
+            Ok(text) => entries.push(RawValue::from_string(text.to_owned()).map_err(unusable)?),
+            Err(bad) => unreadable.push(Unreadable::new(i + 1, bytes, bad.valid_up_to())),
+        }
+    }
+    Ok((entries, unreadable))
+}
+
+/// Where each element of a JSON array begins and ends. `body` must be a valid JSON array but for its
+/// encoding (checked by the caller): only strings, escapes and brackets are tracked.
+fn array_elements(body: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let Some(open) = body.iter().position(|&b| b == b'[') else { return out };
+    let mut i = open + 1;
+    let mut depth = 0usize;
+    let mut start = None;
+    let mut in_string = false;
+    while let Some(&b) = body.get(i) {
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' if depth > 0 => depth -= 1,
+                b',' | b']' if depth == 0 => {
+                    if let Some(s) = start.take() {
+                        out.push(s..trim_end(body, i));
+                    }
+                    if b == b']' {
+                        break;
+                    }
+                }
+                b' ' | b'\n' | b'\r' | b'\t' => {}
+                _ => {}
+            }
+            if start.is_none() && !matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b',' | b']') {
+                start = Some(i);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `end`, less the whitespace before it.
+fn trim_end(body: &[u8], mut end: usize) -> usize {
+    while end > 0 && matches!(body[end - 1], b' ' | b'\n' | b'\r' | b'\t') {
+        end -= 1;
+    }
+    end
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page with an element that is not UTF-8 keeps its other entries, in order, and that element apart.
+    #[test]
+    fn an_element_that_is_not_utf8_is_kept_apart() {
+        let body = b" [ {\"log_id\":\"1\",\"a\":[1,{\"b\":\"]}\"}]} , {\"log_id\":\"2\",\"n\":\"\xff\\\"\"}, \"x\",7 ]";
+        let (entries, bad) = parse_page(body, "u").expect("a page");
+        let texts: Vec<&str> = entries.iter().map(|e| e.get()).collect();
+        assert_eq!(texts, [r#"{"log_id":"1","a":[1,{"b":"]}"}]}"#, r#""x""#, "7"]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!((bad[0].position, bad[0].invalid_at, bad[0].size), (2, 19, 24));
+        assert_eq!(bad[0].lossy, "{\"log_id\":\"2\",\"n\":\"\u{FFFD}\\\"\"}");
+        // Not JSON at all, or invalid UTF-8 where JSON is broken too: the whole body is unusable.
+        assert!(parse_page(b"[{\"a\":1}", "u").is_err());
+        assert!(parse_page(b"[{\"a\":\"\xff}]", "u").is_err());
+        assert!(parse_page(b"[]", "u").expect("empty").0.is_empty());
+    }
 
     #[test]
     fn the_next_link_yields_its_from() {

@@ -1,7 +1,7 @@
 //! The Auth0 Management API client: a client-credentials token, a pacer, and `/api/v2/logs` paging.
 //!
-//! Only two endpoints are used, `POST /oauth/token` and `GET /api/v2/logs`, so this is a small hand-written
-//! client rather than an SDK (the generated SDKs dropped the `from`/`take` checkpoint mode we depend on).
+//! Only three endpoints are used, `POST /oauth/token`, `GET /api/v2/logs` and (for `dead-letter retry`)
+//! `GET /api/v2/logs/{id}`, so this is a small hand-written client rather than an SDK (the generated SDKs dropped the `from`/`take` checkpoint mode we depend on).
 //! Every failure becomes one [`Error`] whose classification drives the pipeline: transient errors are retried
 //! with backoff, an expired checkpoint starts the gap handling, and anything else is fatal and must reach the
 //! operator with a message that says what to fix. Messages name the URL and the client id, never the client
@@ -13,7 +13,7 @@ pub mod token;
 
 use std::time::Duration;
 
-pub use logs::{Bootstrap, Client, Page};
+pub use logs::{Bootstrap, ById, Client, Page, Unreadable};
 pub use token::OnMint;
 
 /// A failed call to Auth0.

@@ -6,8 +6,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::auth0::{self, Bootstrap};
+use std::collections::HashMap;
+
+use crate::auth0::{self, Bootstrap, ById};
 use crate::config::{Config, Start};
+use crate::entry::LogId;
 use crate::pipeline::fetcher;
 use crate::pipeline::lock::{Holder, StateLock, Waited};
 use crate::store::{DeadLetter, PageCommit, Store, StoreError};
@@ -37,7 +40,10 @@ pub async fn resume(config: &Config, tenant: Option<&str>, out: &mut dyn Write) 
     )?;
     let page = match client.bootstrap(&Start::Oldest).await? {
         Bootstrap::Found { entry, .. } => {
-            let c = fetcher::classify(std::slice::from_ref(&entry), None, &t.auth0.filter, None);
+            // The entry is forwarded: the tenant's privacy rules apply to it as to every fetched entry.
+            let rewrite = crate::pipeline::privacy_rewrite(t);
+            let c =
+                fetcher::classify(std::slice::from_ref(&entry), None, &t.auth0.filter, rewrite.as_deref());
             if c.first.is_none() {
                 return Err(Error::Usage(format!(
                     "the oldest entry Auth0 retains for {domain} has no valid log_id ({}); nothing was changed",
@@ -140,6 +146,13 @@ pub fn dead_letters(config: &Config, tenant: Option<&str>, limit: usize) -> Resu
 /// `dead-letter retry`: move dead letters back into the outbox (the given ids, or all of the tenant's, or all).
 /// Beside a running daemon, which delivers them within about a second; any other holder of the state is
 /// waited for, so that the rows are not queued behind a command about to end.
+///
+/// A letter kept with its text is queued again as it is. A withheld letter (kept without its text: see
+/// `store::Kept`) is fetched again from Auth0 by its `log_id`: if the entry can now be read, the privacy
+/// rules are applied and it is queued, and the letter deleted, in one transaction; otherwise it stays set
+/// aside, and what happened is said for each letter. A withheld letter without a `log_id`, or of a tenant the
+/// config no longer names, cannot be fetched and stays too. Auth0 failures are reported per letter and end
+/// the command with an error once every letter was tried.
 pub async fn retry_dead_letters(
     config: &Config,
     tenant: Option<&str>,
@@ -165,17 +178,95 @@ pub async fn retry_dead_letters(
         Waited::Cancelled => return Err(Error::Usage("stopped by signal before anything was moved".into())),
     };
     let retried = store.retry_dead_letters(tenant.as_deref(), ids)?;
-    drop(waited);
-    let moved = retried.moved;
+    let mut moved = retried.moved;
     let _ = writeln!(out, "{moved} dead letter{} moved back to the outbox", super::status::plural(moved));
+    let mut clients: HashMap<String, auth0::Client> = HashMap::new();
+    let mut failed: Option<auth0::Error> = None;
     for w in &retried.withheld {
-        let _ = writeln!(
-            out,
-            "dead letter {} ({}, log_id {}) was kept without its text and stays set aside",
-            w.id,
-            w.tenant,
-            w.log_id.as_deref().unwrap_or("unknown")
-        );
+        let which =
+            format!("dead letter {} ({}, log_id {})", w.id, w.tenant, w.log_id.as_deref().unwrap_or("-"));
+        let Some(log_id) = w.log_id.as_deref().and_then(|id| LogId::parse(id).ok()) else {
+            let _ = writeln!(
+                out,
+                "{which} was kept without its text and has no log_id, so it cannot be fetched again: it stays set aside"
+            );
+            continue;
+        };
+        let Some(t) = config.tenant(&w.tenant) else {
+            let _ = writeln!(
+                out,
+                "{which} was kept without its text, and the config no longer names its tenant to fetch it from: it stays set aside"
+            );
+            continue;
+        };
+        let client = match clients.get(&w.tenant) {
+            Some(c) => c.clone(),
+            None => {
+                let stored = store.load_token(&w.tenant)?;
+                let http = crate::http::client(t.auth0.tls_ca.as_ref())
+                    .map_err(|e| auth0::Error::Setup(crate::logging::Chain(&e).to_string()))?;
+                let c = auth0::Client::with(
+                    &t.auth0,
+                    http,
+                    crate::telemetry::TenantTelemetry::disabled(),
+                    stored,
+                    None,
+                )?;
+                clients.insert(w.tenant.clone(), c.clone());
+                c
+            }
+        };
+        match client.log_by_id(&log_id).await {
+            Ok(ById::Found(entry)) => {
+                let rewritten = match crate::pipeline::privacy_rewrite(t) {
+                    Some(rewrite) => rewrite(entry.get()),
+                    None => Ok(entry.get().to_string()),
+                };
+                match rewritten {
+                    Ok(raw) => {
+                        if store.requeue_withheld(w.id, &log_id, &raw)? {
+                            moved += 1;
+                            let _ = writeln!(
+                                out,
+                                "{which} was fetched again from Auth0 and moved back to the outbox"
+                            );
+                        } else {
+                            let _ = writeln!(
+                                out,
+                                "{which} was fetched again, but another retry took it meanwhile"
+                            );
+                        }
+                    }
+                    Err(why) => {
+                        let _ = writeln!(
+                            out,
+                            "{which} was fetched again and still cannot be read by the privacy rules ({why}): it stays set aside without its text"
+                        );
+                    }
+                }
+            }
+            Ok(ById::Unreadable(u)) => {
+                let _ = writeln!(
+                    out,
+                    "{which} was fetched again and still cannot be read (not valid UTF-8 at byte {}): it stays set aside without its text",
+                    u.invalid_at
+                );
+            }
+            Ok(ById::Gone) => {
+                let _ = writeln!(
+                    out,
+                    "{which}: Auth0 no longer holds this entry (it may be older than the tenant's log retention); it stays set aside without its text"
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "{which} could not be fetched again from Auth0 ({}): it stays set aside",
+                    crate::logging::Chain(&e)
+                );
+                failed.get_or_insert(e);
+            }
+        }
     }
     if moved > 0 {
         let _ = match daemon {
@@ -183,7 +274,11 @@ pub async fn retry_dead_letters(
             None => writeln!(out, "no daemon is running: `run` or `sync` delivers them"),
         };
     }
-    Ok(())
+    drop(waited);
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// `backup PATH`: a consistent copy of the state, safe while `run` is using it.

@@ -99,13 +99,64 @@ pub fn classify(
     out
 }
 
-/// What a dead letter may keep of an entry: the entry as the privacy rules rewrite it, or, when they cannot
-/// read it, nothing but its size and hash (its clear values must never be stored).
+/// What a dead letter may keep of an element that holds no entry: with privacy rules, the element as the
+/// rules rewrite it when it is an object or array (whose keys the rules can name); otherwise, or when the
+/// rules cannot read it, nothing but its size and hash. A bare string or number is no entry whose fields a
+/// rule could name, so whatever it holds (an e-mail address, say) is not kept.
 pub fn kept(text: &str, rewrite: Option<&Rewrite>) -> Kept {
-    match rewrite.map(|f| f(text)) {
-        None => Kept::Whole(text.to_string()),
-        Some(Ok(rewritten)) => Kept::Whole(rewritten),
-        Some(Err(_)) => Kept::withheld(text.as_bytes(), String::new()),
+    let Some(rewrite) = rewrite else {
+        return Kept::Whole(text.to_string());
+    };
+    let structured = matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
+    match rewrite(text) {
+        Ok(rewritten) if structured => Kept::Whole(rewritten),
+        _ => Kept::withheld(text.as_bytes(), String::new()),
+    }
+}
+
+/// Add the elements of a page that are not valid UTF-8 (see [`auth0::Unreadable`]) to a classified page.
+/// Such an element is read for its head as a JavaScript reader would decode it (each invalid sequence as
+/// U+FFFD); with a valid `log_id` it counts like any entry and may move the cursor. It is set aside: with
+/// privacy rules, without its text; without them, as decoded, so that a retry can deliver that.
+pub fn add_unreadable(
+    out: &mut Classified,
+    unreadable: &[auth0::Unreadable],
+    cursor: Option<&LogId>,
+    filter: &crate::config::Filter,
+    privacy: bool,
+) {
+    for u in unreadable {
+        let head = entry::read_head(&u.lossy).ok();
+        let log_id = head.as_ref().and_then(|h| h.log_id.clone().ok());
+        if let (Some(id), Some(h)) = (&log_id, &head) {
+            out.valid += 1;
+            let at = Cursor { log_id: id.clone(), date: h.date };
+            out.first.get_or_insert_with(|| at.clone());
+            let above = cursor.is_none_or(|c| id > c);
+            if above && out.commit.cursor.as_ref().is_none_or(|g| *id > g.log_id) {
+                out.commit.cursor = Some(at);
+            }
+            if cursor == Some(id) {
+                out.commit.repeated += 1;
+                continue;
+            }
+            if !filter.keeps(h.kind.as_deref(), h.client_id.as_deref()) {
+                out.commit.filtered += 1;
+                continue;
+            }
+        }
+        let kept = if privacy {
+            Kept::Withheld { size: u.size, sha256: u.sha256, excerpt: String::new() }
+        } else {
+            Kept::Whole(u.lossy.clone())
+        };
+        let problem = format!("not valid UTF-8 (byte {} of the entry)", u.invalid_at);
+        out.first_problem.get_or_insert_with(|| problem.clone());
+        out.commit.dead_letters.push(NewDeadLetter {
+            log_id,
+            kept,
+            reason: format!("page entry {}: {problem}", u.position),
+        });
     }
 }
 
@@ -303,14 +354,16 @@ impl Fetcher {
             }
             Err(e) => return Err(e.into()),
         };
-        let n = page.entries.len();
+        let n = page.entries.len() + page.unreadable.len();
         if n == 0 {
             let d = self.t.domain.clone();
             self.store.call(move |s| s.touch_fetch(&d)).await?;
             self.t.note_caught_up();
             return Ok(Fetched::CaughtUp);
         }
-        let c = self.classify(&page.entries, Some(&cursor.log_id));
+        let mut c = self.classify(&page.entries, Some(&cursor.log_id));
+        let privacy = self.t.rewrite.is_some();
+        add_unreadable(&mut c, &page.unreadable, Some(&cursor.log_id), &self.t.cfg.auth0.filter, privacy);
         if c.valid == 0 {
             return self.stall(c, &format!("the page after {}", cursor.log_id)).await;
         }

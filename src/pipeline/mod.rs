@@ -417,7 +417,7 @@ impl TenantRun {
 }
 
 /// Build what an operator's `[privacy]` rules do to an entry, when they do anything.
-fn privacy_rewrite(cfg: &config::Tenant) -> Option<Arc<Rewrite>> {
+pub fn privacy_rewrite(cfg: &config::Tenant) -> Option<Arc<Rewrite>> {
     let rules = cfg.privacy.as_ref()?.rules()?.clone();
     Some(Arc::new(move |raw: &str| rules.apply(raw).map(|c| c.into_owned()).map_err(|e| e.to_string())))
 }

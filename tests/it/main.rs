@@ -18,3 +18,4 @@ mod support;
 mod sync;
 mod tenants;
 mod transform;
+mod withheld;

@@ -464,7 +464,7 @@ async fn messages_name_dead_letters_by_their_listed_id_with_the_right_plural() {
 /// The text form of `dead-letter list` has real tab-separated columns, and a reason quoting a file name with
 /// a tab, a line break and an escape sequence in it stays one field of one line, its characters escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letter_list_prints_one_line_of_five_tab_separated_columns_per_letter() {
+async fn dead_letter_list_prints_one_line_of_six_tab_separated_columns_per_letter() {
     let (auth0, rudder) = start_fakes().await;
     let mut entries = auth0.make_entries(3);
     entries[1].as_object_mut().unwrap().remove("log_id");
@@ -484,10 +484,10 @@ async fn dead_letter_list_prints_one_line_of_five_tab_separated_columns_per_lett
     let stdout = String::from_utf8(list.stdout).unwrap();
     let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 2, "a header and one letter:\n{stdout}");
-    assert_eq!(rows[0], ["id", "tenant", "created_at", "log_id", "reason"]);
+    assert_eq!(rows[0], ["id", "tenant", "created_at", "log_id", "kept", "reason"]);
     let row = &rows[1];
-    assert_eq!(row.len(), 5, "{row:?}");
+    assert_eq!(row.len(), 6, "{row:?}");
     assert!(row[0].parse::<i64>().is_ok(), "{row:?}");
-    assert_eq!((row[1], row[3]), (DOMAIN, "-"), "{row:?}");
-    assert!(row[4].contains(r"x\tforged\ncolumn\x1b[31m.ndjson"), "the file name, escaped: {row:?}");
+    assert_eq!((row[1], row[3], row[4]), (DOMAIN, "-", "whole"), "{row:?}");
+    assert!(row[5].contains(r"x\tforged\ncolumn\x1b[31m.ndjson"), "the file name, escaped: {row:?}");
 }

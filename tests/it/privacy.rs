@@ -10,6 +10,7 @@ use secrecy::SecretSlice;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::support::addresses;
 use crate::support::fixtures::{self, TENANT};
 
 /// The fields hashed in these tests.
@@ -54,9 +55,16 @@ fn event_pairs(p: &Privacy) -> Vec<(String, Value, Value)> {
     pairs
 }
 
-/// Whether a key is one `truncate_ip` applies to.
-fn is_ip_key(key: &str) -> bool {
-    key == "ip" || key.ends_with("_ip")
+/// Whether `protected` is `plain` with IP addresses truncated: both strings, equal once every character an
+/// address can hold is taken out, and holding no full address (by the independent scan of
+/// `support::addresses`) while `plain` held one.
+fn only_addresses_truncated(plain: &Value, protected: &Value) -> bool {
+    let (Some(a), Some(b)) = (plain.as_str(), protected.as_str()) else { return false };
+    let outside = |s: &str| {
+        s.chars().filter(|c| !(c.is_ascii_hexdigit() || *c == '.' || *c == ':')).collect::<String>()
+    };
+    let full = |s: &str| addresses::find(s).iter().any(|x| addresses::full_address(x).is_some());
+    outside(a) == outside(b) && full(a) && !full(b)
 }
 
 /// Split a JSON tree's string values into those under a hashed key and all others.
@@ -156,8 +164,9 @@ fn differences(a: &Value, b: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<S
     }
 }
 
-/// The only paths where the protected event differs from the unprotected one end in a hashed key or an IP
-/// key; and the two ids, only for entries without a string log_id, whose ids derive from the entry's bytes.
+/// The only paths where the protected event differs from the unprotected one end in a hashed key, or hold a
+/// string whose IP addresses were truncated and nothing else; and the two ids, only for entries without a
+/// string log_id, whose ids derive from the entry's bytes.
 #[test]
 fn the_output_differs_only_under_hashed_and_ip_keys() {
     let p = privacy(b"test-key-0123456789abcdef");
@@ -171,7 +180,16 @@ fn the_output_differs_only_under_hashed_and_ip_keys() {
         for path in &paths {
             let last = path.last().map(String::as_str).unwrap_or_default();
             let ids = matches!(last, "messageId" | "anonymousId") && path.len() == 1 && ids_from_bytes;
-            assert!(HASHED.contains(&last) || is_ip_key(last) || ids, "{path:?} changed in {text}");
+            let at = |v: &Value| {
+                path.iter().fold(v.clone(), |v, k| {
+                    match k.strip_prefix('[').and_then(|i| i.strip_suffix(']')) {
+                        Some(i) => v[i.parse::<usize>().unwrap()].clone(),
+                        None => v[k.as_str()].clone(),
+                    }
+                })
+            };
+            let truncated = only_addresses_truncated(&at(&plain), &at(&protected));
+            assert!(HASHED.contains(&last) || truncated || ids, "{path:?} changed in {text}");
         }
         changed += paths.len();
     }
@@ -381,6 +399,82 @@ mod daemon {
         let hash = hashed_in_dead["user_name"].as_str().unwrap();
         assert_eq!(hash.len(), 64, "{hash}");
         assert_eq!(wrapped_dead["data"]["user_name"], hashed_in_dead["user_name"]);
+    }
+
+    /// Entries holding IP addresses in every place and form `truncate_ip` must cover.
+    fn addressed(auth0: &FakeAuth0) -> Vec<Value> {
+        let mut entries = auth0.make_entries(4);
+        // A real `pwd_leak` entry carries the full IPv6 address in its description.
+        entries[0]["type"] = json!("pwd_leak");
+        entries[0]["ip"] = json!("2001:db8:85a3:8d3:1319:8a2e:370:7348");
+        entries[0]["description"] = json!(
+            "This login was blocked because the password was leaked; IP 2001:db8:85a3:8d3:1319:8a2e:370:7348."
+        );
+        entries[1]["details"] = json!({
+            "request": {
+                "headers": {"x-forwarded-for": "203.0.113.195, 70.41.3.18,150.172.238.178", "X-Real-IP": "198.51.100.23"},
+                "IP": "192.0.2.146:51234",
+                "clientIP": "[2001:db8:abcd:12::5]:443",
+                "client_ip": "fe80::1ff:fe23:4567:890a%eth2",
+                "peers": ["100.64.7.9", "::ffff:198.51.100.99", "::ffff:c633:6463"],
+            }
+        });
+        // 6to4 embeds 198.51.100.77 in bits 16 to 47; Teredo its client (65.54.227.120 obfuscated) at the end.
+        entries[2]["ip"] = json!("2002:c633:644d:1::7");
+        entries[2]["details"] =
+            json!({"teredo": "2001:0:4136:e378:8000:63bf:be1c:1c87", "nat64": "64:ff9b::198.51.100.7"});
+        entries[3]["user_agent"] =
+            json!("Mozilla/5.0 Chrome/120.0.6099.109 from 10.1.2.3; via proxy at 10.20.30.40:3128");
+        entries
+    }
+
+    /// With `truncate_ip`, no full address is left anywhere in what RudderStack receives, in either mode, or
+    /// in the state file, by an independent scan (see `support::addresses`) that finds them in the input.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncate_ip_leaves_no_full_address_anywhere() {
+        use crate::support::addresses;
+        let full = |text: &str| -> Vec<String> {
+            addresses::find(text).iter().filter_map(addresses::full_address).collect()
+        };
+        for mode in ["batch", "webhook"] {
+            let (auth0, rudder) = start_fakes().await;
+            let entries = addressed(&auth0);
+            let input = serde_json::to_string(&entries).unwrap();
+            let found = full(&input).join("; ");
+            for form in [
+                "2001:db8:85a3:8d3:1319:8a2e:370:7348",
+                "2002:c633:644d:1::7",
+                "teredo client",
+                "fe80::",
+                "2001:db8:abcd:12::5",
+                "(mapped)",
+                "(nat64)",
+                "150.172.238.178",
+                "192.0.2.146",
+                "10.20.30.40",
+            ] {
+                assert!(found.contains(form), "the scan finds {form} in the input: {found}");
+            }
+            auth0.push(entries.clone());
+            let mut app = App::new(&auth0, &rudder);
+            app.set("privacy", "truncate_ip", true).set("rudderstack", "mode", mode);
+            let out = app.sync().await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            let received: Vec<u8> = rudder.bodies().concat();
+            let received = String::from_utf8(received).unwrap();
+            assert_eq!(full(&received), Vec::<String>::new(), "{mode}: {received}");
+            // What truncation leaves is still found, and is what it should be.
+            let left = addresses::find(&received);
+            for want in
+                ["2001:db8:85a3::", "2002:c633:6400::", "::ffff:198.51.100.0", "192.0.2.0", "150.172.238.0"]
+            {
+                assert!(left.contains(&want.parse().unwrap()), "{mode}: {want} not in {left:?}");
+            }
+            let state = String::from_utf8_lossy(&files_text(&app)).to_string();
+            assert_eq!(full(&state), Vec::<String>::new(), "{mode}: the state file");
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert_eq!(full(&stderr), Vec::<String>::new(), "{mode}: {stderr}");
+        }
     }
 
     /// `categories = ["Login - Failure", "Signup - Success"]` forwards exactly their documented codes;

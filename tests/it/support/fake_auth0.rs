@@ -1,9 +1,10 @@
-//! A stateful fake of the two Auth0 endpoints the daemon calls, written from Auth0's documentation, for one
+//! A stateful fake of the Auth0 endpoints the daemon calls, written from Auth0's documentation, for one
 //! tenant or many on one server.
 //!
 //! - `POST /oauth/token`: client credentials (form or JSON body), distinct opaque tokens with a configurable
 //!   `expires_in` (or any raw JSON text in its place), whose expiry the fake enforces; `401 access_denied` on
 //!   bad credentials.
+//! - `GET /api/v2/logs/{id}`: one retained entry by its `log_id` (scope `read:logs`), 404 for any other id.
 //! - `GET /api/v2/logs`: checkpoint mode (`from` strictly after, `take` ≤ 100, `Link: <...>; rel="next"`, an
 //!   empty page links to the same URL) and the search mode used by bootstrap (`sort=date:±1`, `per_page`,
 //!   `page`, `q=date:[T TO *]`, the 1,000-result cap). Retention can drop the oldest entries, and a `from`
@@ -186,7 +187,8 @@ struct TenantState {
     entries: Vec<Value>,
     /// Each entry of `entries` as compact JSON, made once when it is logged: a benchmark reads hundreds of
     /// thousands of entries, and serialising them on every page would make the fake slower than the daemon.
-    texts: Vec<String>,
+    /// What is served for each entry: its compact JSON, or the raw bytes given to [`Tenant::push_raw`].
+    texts: Vec<Vec<u8>>,
     /// Every entry has a string `log_id` greater than the one before it, so a `from` can be found by binary
     /// search (a benchmark holds hundreds of thousands of entries); otherwise pages are found by a scan.
     ordered: bool,
@@ -385,6 +387,16 @@ impl FakeAuth0 {
         self.first.push(entries);
     }
 
+    /// Append an entry to the first tenant's log, served as `text` (see [`Tenant::push_raw`]).
+    pub fn push_raw(&self, entry: Value, text: impl Into<Vec<u8>>) {
+        self.first.push_raw(entry, text);
+    }
+
+    /// Serve the first tenant's entry with this `log_id` as `text` from now on (see [`Tenant::replace_raw`]).
+    pub fn replace_raw(&self, log_id: &str, text: impl Into<Vec<u8>>) {
+        self.first.replace_raw(log_id, text);
+    }
+
     /// Append `n` synthetic entries to the first tenant's log and return them.
     pub fn push_synthetic(&self, n: usize) -> Vec<Value> {
         self.first.push_synthetic(n)
@@ -542,6 +554,27 @@ impl Tenant {
             for e in entries {
                 s.append(e);
             }
+        });
+    }
+
+    /// Append an entry served as `text`, byte for byte (a lone surrogate, invalid UTF-8, anything), in place
+    /// of `entry`'s JSON; `entry` gives its `log_id` and `date` for paging, search and `GET /api/v2/logs/{id}`.
+    pub fn push_raw(&self, entry: Value, text: impl Into<Vec<u8>>) {
+        self.with(|s| {
+            s.append(entry);
+            if let Some(last) = s.texts.last_mut() {
+                *last = text.into();
+            }
+        });
+    }
+
+    /// Serve the logged entry with this `log_id` as `text` from now on (an entry fixed, or damaged, after it
+    /// was first read).
+    pub fn replace_raw(&self, log_id: &str, text: impl Into<Vec<u8>>) {
+        self.with(|s| {
+            let i =
+                s.entries.iter().position(|e| e["log_id"].as_str() == Some(log_id)).expect("a logged entry");
+            s.texts[i] = text.into();
         });
     }
 
@@ -768,6 +801,7 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/oauth/token") => s.token(shared, req),
             ("GET", "/api/v2/logs") => s.logs(shared, req, grant),
+            ("GET", path) if path.starts_with("/api/v2/logs/") => s.log_by_id(req, grant),
             _ => api_error(404, "Not Found", "Not Found"),
         }
     });
@@ -817,7 +851,7 @@ impl TenantState {
             (Some(last), Some(id)) => id_cmp(id, last).is_gt(),
         };
         self.ordered &= follows;
-        self.texts.push(serde_json::to_string(&entry).unwrap());
+        self.texts.push(serde_json::to_vec(&entry).unwrap());
         self.entries.push(entry);
     }
 
@@ -958,32 +992,71 @@ impl TenantState {
     }
 
     fn logs_inner(&mut self, shared: &Shared, req: &Request, grant: Option<Grant>) -> Reply {
-        if req.header("authorization").is_none() {
-            return api_error(401, "Unauthorized", "Missing authentication");
-        }
-        let Some(grant) = grant.filter(|g| !g.revoked) else {
-            return api_error(401, "Unauthorized", "Invalid token");
-        };
-        // A token of another tenant, sent to this tenant's domain: its audience is not this API.
-        if grant.tenant != self.index {
-            return api_error(401, "Unauthorized", &format!("Bad audience: {}", self.opts.audience));
-        }
-        if Instant::now() >= grant.expiry {
-            return api_error(401, "Unauthorized", "Expired token received for JSON Web Token validation");
-        }
-        if !grant.scope.split(' ').any(|s| s == "read:logs") {
-            return Reply::json(
-                403,
-                &json!({
-                    "statusCode": 403, "error": "Forbidden",
-                    "message": "Insufficient scope, expected any of: read:logs", "errorCode": "insufficient_scope"
-                }),
-            );
+        if let Err(refused) = self.authorize(req, grant) {
+            return refused;
         }
         match req.query("from") {
             Some(from) => self.checkpoint(shared, req, from),
             None => self.search(req),
         }
+    }
+
+    /// `GET /api/v2/logs/{id}`: the one retained entry with that `log_id`, exactly as it is served in a page;
+    /// 404 for an id it does not hold (never logged, or aged out), as the Management API answers.
+    fn log_by_id(&mut self, req: &Request, grant: Option<Grant>) -> Reply {
+        let headers = match self.take_from_bucket() {
+            Ok(h) => h,
+            Err(reply) => return reply,
+        };
+        let mut reply = match self.authorize(req, grant) {
+            Err(refused) => refused,
+            Ok(()) => {
+                let id = req.path.trim_start_matches("/api/v2/logs/");
+                let found = (self.retained_from..self.entries.len())
+                    .find(|&i| self.entries[i]["log_id"].as_str() == Some(id));
+                match found {
+                    Some(i) => {
+                        Reply::new(200, self.texts[i].clone()).header("content-type", "application/json")
+                    }
+                    None => api_error(404, "Not Found", "The log does not exist."),
+                }
+            }
+        };
+        for (k, v) in &headers {
+            reply = reply.header(k, v);
+        }
+        reply
+    }
+
+    /// The checks every logs endpoint makes of the token: `Err` is the refusal to send.
+    fn authorize(&self, req: &Request, grant: Option<Grant>) -> Result<(), Reply> {
+        if req.header("authorization").is_none() {
+            return Err(api_error(401, "Unauthorized", "Missing authentication"));
+        }
+        let Some(grant) = grant.filter(|g| !g.revoked) else {
+            return Err(api_error(401, "Unauthorized", "Invalid token"));
+        };
+        // A token of another tenant, sent to this tenant's domain: its audience is not this API.
+        if grant.tenant != self.index {
+            return Err(api_error(401, "Unauthorized", &format!("Bad audience: {}", self.opts.audience)));
+        }
+        if Instant::now() >= grant.expiry {
+            return Err(api_error(
+                401,
+                "Unauthorized",
+                "Expired token received for JSON Web Token validation",
+            ));
+        }
+        if !grant.scope.split(' ').any(|s| s == "read:logs") {
+            return Err(Reply::json(
+                403,
+                &json!({
+                    "statusCode": 403, "error": "Forbidden",
+                    "message": "Insufficient scope, expected any of: read:logs", "errorCode": "insufficient_scope"
+                }),
+            ));
+        }
+        Ok(())
     }
 
     fn checkpoint(&self, shared: &Shared, req: &Request, from: &str) -> Reply {
@@ -1024,15 +1097,7 @@ impl TenantState {
         let page: Vec<usize> = old.into_iter().chain(new).collect();
         // The same bytes as serialising the page as one JSON array.
         let texts = &self.texts[self.retained_from..];
-        let mut body = String::with_capacity(2 + page.iter().map(|&i| texts[i].len() + 1).sum::<usize>());
-        body.push('[');
-        for (k, &i) in page.iter().enumerate() {
-            if k > 0 {
-                body.push(',');
-            }
-            body.push_str(&texts[i]);
-        }
-        body.push(']');
+        let body = array_body(page.iter().map(|&i| &texts[i][..]));
         Reply::new(200, body)
             .header("content-type", "application/json")
             .header("link", &format!("<{}/api/v2/logs?from={next}&take={take}>; rel=\"next\"", shared.url()))
@@ -1059,16 +1124,17 @@ impl TenantState {
                 ),
             );
         }
-        let mut hits: Vec<&Value> = self.entries[self.retained_from..].iter().collect();
+        let mut hits: Vec<usize> = (self.retained_from..self.entries.len()).collect();
         if let Some(q) = req.query("q") {
             let Some(lower) = parse_date_query(q) else {
                 return api_error(400, "Bad Request", &format!("The query '{q}' cannot be parsed"));
             };
-            hits.retain(|e| e["date"].as_str().and_then(|d| d.parse::<DateTime<Utc>>().ok()) >= Some(lower));
+            hits.retain(|&i| {
+                self.entries[i]["date"].as_str().and_then(|d| d.parse::<DateTime<Utc>>().ok()) >= Some(lower)
+            });
         }
-        let by_date = |a: &&Value, b: &&Value| {
-            a["date"].as_str().unwrap_or_default().cmp(b["date"].as_str().unwrap_or_default())
-        };
+        let date = |i: usize| self.entries[i]["date"].as_str().unwrap_or_default();
+        let by_date = |a: &usize, b: &usize| date(*a).cmp(date(*b));
         match req.query("sort").unwrap_or("date:-1") {
             "date:1" => hits.sort_by(by_date),
             "date:-1" => {
@@ -1077,9 +1143,23 @@ impl TenantState {
             }
             other => return api_error(400, "Bad Request", &format!("Invalid sort: {other}")),
         }
-        let out: Vec<Value> = hits.into_iter().skip(page * per_page).take(per_page).cloned().collect();
-        Reply::json(200, &Value::Array(out))
+        let out = hits.into_iter().skip(page * per_page).take(per_page);
+        Reply::new(200, array_body(out.map(|i| &self.texts[i][..])))
+            .header("content-type", "application/json")
     }
+}
+
+/// A JSON array of these element texts, as they are.
+fn array_body<'a>(elements: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = vec![b'['];
+    for (k, e) in elements.enumerate() {
+        if k > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e);
+    }
+    body.push(b']');
+    body
 }
 
 /// `date:[T TO *]` → T (inclusive lower bound). Nothing else is understood.

@@ -195,6 +195,8 @@ struct State {
     events: Vec<Value>,
     arrivals: Vec<Arrival>,
     wrappers: Vec<Value>,
+    /// The bodies of the requests whose events or wrappers were accepted, byte for byte (with `keep_events`).
+    bodies: Vec<Vec<u8>>,
     outage: bool,
     redirect: Option<(u16, String)>,
     hook: Option<Hook>,
@@ -331,6 +333,12 @@ impl FakeRudderStack {
         self.state().arrivals.clone()
     }
 
+    /// The body of every request whose events or wrappers were accepted, byte for byte, in arrival order
+    /// (kept with `keep_events` only).
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.state().bodies.clone()
+    }
+
     /// Every wrapper accepted through `/v1/webhook`, in arrival order.
     pub fn wrappers(&self) -> Vec<Value> {
         self.state().wrappers.clone()
@@ -425,6 +433,9 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
     };
     rec.status = reply.status().unwrap_or(0);
     let mut s = shared.state.lock().unwrap();
+    if opts.keep_events && matches!(accepted, Accepted::Events(_) | Accepted::Wrappers(_)) {
+        s.bodies.push(req.body.clone());
+    }
     match accepted {
         Accepted::Events(evs) => {
             s.accepted += evs.len();
@@ -608,7 +619,7 @@ fn route(
         return (ok(), Accepted::LogIds(log_ids));
     }
     // `gjson.ValidBytes`: an empty body is not JSON either (a Go server's request body is never nil).
-    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+    let Some(body) = go_json(&req.body) else {
         return (gateway_error(400, "invalid json"), Accepted::Nothing);
     };
     let events = match body {
@@ -667,7 +678,7 @@ fn webhook_route(
     if req.body.is_empty() {
         return (gateway_error(400, "request body is nil"), Accepted::Nothing);
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+    let Some(body) = go_json(&req.body) else {
         return (gateway_error(400, "invalid json"), Accepted::Nothing);
     };
     let wrappers = match body {
@@ -688,6 +699,51 @@ fn webhook_route(
         return (reply, Accepted::Nothing);
     }
     (ok(), Accepted::Wrappers(wrappers))
+}
+
+/// A body read as Go's `encoding/json` reads it: valid JSON, where a lone UTF-16 surrogate escape (valid JSON,
+/// which serde_json's `Value` refuses) becomes U+FFFD.
+pub fn go_json(body: &[u8]) -> Option<Value> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Some(v);
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(body.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'\\' {
+            out.push(body[i]);
+            i += 1;
+            continue;
+        }
+        if body.get(i + 1) != Some(&b'u') {
+            out.extend_from_slice(&body[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        let unit = hex(i + 2)?;
+        let low =
+            if body.get(i + 6) == Some(&b'\\') && body.get(i + 7) == Some(&b'u') { hex(i + 8) } else { None };
+        match unit {
+            0xD800..=0xDBFF if low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) => {
+                out.extend_from_slice(&body[i..i + 12]);
+                i += 12;
+            }
+            0xD800..=0xDFFF => {
+                out.extend_from_slice(b"\\ufffd");
+                i += 6;
+            }
+            _ => {
+                out.extend_from_slice(&body[i..i + 6]);
+                i += 6;
+            }
+        }
+    }
+    serde_json::from_slice(&out).ok()
 }
 
 /// `200 ok`: no newline, and Go sniffs the content type.

@@ -1,6 +1,7 @@
 //! Shared test helpers: the fake servers, the fixtures, and a driver for the real binary.
 #![allow(dead_code)]
 
+pub mod addresses;
 pub mod app;
 pub mod fake_auth0;
 pub mod fake_rudderstack;
