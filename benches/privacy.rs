@@ -36,6 +36,8 @@ use serde_json::value::RawValue;
 
 #[path = "../tests/it/support/fixtures.rs"]
 mod fixtures;
+#[path = "support/events.rs"]
+mod events;
 #[path = "support/proc.rs"]
 mod proc;
 #[path = "support/table.rs"]
@@ -110,6 +112,7 @@ hash_key_file = "{}"
         ),
     )
     .expect("config");
+    let out = dir.path().join("events.json");
     let run = |with_privacy: bool| -> (f64, f64) {
         let mut cmd = Command::new(BIN);
         if with_privacy {
@@ -117,12 +120,15 @@ hash_key_file = "{}"
         } else {
             cmd.args(["transform", "--domain", DOMAIN]);
         }
-        cmd.arg(&input).stdout(Stdio::null()).stderr(Stdio::null());
+        let file = std::fs::File::create(&out).expect("create the output");
+        cmd.arg(&input).stdout(file).stderr(Stdio::null());
         let cpu = children_cpu_seconds();
         let start = Instant::now();
         let status = cmd.status().expect("run transform");
         assert!(status.success(), "transform failed: {status}");
-        (start.elapsed().as_secs_f64(), children_cpu_seconds() - cpu)
+        let measured = (start.elapsed().as_secs_f64(), children_cpu_seconds() - cpu);
+        check_run(&out, with_privacy);
+        measured
     };
     let (mut plain, mut private) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -157,6 +163,36 @@ hash_key_file = "{}"
         if ratio <= BUDGET { "PASS" } else { "MISS" }
     );
     ratio <= BUDGET
+}
+
+/// Check what one `transform FILE` run of the 100,000 entries wrote: every event there, and the rules at work
+/// exactly when they were asked for. With them, no IPv4 address in `context.ip` keeps its last octet and
+/// every `context.traits.user_name` is a 64-digit hex hash; without them, clear values are there to rewrite
+/// (so the check cannot pass on an input that had nothing to hide).
+fn check_run(out: &std::path::Path, with_privacy: bool) {
+    let (mut clear_ips, mut clear_names, mut ips, mut names) = (0usize, 0usize, 0usize, 0usize);
+    let checked = events::check_events(out, &mut |i, e| {
+        if let Some(ip) = e.context.get("ip").and_then(|v| v.as_str()) {
+            ips += 1;
+            if ip.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.octets()[3] != 0) {
+                clear_ips += 1;
+                assert!(!with_privacy, "event {i}: context.ip {ip} kept its last octet");
+            }
+        }
+        let traits = e.context.get("traits").and_then(|t| t.as_object());
+        let name = traits.and_then(|t| t.get("user_name")).and_then(|v| v.as_str()).unwrap_or_default();
+        if !name.is_empty() {
+            names += 1;
+            let hashed = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            clear_names += usize::from(!hashed);
+            assert!(!with_privacy || hashed, "event {i}: user_name {name} is not hashed");
+        }
+    });
+    assert_eq!((checked.events, checked.distinct_log_ids), (100_000, 100_000), "events, distinct log_ids");
+    assert!(ips > 0 && names > 0, "the corpus has {ips} addresses and {names} user names to look at");
+    if !with_privacy {
+        assert!(clear_ips > 0 && clear_names > 0, "nothing in clear without the rules: the check would be empty");
+    }
 }
 
 /// Time both comparisons over `corpus` in `rounds` alternating rounds; each round runs every entry at least
