@@ -34,10 +34,10 @@ use auth0_rudderstack::transform::transform_entry;
 use secrecy::SecretSlice;
 use serde_json::value::RawValue;
 
-#[path = "../tests/it/support/fixtures.rs"]
-mod fixtures;
 #[path = "support/events.rs"]
 mod events;
+#[path = "../tests/it/support/fixtures.rs"]
+mod fixtures;
 #[path = "support/proc.rs"]
 mod proc;
 #[path = "support/table.rs"]
@@ -191,7 +191,10 @@ fn check_run(out: &std::path::Path, with_privacy: bool) {
     assert_eq!((checked.events, checked.distinct_log_ids), (100_000, 100_000), "events, distinct log_ids");
     assert!(ips > 0 && names > 0, "the corpus has {ips} addresses and {names} user names to look at");
     if !with_privacy {
-        assert!(clear_ips > 0 && clear_names > 0, "nothing in clear without the rules: the check would be empty");
+        assert!(
+            clear_ips > 0 && clear_names > 0,
+            "nothing in clear without the rules: the check would be empty"
+        );
     }
 }
 
