@@ -330,6 +330,39 @@ mod daemon {
         assert!(!stderr.contains(KEY));
     }
 
+    /// At the most verbose level, through an outage, its retries, a dead letter and the delivery after it, no
+    /// line the daemon writes holds a listed value in clear, a full address, a dropped field or the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_log_line_holds_a_clear_value_even_at_trace_level() {
+        let (auth0, rudder) = start_fakes().await;
+        let mut entries = personal(&auth0, 40);
+        // One the transform refuses (no type): its dead letter is logged by id and reason.
+        entries[7].as_object_mut().unwrap().remove("type");
+        auth0.push(entries.clone());
+        rudder.set_outage(true);
+        let mut app = App::new(&auth0, &rudder);
+        protect(&mut app);
+        app.set("retry", "sync_give_up_after", "2s");
+        let mut logs = Vec::new();
+        for _ in 0..2 {
+            let mut cmd = app.command(&["sync"]);
+            cmd.env("RUST_LOG", "trace");
+            let out = run_bounded(cmd, Duration::from_secs(60)).await;
+            logs.extend(out.stdout.iter().chain(out.stderr.iter()).copied());
+            rudder.set_outage(false);
+        }
+        assert_eq!(rudder.events().len(), 39, "the second sync delivered the readable entries");
+        let logs = String::from_utf8_lossy(&logs);
+        // The check can fail: the most verbose lines are on, and the dead letter is told.
+        assert!(logs.contains("page committed"), "no debug line was written:\n{logs}");
+        assert!(logs.contains("dead letter"), "the dead letter is not logged:\n{logs}");
+        for s in secrets_of(&entries) {
+            assert!(!logs.contains(&s), "a log line holds {s} in clear");
+        }
+        assert!(!logs.contains("Chrome 134"), "a log line holds a dropped field");
+        assert!(!logs.contains(KEY), "a log line holds the hash key");
+    }
+
     /// Webhook mode posts the rewritten raw entries; `transform -c` applies the chosen tenant's rules; a dead
     /// letter holds the rewritten entry; the same hash comes out of all three.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
