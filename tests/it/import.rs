@@ -228,3 +228,70 @@ async fn a_cut_off_archive_exits_4_naming_the_offset_and_keeps_what_came_before(
     assert!(err.contains("cut.ndjson") && err.contains("byte"), "{err}");
     assert!(rudder.event_count() >= 4_000, "what came before the damage arrived: {}", rudder.event_count());
 }
+
+/// `import --force` imports a file that was imported in full before, with the same messageIds (RudderStack
+/// drops the copies), where the same import without it is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_imports_a_finished_file_again_with_the_same_ids() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let all = entries(300).await;
+    let file = app.dir.path().join("archive.ndjson.gz");
+    write_gzip_ndjson(&file, &all);
+    for (round, force) in [(1, false), (2, false), (3, true)] {
+        let mut cmd = import_cmd(&app, &[&file]);
+        if force {
+            cmd.arg("--force");
+        }
+        let out = run_bounded(cmd, Duration::from_secs(60)).await;
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", text(&out));
+        let skipped = String::from_utf8_lossy(&out.stderr).contains("imported in full before");
+        assert_eq!(skipped, round == 2, "round {round}: {}", text(&out));
+    }
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!(
+        (ids.len(), copies),
+        (300, 300),
+        "the forced import sent every entry again, with its first id"
+    );
+}
+
+/// Elements that carry no entry `import` can deliver (an object without a `log_id`, a bare string, an
+/// EventBridge event without `detail.data`) each become a dead letter naming the file and position; the
+/// summary counts them, and the rest is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elements_without_a_deliverable_entry_become_dead_letters() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let all = entries(20).await;
+    let mut no_id = all[0].clone();
+    no_id.as_object_mut().unwrap().remove("log_id");
+    let mut elements: Vec<Value> = all[1..].to_vec();
+    elements.insert(5, no_id);
+    elements.insert(9, json!("a bare string"));
+    elements.insert(
+        13,
+        json!({"version": "0", "detail-type": "Auth0 log", "source": "aws.partner/auth0.com/x/auth0.logs",
+               "detail": {"log_id": "90020230101000000000000000000000000000000000000000000000"}}),
+    );
+    let file = app.dir.path().join("mixed.ndjson");
+    let mut text_ = String::new();
+    for e in &elements {
+        text_.push_str(&serde_json::to_string(e).unwrap());
+        text_.push('\n');
+    }
+    std::fs::write(&file, text_).unwrap();
+    let out = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dead_letters=3"), "{}", text(&out));
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!((ids.len(), copies), (19, 0));
+    let list = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+    assert!(list.status.success(), "{}", text(&list));
+    let dead: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for d in &dead {
+        let reason = d["reason"].as_str().unwrap();
+        assert!(reason.contains("mixed.ndjson"), "the reason names the file: {reason}");
+    }
+}
