@@ -763,6 +763,9 @@ mod tests {
         assert_eq!(plan(t0 + Duration::from_secs(1), None, just_minted), Plan::Mint);
         let due = t0 + Duration::from_secs(80);
         assert_eq!(plan(due, Some(t), just_minted), Plan::UseAndRefresh);
+        // Due from the refresh instant itself on, not a moment later.
+        assert_eq!(plan(t.refresh_at - Duration::from_millis(1), Some(t), just_minted), Plan::Use);
+        assert_eq!(plan(t.refresh_at, Some(t), just_minted), Plan::UseAndRefresh);
         assert_eq!(plan(due, Some(t), Mints { refreshing: true, ..just_minted }), Plan::Use);
         let failed = Mints { retry_refresh_at: Some(due + MIN_SPACING), ..just_minted };
         assert_eq!(plan(due, Some(t), failed), Plan::Use);
