@@ -750,6 +750,9 @@ mod tests {
         // Due at 2.4 s, but not before 5 s after the last mint: it serves until it expires (2.7 s).
         assert_eq!(plan(at(2_500), Some(t), mints), Plan::Use);
         assert_eq!(plan(at(2_800), Some(t), mints), Plan::MintAt(at(5_000)));
+        // It stops serving at its expiry instant itself, not a moment later.
+        assert_eq!(plan(t.expires_at - Duration::from_millis(1), Some(t), mints), Plan::Use);
+        assert_eq!(plan(t.expires_at, Some(t), mints), Plan::MintAt(at(5_000)));
         assert_eq!(plan(at(5_000), Some(t), mints), Plan::Mint);
     }
 
