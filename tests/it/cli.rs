@@ -250,3 +250,35 @@ async fn a_domain_with_an_upper_case_letter_exits_2_and_says_to_write_it_in_lowe
     let err = stderr(&out);
     assert!(err.contains("--domain") && err.contains("lower case"), "{err}");
 }
+
+/// `[privacy] hash` without a key (no `hash_key_file`, no `AUTH0_RUDDERSTACK_HASH_KEY`), with a key file that
+/// is not there, or with a key shorter than 16 bytes, exits 2 naming `privacy.hash_key_file`, and never
+/// shows the short key.
+#[tokio::test]
+async fn a_missing_or_short_hash_key_exits_2_naming_the_key() {
+    let mut app = unreachable_app();
+    app.set("privacy", "hash", vec!["email"]);
+    let short = app.dir.path().join("short.key");
+    std::fs::write(&short, "tooShortKey15by").unwrap();
+    let absent = app.dir.path().join("absent.key");
+    for file in [None, Some(&absent), Some(&short)] {
+        match file {
+            Some(f) => app.set("privacy", "hash_key_file", f.display().to_string()),
+            None => app.unset("privacy", "hash_key_file"),
+        };
+        let mut cmd = app.command(&["status"]);
+        cmd.env_remove("AUTH0_RUDDERSTACK_HASH_KEY");
+        let out = crate::support::app::run_bounded(cmd, LIMIT).await;
+        assert_eq!(out.status.code(), Some(2), "{file:?}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains("privacy.hash_key_file"), "{file:?}: {err}");
+        assert!(err.contains(&app.config_path().display().to_string()), "{file:?}: {err}");
+        assert!(!err.contains("tooShortKey15by"), "{err}");
+    }
+    // A key of 16 bytes is enough.
+    std::fs::write(&short, "aKeyOf16Bytes!!!").unwrap();
+    let mut cmd = app.command(&["status"]);
+    cmd.env_remove("AUTH0_RUDDERSTACK_HASH_KEY");
+    let out = crate::support::app::run_bounded(cmd, LIMIT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
