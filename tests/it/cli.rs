@@ -282,3 +282,32 @@ async fn a_missing_or_short_hash_key_exits_2_naming_the_key() {
     let out = crate::support::app::run_bounded(cmd, LIMIT).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// `-c` defaults to `config.toml` in the working directory, or the file `AUTH0_RUDDERSTACK_CONFIG` names;
+/// with neither, the missing `config.toml` exits 2 naming it.
+#[tokio::test]
+async fn the_config_is_config_toml_in_the_working_directory_or_the_one_the_environment_names() {
+    let app = unreachable_app();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let status = |dir: &std::path::Path, env: Option<&std::path::Path>| {
+        let mut cmd = tokio::process::Command::new(crate::support::app::bin());
+        cmd.arg("status").current_dir(dir).env_remove("AUTH0_RUDDERSTACK_CONFIG").env_remove("RUST_LOG");
+        if let Some(path) = env {
+            cmd.env("AUTH0_RUDDERSTACK_CONFIG", path);
+        }
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+        crate::support::app::run_bounded(cmd, LIMIT)
+    };
+    // The app's directory holds config.toml.
+    let out = status(app.dir.path(), None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fake-tenant.example.com"), "{}", text(&out));
+    // Elsewhere, the variable names it.
+    let out = status(elsewhere.path(), Some(&app.config_path())).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fake-tenant.example.com"), "{}", text(&out));
+    // Elsewhere without it: no config.toml there.
+    let out = status(elsewhere.path(), None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("config.toml"), "{}", text(&out));
+}

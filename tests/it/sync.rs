@@ -552,3 +552,39 @@ async fn secrets_in_private_files_of_their_own_work_without_a_warning_and_group_
     }
     assert!(!err.contains(CLIENT_SECRET) && !err.contains(WRITE_KEY));
 }
+
+/// `RUST_LOG=debug` adds a line per page read and per delivery: as many as the fakes saw checkpoint requests
+/// and batch requests, and commit lines that together count every event; at the default level there are none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_debug_adds_a_line_per_page_read_and_per_delivery() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(25);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "page_size", 10).set("rudderstack", "max_batch_events", 5);
+    let mut cmd = app.command(&["sync"]);
+    cmd.env("RUST_LOG", "debug");
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 25);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pages =
+        err.lines().filter(|l| l.contains("DEBUG") && l.contains("read a page of /api/v2/logs")).count();
+    // A delivery is one request to RudderStack; the rows of several may be committed together.
+    let deliveries =
+        err.lines().filter(|l| l.contains("DEBUG") && l.contains("RudderStack answered")).count();
+    let commits: usize = err
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("delivery committed"))
+        .filter_map(|l| l.split("delivered=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(commits, 25, "the commits cover every event: {err}");
+    let page_requests = auth0.log_requests().iter().filter(|r| r.query("from").is_some()).count();
+    let accepted = rudder.requests().iter().filter(|r| r.path == "/v1/batch" && r.status == 200).count();
+    assert!(page_requests >= 3 && accepted >= 5, "{page_requests} pages, {accepted} batches");
+    assert_eq!((pages, deliveries), (page_requests, accepted), "{err}");
+
+    auth0.push_synthetic(5);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("DEBUG"), "{}", text(&out));
+}

@@ -443,3 +443,34 @@ async fn a_tenant_whose_checkpoint_expired_stops_alone_and_the_others_go_on() {
     assert_eq!(rudder.event_count(), 10 + fresh.len(), "nothing of B's after its gap");
     assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
 }
+
+/// Secrets come from the environment "with one tenant" only: with two `[[tenant]]`s, `AUTH0_CLIENT_SECRET`
+/// neither fills a tenant's missing secret (exit 2 naming the key, without suggesting the variable) nor
+/// replaces one that is written, so both tenants still deliver with their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_tenants_the_client_secret_is_never_taken_from_the_environment() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    let a = auth0_a.push_synthetic(3);
+    let b = auth0_b.push_synthetic(4);
+    let mut app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    let mut sync = app.command(&["sync"]);
+    sync.env("AUTH0_CLIENT_SECRET", "secret-a-0123456789");
+    let out = crate::support::app::run_bounded(sync, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "the written secrets are used: {}", text(&out));
+    assert_eq!(rudder.event_count(), a.len() + b.len());
+
+    let t = app.config["tenant"].as_array_mut().unwrap()[1].as_table_mut().unwrap();
+    t.remove("client_secret");
+    app.set("retry", "sync_give_up_after", "20s");
+    let mut sync = app.command(&["sync"]);
+    sync.env("AUTH0_CLIENT_SECRET", "secret-b-0123456789");
+    let out = crate::support::app::run_bounded(sync, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client_secret") && err.contains("missing") && !err.contains("AUTH0_CLIENT_SECRET"),
+        "{err}"
+    );
+}
