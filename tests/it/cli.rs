@@ -311,3 +311,20 @@ async fn the_config_is_config_toml_in_the_working_directory_or_the_one_the_envir
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(stderr(&out).contains("config.toml"), "{}", text(&out));
 }
+
+/// A `tls_ca_file` is read through a 16 MiB bound: a larger one (a sparse file here) exits 2 naming the key
+/// and saying it is too large, in `[auth0]` and in `[rudderstack]` alike.
+#[tokio::test]
+async fn a_ca_bundle_over_16_mib_exits_2_naming_the_key() {
+    let big = tempfile::tempdir().unwrap();
+    let path = big.path().join("huge-ca.pem");
+    std::fs::File::create(&path).unwrap().set_len((16 << 20) + 1).unwrap();
+    for section in ["auth0", "rudderstack"] {
+        let mut app = unreachable_app();
+        app.set(section, "tls_ca_file", path.display().to_string());
+        let out = app.run(&["status"], LIMIT).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{section}.tls_ca_file")) && err.contains("larger than"), "{err}");
+    }
+}
