@@ -1578,4 +1578,31 @@ write_key = "b-key"
         assert!(!f.keeps(Some("seccft"), Some("cid")));
         assert!(f.keeps(None, None));
     }
+
+    /// The defaults the README's table documents that the test above leaves out.
+    #[test]
+    fn a_minimal_file_gets_the_remaining_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        let t = &c.tenants[0];
+        assert_eq!(t.auth0.max_requests_per_second, 1.6);
+        assert_eq!(t.auth0.retention, Duration::from_secs(10 * 24 * 3600));
+        assert_eq!(t.auth0.on_expired_checkpoint, OnExpiredCheckpoint::Oldest);
+        assert_eq!(t.auth0.timeout, Duration::from_secs(30));
+        assert!(!t.auth0.allow_insecure_http && t.auth0.tls_ca_file.is_none());
+        assert!(
+            t.auth0.log_types.is_empty() && t.auth0.categories.is_empty() && t.auth0.exclude_types.is_empty()
+        );
+        assert_eq!(t.rudderstack.max_batch_events, 100);
+        assert_eq!(t.rudderstack.max_batch_bytes, 4_000_000);
+        assert_eq!(t.rudderstack.max_event_bytes, 32_000);
+        assert_eq!(t.rudderstack.timeout, Duration::from_secs(30));
+        assert!(!t.rudderstack.allow_insecure_http && t.rudderstack.tls_ca_file.is_none());
+        assert!(t.privacy.is_none());
+        assert_eq!(c.state.max_outbox_entries, 1_000_000);
+        assert_eq!(c.state.synchronous, crate::store::Synchronous::Normal);
+        assert_eq!(c.retry.initial_backoff, Duration::from_secs(1));
+        assert_eq!(c.retry.max_backoff, Duration::from_secs(60));
+        assert_eq!(c.retry.sync_give_up_after, Duration::from_secs(15 * 60));
+        assert!(c.metrics.textfile.is_none());
+    }
 }

@@ -1005,3 +1005,17 @@ async fn pause(d: Duration, wake: Option<&Notify>, stop: &CancellationToken) -> 
         _ = woken => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "A loop stopped by such an error starts again after five minutes".
+    #[test]
+    fn a_stopped_loop_rests_five_minutes() {
+        assert_eq!(FAILED_RETRY, Duration::from_secs(5 * 60));
+        if std::env::var_os("AUTH0_RUDDERSTACK_TEST_FAILED_RETRY").is_none() {
+            assert_eq!(failed_retry(), FAILED_RETRY);
+        }
+    }
+}

@@ -250,3 +250,81 @@ async fn a_domain_with_an_upper_case_letter_exits_2_and_says_to_write_it_in_lowe
     let err = stderr(&out);
     assert!(err.contains("--domain") && err.contains("lower case"), "{err}");
 }
+
+/// `[privacy] hash` without a key (no `hash_key_file`, no `AUTH0_RUDDERSTACK_HASH_KEY`), with a key file that
+/// is not there, or with a key shorter than 16 bytes, exits 2 naming `privacy.hash_key_file`, and never
+/// shows the short key.
+#[tokio::test]
+async fn a_missing_or_short_hash_key_exits_2_naming_the_key() {
+    let mut app = unreachable_app();
+    app.set("privacy", "hash", vec!["email"]);
+    let short = app.dir.path().join("short.key");
+    std::fs::write(&short, "tooShortKey15by").unwrap();
+    let absent = app.dir.path().join("absent.key");
+    for file in [None, Some(&absent), Some(&short)] {
+        match file {
+            Some(f) => app.set("privacy", "hash_key_file", f.display().to_string()),
+            None => app.unset("privacy", "hash_key_file"),
+        };
+        let mut cmd = app.command(&["status"]);
+        cmd.env_remove("AUTH0_RUDDERSTACK_HASH_KEY");
+        let out = crate::support::app::run_bounded(cmd, LIMIT).await;
+        assert_eq!(out.status.code(), Some(2), "{file:?}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains("privacy.hash_key_file"), "{file:?}: {err}");
+        assert!(err.contains(&app.config_path().display().to_string()), "{file:?}: {err}");
+        assert!(!err.contains("tooShortKey15by"), "{err}");
+    }
+    // A key of 16 bytes is enough.
+    std::fs::write(&short, "aKeyOf16Bytes!!!").unwrap();
+    let mut cmd = app.command(&["status"]);
+    cmd.env_remove("AUTH0_RUDDERSTACK_HASH_KEY");
+    let out = crate::support::app::run_bounded(cmd, LIMIT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// `-c` defaults to `config.toml` in the working directory, or the file `AUTH0_RUDDERSTACK_CONFIG` names;
+/// with neither, the missing `config.toml` exits 2 naming it.
+#[tokio::test]
+async fn the_config_is_config_toml_in_the_working_directory_or_the_one_the_environment_names() {
+    let app = unreachable_app();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let status = |dir: &std::path::Path, env: Option<&std::path::Path>| {
+        let mut cmd = tokio::process::Command::new(crate::support::app::bin());
+        cmd.arg("status").current_dir(dir).env_remove("AUTH0_RUDDERSTACK_CONFIG").env_remove("RUST_LOG");
+        if let Some(path) = env {
+            cmd.env("AUTH0_RUDDERSTACK_CONFIG", path);
+        }
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+        crate::support::app::run_bounded(cmd, LIMIT)
+    };
+    // The app's directory holds config.toml.
+    let out = status(app.dir.path(), None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fake-tenant.example.com"), "{}", text(&out));
+    // Elsewhere, the variable names it.
+    let out = status(elsewhere.path(), Some(&app.config_path())).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fake-tenant.example.com"), "{}", text(&out));
+    // Elsewhere without it: no config.toml there.
+    let out = status(elsewhere.path(), None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("config.toml"), "{}", text(&out));
+}
+
+/// A `tls_ca_file` is read through a 16 MiB bound: a larger one (a sparse file here) exits 2 naming the key
+/// and saying it is too large, in `[auth0]` and in `[rudderstack]` alike.
+#[tokio::test]
+async fn a_ca_bundle_over_16_mib_exits_2_naming_the_key() {
+    let big = tempfile::tempdir().unwrap();
+    let path = big.path().join("huge-ca.pem");
+    std::fs::File::create(&path).unwrap().set_len((16 << 20) + 1).unwrap();
+    for section in ["auth0", "rudderstack"] {
+        let mut app = unreachable_app();
+        app.set(section, "tls_ca_file", path.display().to_string());
+        let out = app.run(&["status"], LIMIT).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{section}.tls_ca_file")) && err.contains("larger than"), "{err}");
+    }
+}

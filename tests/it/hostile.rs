@@ -1358,3 +1358,68 @@ async fn backup_refuses_a_symlink_at_its_destination() {
     let n: i64 = copy.query_row("SELECT count(*) FROM tenant", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
 }
+
+/// A proxy on loopback that refuses everything (502) and counts the connections made to it.
+async fn refusing_proxy() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = client
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    (url, connections)
+}
+
+/// `HTTP_PROXY` is honoured for plain HTTP, and `NO_PROXY` (either case) exempts the hosts it names: with a
+/// proxy that refuses everything, `sync` fails through it, and with `NO_PROXY=127.0.0.1` it reaches both fakes
+/// directly, the proxy never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_proxy_exempts_the_hosts_it_names_from_http_proxy() {
+    use std::sync::atomic::Ordering;
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let (proxy, connections) = refusing_proxy().await;
+    let mut app = App::new(&auth0, &rudder);
+    app.set("retry", "sync_give_up_after", "2s");
+    let clean = |cmd: &mut tokio::process::Command| {
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+    };
+    let mut proxied = app.command(&["sync"]);
+    clean(&mut proxied);
+    proxied.env("HTTP_PROXY", &proxy);
+    let out = run_bounded(proxied, PATIENCE).await;
+    assert_eq!(out.status.code(), Some(1), "the proxy refuses everything: {}", text(&out));
+    assert!(connections.load(Ordering::SeqCst) > 0, "HTTP_PROXY was not used");
+    assert_eq!(rudder.event_count(), 0);
+
+    for no_proxy in ["NO_PROXY", "no_proxy"] {
+        connections.store(0, Ordering::SeqCst);
+        let mut direct = app.command(&["sync"]);
+        clean(&mut direct);
+        direct.env("HTTP_PROXY", &proxy).env(no_proxy, "127.0.0.1");
+        let out = run_bounded(direct, PATIENCE).await;
+        assert_eq!(out.status.code(), Some(0), "{no_proxy}: {}", text(&out));
+        assert_eq!(connections.load(Ordering::SeqCst), 0, "{no_proxy}: the proxy was contacted");
+    }
+    assert_eq!(rudder.event_count(), 20);
+}

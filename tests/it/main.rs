@@ -2,6 +2,7 @@
 //! on 127.0.0.1 (`support/`), written from the reference documentation of both services.
 
 mod auth0;
+mod backfill;
 mod cli;
 mod fakes;
 mod faults;

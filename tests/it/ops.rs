@@ -40,11 +40,6 @@ fn sample(text: &str, name: &str, tenant: &str) -> Option<f64> {
     })
 }
 
-/// Whether a tool that CI installs must be there (a developer's machine may lack the tool).
-fn tools_required() -> bool {
-    crate::support::prerequisites_required()
-}
-
 /// Run `promtool check metrics` on `text`, if promtool is there.
 fn promtool_check(text: &str) {
     use std::io::Write;
@@ -57,8 +52,10 @@ fn promtool_check(text: &str) {
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            assert!(!tools_required(), "promtool is required here: {e}");
-            eprintln!("promtool is not installed: the promtool check was not run here (CI runs it)");
+            crate::support::missing_prerequisite(
+                "promtool check metrics",
+                &format!("promtool is not installed ({e})"),
+            );
             return;
         }
     };
@@ -490,4 +487,137 @@ async fn dead_letter_list_prints_one_line_of_six_tab_separated_columns_per_lette
     assert!(row[0].parse::<i64>().is_ok(), "{row:?}");
     assert_eq!((row[1], row[3], row[4]), (DOMAIN, "-", "whole"), "{row:?}");
     assert!(row[5].contains(r"x\tforged\ncolumn\x1b[31m.ndjson"), "the file name, escaped: {row:?}");
+}
+
+/// The socket inodes a process holds (`/proc/PID/fd` links `socket:[INODE]`).
+fn socket_inodes(pid: u32) -> HashSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().to_string();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect()
+}
+
+/// The TCP sockets of `/proc/PID/net/tcp` and `tcp6` as (inode, state, local address), state in hex as
+/// the kernel writes it (`0A` is LISTEN, `01` ESTABLISHED).
+fn tcp_sockets(pid: u32) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 {
+                out.push((f[9].to_string(), f[3].to_string(), f[1].to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// `run` opens no port: while it polls and delivers (textfile metrics on), none of its TCP sockets is in
+/// the LISTEN state, while its connections to the fakes are there to be seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_opens_no_port() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(30);
+    let mut app = App::new(&auth0, &rudder);
+    let textfile = app.dir.path().join("metrics.prom");
+    app.set("metrics", "textfile", textfile.display().to_string()).set("metrics", "interval", "1s");
+    let child = app.spawn_run();
+    let pid = child.id().unwrap();
+    rudder.wait_for_events(30, Duration::from_secs(20)).await;
+    assert!(wait_until(Duration::from_secs(10), || textfile.exists()).await, "{}", app.run_log());
+    let mut seen_connected = false;
+    for _ in 0..10 {
+        let mine = socket_inodes(pid);
+        for (inode, state, local) in tcp_sockets(pid).into_iter().filter(|(i, _, _)| mine.contains(i)) {
+            assert_ne!(state, "0A", "the daemon listens on {local} (inode {inode}):\n{}", app.run_log());
+            seen_connected |= state == "01";
+        }
+        auth0.push_synthetic(1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen_connected, "none of the daemon's sockets was found in /proc/{pid}/net/tcp*");
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
+}
+
+/// The value of `name` with exactly these labels (tenant included) in a Prometheus text exposition.
+fn sample_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let inner = series.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
+        let mut have: Vec<String> = inner.split(',').map(str::to_string).collect();
+        let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        have.sort();
+        want.sort();
+        (have == want).then(|| value.parse().ok())?
+    })
+}
+
+/// `run`'s own counters move: a 429 and a 503 from Auth0 and a 503 from RudderStack show in
+/// `_rate_limited_total`, `_retries_total{loop="fetch"}` and `{loop="send"}`, and in
+/// `_requests_total{endpoint,class}` beside the successful token, logs and batch requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_request_rate_limit_and_retry_counters_move() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(20);
+    let logs = Arc::new(AtomicUsize::new(0));
+    let counted = logs.clone();
+    auth0.set_hook(move |req, _| {
+        if !req.path.starts_with("/api/v2/logs") {
+            return None;
+        }
+        match counted.fetch_add(1, Ordering::SeqCst) {
+            0 => Some(
+                crate::support::http::Reply::json(
+                    429,
+                    &serde_json::json!({"statusCode": 429, "error": "Too Many Requests", "message": "Global limit has been reached"}),
+                )
+                .header("retry-after", "1"),
+            ),
+            1 => Some(crate::support::http::Reply::json(503, &serde_json::json!({"statusCode": 503}))),
+            _ => None,
+        }
+    });
+    let batches = Arc::new(AtomicUsize::new(0));
+    let counted = batches.clone();
+    rudder.hook(move |_, _| {
+        (counted.fetch_add(1, Ordering::SeqCst) == 0)
+            .then(|| crate::support::http::Reply::text(503, "busy\n"))
+    });
+    let mut app = App::new(&auth0, &rudder);
+    let file = app.dir.path().join("metrics.prom");
+    app.set("metrics", "textfile", file.display().to_string()).set("metrics", "interval", "1s");
+    let child = app.spawn_run();
+    rudder.wait_for_events(20, Duration::from_secs(30)).await;
+    let t = DOMAIN;
+    let want: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("auth0_rudderstack_rate_limited_total", vec![("tenant", t)]),
+        ("auth0_rudderstack_retries_total", vec![("tenant", t), ("loop", "fetch")]),
+        ("auth0_rudderstack_retries_total", vec![("tenant", t), ("loop", "send")]),
+        ("auth0_rudderstack_requests_total", vec![("tenant", t), ("endpoint", "logs"), ("class", "4xx")]),
+        ("auth0_rudderstack_requests_total", vec![("tenant", t), ("endpoint", "logs"), ("class", "5xx")]),
+        ("auth0_rudderstack_requests_total", vec![("tenant", t), ("endpoint", "logs"), ("class", "2xx")]),
+        ("auth0_rudderstack_requests_total", vec![("tenant", t), ("endpoint", "token"), ("class", "2xx")]),
+        ("auth0_rudderstack_requests_total", vec![("tenant", t), ("endpoint", "batch"), ("class", "5xx")]),
+        ("auth0_rudderstack_requests_total", vec![("tenant", t), ("endpoint", "batch"), ("class", "2xx")]),
+    ];
+    let all_moved = |text: &str| want.iter().all(|(n, l)| sample_with(text, n, l).is_some_and(|v| v >= 1.0));
+    let moved = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&file).is_ok_and(|text| all_moved(&text))
+    })
+    .await;
+    let text_now = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        moved,
+        "{:?}\n{text_now}",
+        want.iter().filter(|(n, l)| sample_with(&text_now, n, l).is_none_or(|v| v < 1.0)).collect::<Vec<_>>()
+    );
+    assert_eq!(sample_with(&text_now, "auth0_rudderstack_rate_limited_total", &[("tenant", t)]), Some(1.0));
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
 }

@@ -579,4 +579,50 @@ mod daemon {
         );
         assert!(!m.contains(KEY) && !s.to_string().contains(KEY));
     }
+
+    /// Changing the rules affects only entries fetched afterwards: rows fetched without rules while
+    /// RudderStack was down go out as they were stored, in clear, after `hash` is added; entries fetched
+    /// after the change go out hashed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_rules_apply_only_to_entries_fetched_after_the_change() {
+        let (auth0, rudder) = start_fakes().await;
+        let old = personal(&auth0, 10);
+        auth0.push(old.clone());
+        rudder.set_outage(true);
+        let mut app = App::new(&auth0, &rudder);
+        app.set("retry", "sync_give_up_after", "1s");
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(1), "RudderStack is down: {}", text(&out));
+        assert_eq!(app.status().await["outbox_depth"], 10);
+
+        let key = app.dir.path().join("hash.key");
+        std::fs::write(&key, KEY).unwrap();
+        app.set("privacy", "hash", vec!["user_name"]).set(
+            "privacy",
+            "hash_key_file",
+            key.display().to_string(),
+        );
+        let new = personal(&auth0, 5);
+        auth0.push(new.clone());
+        rudder.set_outage(false);
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let events = rudder.events();
+        assert_eq!(events.len(), 15);
+        for (event, entry) in events.iter().zip(old.iter().chain(&new)) {
+            assert_eq!(event["properties"]["log_id"], entry["log_id"]);
+        }
+        for (event, entry) in events[..10].iter().zip(&old) {
+            assert_eq!(
+                event["context"]["traits"]["user_name"], entry["user_name"],
+                "stored before the change"
+            );
+        }
+        for (event, entry) in events[10..].iter().zip(&new) {
+            let clear = entry["user_name"].as_str().unwrap();
+            let sent = event["context"]["traits"]["user_name"].as_str().unwrap();
+            assert_eq!(sent.len(), 64, "{sent}");
+            assert!(sent.bytes().all(|b| b.is_ascii_hexdigit()) && sent != clear, "{sent}");
+        }
+    }
 }

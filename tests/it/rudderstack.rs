@@ -615,3 +615,20 @@ async fn a_timeout_after_the_gateway_stored_the_events_leaves_them_pending() {
         "the re-send carries the same messageIds"
     );
 }
+
+/// A disabled source (RudderStack's 404 `source is disabled`) ends `sync` with exit 1 saying so, and the
+/// outbox is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_source_ends_sync_with_exit_1_and_keeps_the_outbox() {
+    let (auth0, _) = crate::support::start_fakes().await;
+    let fake = FakeRudderStack::start_default().await;
+    auth0.push_synthetic(7);
+    let mut app = crate::support::app::App::new(&auth0, &fake);
+    app.set("rudderstack", "write_key", fake.disabled_key());
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", crate::support::app::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disabled"), "{err}");
+    assert_eq!(fake.count(404), 1, "a disabled source is not retried");
+    assert_eq!(app.status().await["outbox_depth"], 7);
+}

@@ -352,3 +352,179 @@ async fn a_state_readable_by_others_is_made_private_with_a_warning() {
     }
     assert_eq!(rudder.event_count(), 10);
 }
+
+/// A `sync` that holds the state for a few seconds: `n` new entries, sent one per request to a RudderStack
+/// that answers each after 300 ms. Returns once the sync has sent its first request, so it holds the lock.
+async fn slow_sync(
+    app: &mut App,
+    auth0: &crate::support::fake_auth0::FakeAuth0,
+    rudder: &crate::support::fake_rudderstack::FakeRudderStack,
+    n: usize,
+) -> tokio::process::Child {
+    app.set("rudderstack", "max_batch_events", 1);
+    auth0.push_synthetic(n);
+    rudder.set_delay(Some(Duration::from_millis(300)));
+    let before = rudder.requests().len();
+    let child = app.command(&["sync"]).spawn().unwrap();
+    rudder.wait_for_requests(before + 1, Duration::from_secs(20)).await;
+    child
+}
+
+/// Wait for `waiter` and `holder` to end (at most `limit`), failing if `waiter` ended while `holder` was
+/// still running. The holder is looked at after the waiter, so a waiter seen ended with the holder still
+/// running really did end first. Their outputs.
+async fn ended_in_order(
+    mut waiter: tokio::process::Child,
+    mut holder: tokio::process::Child,
+    limit: Duration,
+) -> (std::process::Output, std::process::Output) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let waiter_ended = waiter.try_wait().unwrap().is_some();
+        let holder_ended = holder.try_wait().unwrap().is_some();
+        assert!(!waiter_ended || holder_ended, "the waiting command ended while the holder still ran");
+        if waiter_ended {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the waiting command did not end within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (waiter.wait_with_output().await.unwrap(), holder.wait_with_output().await.unwrap())
+}
+
+/// `dead-letter retry` while a `sync` holds the state waits for it, naming it, and moves the letter only
+/// once the sync has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_retry_beside_a_sync_waits_for_it_naming_it() {
+    let (auth0, rudder) = start_fakes().await;
+    let first = auth0.push_synthetic(5);
+    let bad = first[2]["log_id"].clone();
+    let refused = bad.clone();
+    rudder.reject_events("event is not a valid rudder event", move |e| e["properties"]["log_id"] == refused);
+    let mut app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    rudder.clear_reject();
+    assert_eq!(app.status().await["dead_letters"], 1);
+
+    let sync = slow_sync(&mut app, &auth0, &rudder, 10).await;
+    let sync_pid = sync.id().unwrap();
+    let retry = app.command(&["dead-letter", "retry"]).spawn().unwrap();
+    let (retry, sync) = ended_in_order(retry, sync, Duration::from_secs(60)).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", text(&sync));
+    assert_eq!(retry.status.code(), Some(0), "{}", text(&retry));
+    let err = String::from_utf8_lossy(&retry.stderr);
+    assert!(
+        err.contains(&format!("`sync` (pid {sync_pid}) is using the state; waiting for it to finish")),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("1 dead letter moved back"), "{}", text(&retry));
+    // Moved after the sync ended, so the sync did not deliver it; the next one does.
+    assert_eq!(rudder.events().iter().filter(|e| e["properties"]["log_id"] == bad).count(), 0);
+    rudder.set_delay(None);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    assert_eq!(rudder.events().iter().filter(|e| e["properties"]["log_id"] == bad).count(), 1);
+}
+
+/// `import` while a `sync` holds the state waits for it, naming it, then delivers its own rows itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_beside_a_sync_waits_for_it_then_delivers_its_own_rows() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut app = App::new(&auth0, &rudder);
+    auth0.push_synthetic(3);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let archived = auth0.make_entries(20);
+    let file = app.dir.path().join("archive.ndjson");
+    std::fs::write(&file, archived.iter().map(|e| format!("{e}\n")).collect::<String>()).unwrap();
+
+    let sync = slow_sync(&mut app, &auth0, &rudder, 10).await;
+    let sync_pid = sync.id().unwrap();
+    let mut cmd = app.command(&["--log-format", "json", "import"]);
+    cmd.arg(&file);
+    let import = cmd.spawn().unwrap();
+    let (import, sync) = ended_in_order(import, sync, Duration::from_secs(90)).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", text(&sync));
+    assert_eq!(import.status.code(), Some(0), "{}", text(&import));
+    let err = String::from_utf8_lossy(&import.stderr);
+    assert!(
+        err.contains(&format!("`sync` (pid {sync_pid}) is using the state; waiting for it to finish")),
+        "{err}"
+    );
+    let summary: serde_json::Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "import done")
+        .unwrap_or_else(|| panic!("no summary: {err}"));
+    assert_eq!(summary["fields"]["delivered"], 20, "the import delivered its own rows: {summary}");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in rudder.events() {
+        *seen.entry(e["properties"]["log_id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    for e in &archived {
+        assert_eq!(seen.get(e["log_id"].as_str().unwrap()), Some(&1), "{e}");
+    }
+}
+
+/// Restoring a backup makes the daemon fetch again from the copy's checkpoint: everything after it is sent
+/// again with the ids it had, and nothing before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_backup_fetches_again_from_its_checkpoint_with_the_same_ids() {
+    let (auth0, rudder) = start_fakes().await;
+    let before = auth0.push_synthetic(20);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let copy = app.dir.path().join("copy.db");
+    let out = app.run(&["backup", copy.to_str().unwrap()], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let after = auth0.push_synthetic(15);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let first_ids: HashMap<String, String> = rudder
+        .events()
+        .iter()
+        .map(|e| {
+            (e["properties"]["log_id"].as_str().unwrap().into(), e["messageId"].as_str().unwrap().into())
+        })
+        .collect();
+    assert_eq!(first_ids.len(), 35);
+
+    // Restore: the copy in place of the state file, with no write-ahead log of the newer state beside it.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", app.db_path().display()));
+    }
+    std::fs::copy(&copy, app.db_path()).unwrap();
+    let requests = auth0.log_requests().len();
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let from = auth0.log_requests()[requests].query("from").map(str::to_string);
+    assert_eq!(from.as_deref(), before.last().unwrap()["log_id"].as_str(), "fetched from the copy's cursor");
+    let again: Vec<(String, String)> = rudder.events()[35..]
+        .iter()
+        .map(|e| {
+            (e["properties"]["log_id"].as_str().unwrap().into(), e["messageId"].as_str().unwrap().into())
+        })
+        .collect();
+    let want: Vec<String> = after.iter().map(|e| e["log_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        again.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
+        want,
+        "the entries after the checkpoint"
+    );
+    for (log_id, mid) in &again {
+        assert_eq!(first_ids.get(log_id), Some(mid), "{log_id} sent again with another messageId");
+    }
+}
+
+/// `backup` refuses a regular file already at its path, empty or not, and leaves it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_refuses_a_regular_file_already_at_its_path() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    for content in [&b"precious data, not a database"[..], b""] {
+        let dest = app.dir.path().join("existing.db");
+        std::fs::write(&dest, content).unwrap();
+        let out = app.run(&["backup", dest.to_str().unwrap()], Duration::from_secs(20)).await;
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&dest.display().to_string()), "{}", text(&out));
+        assert_eq!(std::fs::read(&dest).unwrap(), content, "the file at the path was changed");
+    }
+}

@@ -480,3 +480,111 @@ async fn webhook_mode_runs_end_to_end_through_the_binary() {
     );
     assert_eq!(rudder.event_count(), 0, "nothing went to /v1/batch");
 }
+
+/// `run` polls at once again after a full page: with `poll_interval = "1h"`, 35 entries in pages of 10 all
+/// arrive within seconds, read by four checkpoint requests (10, 10, 10 and 4 entries) and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reads_the_next_page_at_once_after_a_full_page() {
+    let (auth0, rudder) = start_fakes().await;
+    let entries = auth0.push_synthetic(35);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "page_size", 10);
+    app.set("auth0", "poll_interval", "1h");
+    let child = app.spawn_run();
+    // An hour's poll could deliver only the first page within this bound.
+    let events = rudder.wait_for_events(35, Duration::from_secs(20)).await;
+    let got: Vec<&Value> = events.iter().map(|e| &e["properties"]["log_id"]).collect();
+    let want: Vec<&Value> = entries.iter().map(|e| &e["log_id"]).collect();
+    assert_eq!(got, want, "{}", app.run_log());
+    let pages: Vec<String> = auth0
+        .log_requests()
+        .iter()
+        .filter_map(|r| r.query("from").map(|f| format!("from={f} take={:?}", r.query("take"))))
+        .collect();
+    // The bootstrap found the first entry; the other 34 took three full pages and one short one.
+    assert_eq!(pages.len(), 4, "{pages:?}");
+    assert!(pages.iter().all(|p| p.ends_with("take=Some(\"10\")")), "{pages:?}");
+    let status = sigterm(child).await;
+    assert_eq!(status.code(), Some(0), "{}", app.run_log());
+}
+
+/// Secrets kept in files of their own (`client_secret_file`, `write_key_file`, mode 600), none in the config:
+/// `sync` delivers with them and logs no warning. Made readable by their group, each file gets a warning that
+/// names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_private_files_of_their_own_work_without_a_warning_and_group_readable_ones_warn() {
+    use std::os::unix::fs::PermissionsExt;
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(10);
+    let mut app = App::new(&auth0, &rudder);
+    let secret = app.dir.path().join("client_secret");
+    let key = app.dir.path().join("write_key");
+    std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+    std::fs::write(&key, format!("{WRITE_KEY}\n")).unwrap();
+    for f in [&secret, &key] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    app.unset("auth0", "client_secret").set("auth0", "client_secret_file", secret.display().to_string());
+    app.unset("rudderstack", "write_key").set("rudderstack", "write_key_file", key.display().to_string());
+    // `sync` never polls; a poll interval at least the timeout keeps the config free of any other warning.
+    app.set("auth0", "poll_interval", "5s");
+    // The config itself readable by all: it holds no secret, so that is no reason to warn either.
+    std::fs::set_permissions(app.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 10);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("WARN"), "{err}");
+
+    for f in [&secret, &key] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let out = app.run(&["status"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for f in [&secret, &key] {
+        let line =
+            err.lines().find(|l| l.contains(&f.display().to_string())).unwrap_or_else(|| panic!("{err}"));
+        assert!(
+            line.contains("WARN") && line.contains("readable by its group") && line.contains("chmod 600"),
+            "{line}"
+        );
+    }
+    assert!(!err.contains(CLIENT_SECRET) && !err.contains(WRITE_KEY));
+}
+
+/// `RUST_LOG=debug` adds a line per page read and per delivery: as many as the fakes saw checkpoint requests
+/// and batch requests, and commit lines that together count every event; at the default level there are none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_debug_adds_a_line_per_page_read_and_per_delivery() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(25);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "page_size", 10).set("rudderstack", "max_batch_events", 5);
+    let mut cmd = app.command(&["sync"]);
+    cmd.env("RUST_LOG", "debug");
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 25);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pages =
+        err.lines().filter(|l| l.contains("DEBUG") && l.contains("read a page of /api/v2/logs")).count();
+    // A delivery is one request to RudderStack; the rows of several may be committed together.
+    let deliveries =
+        err.lines().filter(|l| l.contains("DEBUG") && l.contains("RudderStack answered")).count();
+    let commits: usize = err
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("delivery committed"))
+        .filter_map(|l| l.split("delivered=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(commits, 25, "the commits cover every event: {err}");
+    let page_requests = auth0.log_requests().iter().filter(|r| r.query("from").is_some()).count();
+    let accepted = rudder.requests().iter().filter(|r| r.path == "/v1/batch" && r.status == 200).count();
+    assert!(page_requests >= 3 && accepted >= 5, "{page_requests} pages, {accepted} batches");
+    assert_eq!((pages, deliveries), (page_requests, accepted), "{err}");
+
+    auth0.push_synthetic(5);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("DEBUG"), "{}", text(&out));
+}

@@ -331,3 +331,146 @@ async fn run_exits_1_when_every_tenant_has_failed() {
     assert!(err.contains("every tenant has a stopped loop"), "{err}");
     assert!(err.contains(A) && err.contains(B), "{err}");
 }
+
+/// Two tenants sharing one destination (one URL, one write key): while every request holding one of A's
+/// events is refused with a 503, B's events still arrive, and A's wait in A's outbox until the refusals end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_sharing_a_destination_do_not_share_its_queue() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    // Both fakes number their entries alike; A's ids carry a mark B's never have.
+    let a: Vec<Value> = auth0_a
+        .make_entries(30)
+        .into_iter()
+        .map(|mut e| {
+            let id = format!("8{}", &e["log_id"].as_str().unwrap()[1..]);
+            e["log_id"] = id.clone().into();
+            e["_id"] = id.into();
+            e
+        })
+        .collect();
+    auth0_a.push(a.clone());
+    let b = auth0_b.push_synthetic(40);
+    rudder.hook(|req, _| {
+        (req.body_text().contains("\"log_id\":\"8")).then(|| crate::support::http::Reply::text(503, "busy\n"))
+    });
+    let app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    let child = app.spawn_run();
+    let delivered = wait_until(Duration::from_secs(20), || rudder.event_count() >= b.len()).await;
+    assert!(delivered, "B's events did not arrive while A's were refused:\n{}", app.run_log());
+    assert_eq!(delivered_ids(&rudder), transform_ids(B, &b).await, "only B's events, with B's ids");
+    assert!(rudder.count(503) > 0, "A's sender was refused");
+    assert_eq!(status_of(&app, A).await["outbox_depth"], a.len() as u64);
+
+    rudder.set_hook(None);
+    let all = wait_until(Duration::from_secs(30), || rudder.event_count() >= a.len() + b.len()).await;
+    assert!(all, "{}", app.run_log());
+    let mut want = transform_ids(A, &a).await;
+    want.extend(transform_ids(B, &b).await);
+    assert_eq!(delivered_ids(&rudder), want);
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
+}
+
+/// A tenant the config dropped whose state holds only dead letters (nothing undelivered) is refused too:
+/// exit 2, naming it and its dead letters, until `forget-tenant` drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tenant_with_only_dead_letters_is_refused_until_forgotten() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    auth0_a.push_synthetic(5);
+    let b = auth0_b.push_synthetic(5);
+    let bad = b[3]["log_id"].clone();
+    rudder.reject_events("event is not a valid rudder event", move |e| e["properties"]["log_id"] == bad);
+    let mut app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = status_of(&app, B).await;
+    assert_eq!((s["outbox_depth"].clone(), s["dead_letters"].clone()), (0.into(), 1.into()), "{s}");
+
+    app.remove_tenant(1);
+    for cmd in ["sync", "run"] {
+        let out = app.run(&[cmd], Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{B} (0 undelivered, 1 dead letter)")) && err.contains("forget-tenant"),
+            "{err}"
+        );
+    }
+    let out = app.run(&["forget-tenant", B, "--yes"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(app.sync().await.status.code(), Some(0));
+}
+
+/// Under `run`, a tenant whose checkpoint expired with `on_expired_checkpoint = "stop"` is reported (log and
+/// `status`) and stops fetching, while the other tenant goes on delivering and `run` keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_checkpoint_expired_stops_alone_and_the_others_go_on() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    auth0_a.push_synthetic(5);
+    auth0_b.push_synthetic(5);
+    let mut app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    app.set_tenant(1, "on_expired_checkpoint", "stop");
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    // B's cursor ages out of its tenant's log.
+    auth0_b.push_synthetic(5);
+    auth0_b.expire_oldest(7);
+    let mut child = app.spawn_run();
+    let stopped = wait_until(Duration::from_secs(20), || {
+        std::process::Command::new(crate::support::app::bin())
+            .arg("--config")
+            .arg(app.config_path())
+            .args(["status", "--json", "--tenant", B])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .is_some_and(|s| s["fetching_stopped"] == true)
+    })
+    .await;
+    assert!(stopped, "{}", app.run_log());
+    let fresh = auth0_a.push_synthetic(7);
+    let delivered = wait_until(Duration::from_secs(20), || rudder.event_count() >= 10 + fresh.len()).await;
+    assert!(delivered, "A stopped delivering:\n{}", app.run_log());
+    assert!(child.try_wait().unwrap().is_none(), "run ended:\n{}", app.run_log());
+    let log = app.run_log();
+    assert!(log.lines().any(|l| l.contains("gap in the Auth0 log") && l.contains(B)), "{log}");
+    let s = status_of(&app, B).await;
+    assert_eq!(s["fetching_stopped"], true, "{s}");
+    assert_eq!(rudder.event_count(), 10 + fresh.len(), "nothing of B's after its gap");
+    assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
+}
+
+/// Secrets come from the environment "with one tenant" only: with two `[[tenant]]`s, `AUTH0_CLIENT_SECRET`
+/// neither fills a tenant's missing secret (exit 2 naming the key, without suggesting the variable) nor
+/// replaces one that is written, so both tenants still deliver with their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_tenants_the_client_secret_is_never_taken_from_the_environment() {
+    let auth0_a = auth0_for(A, "client-a", "secret-a-0123456789").await;
+    let auth0_b = auth0_for(B, "client-b", "secret-b-0123456789").await;
+    let (_unused, rudder) = crate::support::start_fakes().await;
+    let a = auth0_a.push_synthetic(3);
+    let b = auth0_b.push_synthetic(4);
+    let mut app = App::with_tenants(&[spec(&auth0_a), spec(&auth0_b)], &rudder.url());
+    let mut sync = app.command(&["sync"]);
+    sync.env("AUTH0_CLIENT_SECRET", "secret-a-0123456789");
+    let out = crate::support::app::run_bounded(sync, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "the written secrets are used: {}", text(&out));
+    assert_eq!(rudder.event_count(), a.len() + b.len());
+
+    let t = app.config["tenant"].as_array_mut().unwrap()[1].as_table_mut().unwrap();
+    t.remove("client_secret");
+    app.set("retry", "sync_give_up_after", "20s");
+    let mut sync = app.command(&["sync"]);
+    sync.env("AUTH0_CLIENT_SECRET", "secret-b-0123456789");
+    let out = crate::support::app::run_bounded(sync, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client_secret") && err.contains("missing") && !err.contains("AUTH0_CLIENT_SECRET"),
+        "{err}"
+    );
+}

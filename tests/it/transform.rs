@@ -333,14 +333,14 @@ fn the_binary_gives_the_same_events_for_every_input_shape_from_a_file_or_stdin()
 
 /// Malformed JSON stops the run with a non-zero exit and a message that says where it went wrong.
 #[test]
-fn a_malformed_file_exits_non_zero_naming_the_position() {
+fn a_malformed_file_exits_4_naming_the_position() {
     let entries: Vec<String> = fixtures::corpus_entries().into_iter().take(3).collect();
     let broken = format!("[{},{},{{\"type\":\"s\",\"date\": oops}}]", entries[0], entries[1]);
     let (code, _, stderr) = run_cli(broken.as_bytes(), false);
-    assert_ne!(code, 0);
+    assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("entry 3") && stderr.contains("byte"), "{stderr}");
     let (code, _, stderr) = run_cli(format!("[{}", entries[0]).as_bytes(), true);
-    assert_ne!(code, 0);
+    assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("byte") && stderr.contains("end"), "{stderr}");
 }
 

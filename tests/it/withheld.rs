@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::app::{App, run_bounded, text};
+use crate::support::app::{App, run_bounded, text, text as text_of};
 use crate::support::fake_auth0::FakeAuth0;
 use crate::support::start_fakes;
 
@@ -359,4 +359,109 @@ async fn import_and_transform_of_entries_with_lone_surrogates_keep_no_clear_valu
     for body in rudder.bodies() {
         assert_no_clear_value(&body, "a body RudderStack received");
     }
+}
+
+/// `dead-letter retry` with Auth0 failing (500 on `GET /api/v2/logs/{id}`) tries every withheld letter once,
+/// says for each that it stays set aside, and then exits 1; the letters are all still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth0_failure_during_retry_exits_1_after_every_letter_was_tried() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut made = auth0.make_entries(3);
+    for e in &mut made {
+        e["user_name"] = json!("someone");
+    }
+    let text = |e: &Value| serde_json::to_string(e).unwrap();
+    auth0.push_raw(made[0].clone(), text(&made[0]));
+    for (i, byte) in [(1, 0xff), (2, 0xfe)] {
+        let bytes = invalid(&text(&made[i]).replace("\"someone\"", "\"someXone\""), byte);
+        auth0.push_raw(made[i].clone(), bytes);
+    }
+    let mut app = App::new(&auth0, &rudder);
+    protect(&mut app);
+    let mut outputs = Outputs::default();
+    let out = app.sync().await;
+    let shown = outputs.keep(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let letters = list(&app, &mut outputs).await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|l| l["withheld"] == true), "{letters:?}");
+
+    auth0.set_hook(|req, _| {
+        req.path.starts_with("/api/v2/logs/").then(|| {
+            crate::support::http::Reply::json(
+                500,
+                &json!({"statusCode": 500, "error": "Internal Server Error"}),
+            )
+        })
+    });
+    let out = app.run(&["dead-letter", "retry"], Duration::from_secs(60)).await;
+    let shown = text_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    for i in [1, 2] {
+        let id = made[i]["log_id"].as_str().unwrap();
+        let line = said.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("{id} not named: {shown}"));
+        assert!(
+            line.contains("could not be fetched again from Auth0") && line.contains("stays set aside"),
+            "{line}"
+        );
+    }
+    let by_id: Vec<String> = auth0
+        .recorded()
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v2/logs/"))
+        .map(|r| r.path.clone())
+        .collect();
+    let want: Vec<String> =
+        [1, 2].map(|i| format!("/api/v2/logs/{}", made[i]["log_id"].as_str().unwrap())).into();
+    let mut got = by_id.clone();
+    got.sort();
+    assert_eq!(got, want, "one request per letter: {by_id:?}");
+    assert_eq!(list(&app, &mut outputs).await.len(), 2, "the letters stay set aside");
+    assert_eq!(app.status().await["outbox_depth"], 0);
+}
+
+/// Without `[privacy]` an entry that is not valid UTF-8 is kept whole, each invalid byte read as U+FFFD,
+/// while the rest of its page is delivered; `dead-letter retry` queues that text as it is (no request to
+/// Auth0), and the next `sync` delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rules_an_entry_that_is_not_utf8_is_kept_with_replacements_and_a_retry_delivers_it() {
+    let (auth0, rudder) = start_fakes().await;
+    let made = auth0.make_entries(3);
+    let text = |e: &Value| serde_json::to_string(e).unwrap();
+    let mut bad = made[1].clone();
+    bad["description"] = json!("broken X here");
+    auth0.push_raw(made[0].clone(), text(&made[0]));
+    auth0.push_raw(made[1].clone(), invalid(&text(&bad), 0xff));
+    auth0.push_raw(made[2].clone(), text(&made[2]));
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+    let ids = |events: &[Value]| -> Vec<String> {
+        events.iter().map(|e| e["properties"]["log_id"].as_str().unwrap().to_string()).collect()
+    };
+    let id = |i: usize| made[i]["log_id"].as_str().unwrap().to_string();
+    assert_eq!(ids(&rudder.events()), [id(0), id(2)]);
+
+    let out = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+    assert!(out.status.success(), "{}", text_of(&out));
+    let letters: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["withheld"], false, "{letters:?}");
+    assert_eq!(letters[0]["log_id"], id(1));
+    let raw: Value =
+        serde_json::from_str(letters[0]["raw"].as_str().unwrap()).expect("the kept text is JSON");
+    assert_eq!(raw["description"], "broken \u{FFFD} here");
+
+    let before = auth0.recorded().len();
+    let out = app.run(&["dead-letter", "retry"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 dead letter moved back"), "{}", text_of(&out));
+    assert_eq!(auth0.recorded().len(), before, "a letter kept whole is queued without asking Auth0");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+    let events = rudder.events();
+    assert_eq!(ids(&events), [id(0), id(2), id(1)]);
+    assert_eq!(events[2]["properties"]["description"], "broken \u{FFFD} here");
+    assert_eq!(app.status().await["dead_letters"], 0);
 }
