@@ -16,6 +16,11 @@
 //! `Send`. At most a few batches are in flight, which bounds memory whatever the input size. `EntryReader`
 //! hands its batches to the caller instead, one at a time, so the caller's pace bounds it.
 //!
+//! No entry is held whole past the entry limit (`entry_limit`: four times the largest event, at least 1 MiB):
+//! the scanner keeps only its state (depth, string, escape) and lets the bytes of a longer value go through a
+//! SHA-256 as they stream past, keeping its first 4 KiB, so a gigantic entry costs no memory and is handed
+//! out as set aside with what was measured (`Oversized`).
+//!
 //! Malformed JSON stops the run with an error that says where; an entry that is valid JSON but yields no
 //! event (not an object, no type, a group without an organization path) is reported and skipped, and the
 //! run goes on. Byte offsets count the bytes of the input as the scanner sees them: for gzip input, those of

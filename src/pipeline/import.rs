@@ -8,11 +8,16 @@
 //! enqueues, and the daemon's sender (woken by the outbox watcher, `pipeline::watch`) delivers. Only the lock
 //! holder ever sends, so no row is delivered twice by the two.
 //!
-//! Resuming: a file is identified by its content (a hash of its first MiB and its size), and the number of
-//! its entries read and settled is committed in the same transaction as the rows they produced. Run again,
-//! an interrupted import skips those entries (the reader delimits them without parsing) and goes on; a file
-//! imported in full is skipped unless `--force`. An entry whose `log_id` is already waiting in the outbox is
-//! not enqueued again. Reading streams in batches, so memory stays flat whatever the file's size.
+//! Every input is opened exactly once, without blocking: a second open of a pipe, a FIFO or a process
+//! substitution would find other bytes or none. A regular file is identified by its content (a hash of its
+//! first MiB, read at offsets, and its size), and the number of its entries read and settled is committed in
+//! the same transaction as the rows they produced. Run again, an interrupted import skips those entries (the
+//! reader delimits them without parsing) and goes on; a file imported in full is skipped unless `--force`.
+//! Anything else (stdin, a FIFO, `<(…)`) is a stream: read once as it comes, through waits that a signal
+//! ends, and never resumed by offset, since nothing can recognise it again. An entry whose `log_id` is
+//! already waiting in the outbox is not enqueued again; one delivered before goes again under the same ids.
+//! Reading streams in batches, and an entry over the entry limit is set aside as it is read (see
+//! `input::entry_limit`), so memory stays flat whatever the file or one entry holds.
 
 use std::io::{ErrorKind, IsTerminal, Read};
 use std::os::fd::AsFd;
