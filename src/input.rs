@@ -16,6 +16,11 @@
 //! `Send`. At most a few batches are in flight, which bounds memory whatever the input size. `EntryReader`
 //! hands its batches to the caller instead, one at a time, so the caller's pace bounds it.
 //!
+//! No entry is held whole past the entry limit (`entry_limit`: four times the largest event, at least 1 MiB):
+//! the scanner keeps only its state (depth, string, escape) and lets the bytes of a longer value go through a
+//! SHA-256 as they stream past, keeping its first 4 KiB, so a gigantic entry costs no memory and is handed
+//! out as set aside with what was measured (`Oversized`).
+//!
 //! Malformed JSON stops the run with an error that says where; an entry that is valid JSON but yields no
 //! event (not an object, no type, a group without an organization path) is reported and skipped, and the
 //! run goes on. Byte offsets count the bytes of the input as the scanner sees them: for gzip input, those of
@@ -27,8 +32,9 @@ use std::io::{BufReader, ErrorKind, Read, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use flate2::bufread::MultiGzDecoder;
+use flate2::bufread::GzDecoder;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 
 use crate::transform::{self, EntryError, TransformError};
 
@@ -40,12 +46,129 @@ const IN_FLIGHT: usize = 6;
 /// of one endless string) comes near, and it must end in an error rather than in exhausting memory. A
 /// `{"logs": [...]}` body that starts with its `logs` is streamed entry by entry and is not bound by this.
 const MAX_VALUE: usize = 256 << 20;
+/// The smallest entry limit (see [`entry_limit`]).
+pub const MIN_ENTRY_LIMIT: usize = 1 << 20;
+/// Bytes of the beginning of an entry set aside for its size that are kept as its excerpt.
+pub const EXCERPT_BYTES: usize = 4096;
 /// How far past a top-level `{` to look for `"logs": [` before reading the object whole instead.
 const LOGS_LOOKAHEAD: usize = 4096;
 /// Compressed bytes buffered ahead of the gzip decoder.
 const GZIP_BUFFER: usize = 64 << 10;
 /// The first two bytes of every gzip member.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The largest entry read whole, for a `rudderstack.max_event_bytes`: four times the largest event (an event
+/// is about as large as its entry), and never less than 1 MiB. A larger entry could never be delivered; it is
+/// set aside while it is read, without ever being held whole (see [`Oversized`]).
+pub fn entry_limit(max_event_bytes: usize) -> usize {
+    max_event_bytes.saturating_mul(4).clamp(MIN_ENTRY_LIMIT, MAX_VALUE)
+}
+
+/// An entry larger than the entry limit, as the reader measured it while it streamed past: never held whole,
+/// so only these facts about it are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversized {
+    /// Byte offset where it begins.
+    pub offset: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of its bytes, as in the input.
+    pub sha256: [u8; 32],
+    /// Its first `EXCERPT_BYTES` bytes (fewer where they would end inside a UTF-8 character), as in the input.
+    pub excerpt: String,
+    /// A top-level `log_id` string found in those bytes, when one was.
+    pub log_id: Option<String>,
+}
+
+/// An oversized value being measured: what the reader keeps of it while its bytes stream past.
+struct Spill {
+    offset: u64,
+    size: u64,
+    hasher: Sha256,
+    head: Vec<u8>,
+}
+
+impl Spill {
+    fn new(offset: u64) -> Spill {
+        Spill { offset, size: 0, hasher: Sha256::new(), head: Vec::with_capacity(EXCERPT_BYTES) }
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        self.hasher.update(bytes);
+        let room = EXCERPT_BYTES - self.head.len();
+        self.head.extend_from_slice(&bytes[..room.min(bytes.len())]);
+    }
+
+    fn finish(self) -> Oversized {
+        let text = match std::str::from_utf8(&self.head) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&self.head[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        Oversized {
+            offset: self.offset,
+            size: self.size,
+            sha256: self.hasher.finalize().into(),
+            excerpt: text.to_owned(),
+            log_id: top_level_log_id(&self.head),
+        }
+    }
+}
+
+/// A `"log_id": "..."` member of the object that `head` begins (possibly cut short), found without parsing
+/// the object: its strings are skipped and only keys at depth one are compared. An escaped value is not
+/// taken (a log_id never needs one).
+fn top_level_log_id(head: &[u8]) -> Option<String> {
+    let start = head.iter().position(|b| !is_space(*b))?;
+    if head[start] != b'{' {
+        return None;
+    }
+    let skip_space = |mut i: usize| {
+        while i < head.len() && is_space(head[i]) {
+            i += 1;
+        }
+        i
+    };
+    let (mut depth, mut key_next, mut i) = (0u32, false, start);
+    while i < head.len() {
+        match head[i] {
+            b'"' => {
+                let mut j = i + 1;
+                while j < head.len() && head[j] != b'"' {
+                    j += if head[j] == b'\\' { 2 } else { 1 };
+                }
+                let string = head.get(i + 1..j)?;
+                i = j + 1;
+                if depth == 1 && key_next {
+                    key_next = false;
+                    let colon = skip_space(i);
+                    if string == b"log_id" && head.get(colon) == Some(&b':') {
+                        let open = skip_space(colon + 1);
+                        if head.get(open) != Some(&b'"') {
+                            return None;
+                        }
+                        let len = head[open + 1..].iter().position(|b| *b == b'"')?;
+                        let value = &head[open + 1..open + 1 + len];
+                        if value.contains(&b'\\') {
+                            return None;
+                        }
+                        return std::str::from_utf8(value).ok().map(str::to_owned);
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                key_next = depth == 1;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => key_next = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
 
 /// What a `transform` run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +193,8 @@ pub struct SetAside {
     pub error: TransformError,
     /// The element's text, when the reader keeps it (`EntryReader` does, so an import can set it aside whole).
     pub text: Option<String>,
+    /// What is known of an entry too large to read (`error` is then `TransformError::TooLarge`).
+    pub oversized: Option<Box<Oversized>>,
 }
 
 impl fmt::Display for SetAside {
@@ -131,7 +256,21 @@ pub enum InputError {
         /// Compressed bytes read (the whole input).
         compressed: u64,
     },
-    /// The gzip input is damaged (or has trailing bytes that are not another gzip member).
+    /// A complete gzip stream is followed by bytes that are not another gzip member (a file appended to one,
+    /// or padding): they are refused rather than ignored, since they may be entries that would be lost.
+    #[error(
+        "trailing data after the gzip stream at byte {at} of the compressed input ({offset} bytes \
+         decompressed, while reading entry {entry})"
+    )]
+    GzipTrailing {
+        /// 1-based index of the entry being read.
+        entry: u64,
+        /// Decompressed bytes read before the trailing data.
+        offset: u64,
+        /// Where in the compressed input the trailing data begins.
+        at: u64,
+    },
+    /// The gzip input is damaged.
     #[error(
         "the gzip input is corrupt within its first {compressed} compressed bytes, at byte {offset} of the \
          decompressed input, while reading entry {entry}"
@@ -171,6 +310,7 @@ impl InputError {
             | InputError::UnexpectedEnd { entry, .. }
             | InputError::TooLarge { entry, .. }
             | InputError::GzipTruncated { entry, .. }
+            | InputError::GzipTrailing { entry, .. }
             | InputError::GzipCorrupt { entry, .. } => *entry = index,
             InputError::Read(_) | InputError::Write(_) | InputError::Worker => {}
         }
@@ -232,7 +372,7 @@ enum Decoded<R> {
     Undecided(Raw<R>),
     Plain(Raw<R>),
     /// Boxed: the decoder's state is tens of kilobytes.
-    Gzip(Box<MultiGzDecoder<BufReader<Raw<R>>>>),
+    Gzip(Box<Members<R>>),
     /// Only while switching from `Undecided`.
     Gone,
 }
@@ -250,7 +390,7 @@ impl<R: Read> Decoded<R> {
         }
         *self = match std::mem::replace(self, Decoded::Gone) {
             Decoded::Undecided(raw) if raw.head[..raw.head_len] == GZIP_MAGIC => {
-                Decoded::Gzip(Box::new(MultiGzDecoder::new(BufReader::with_capacity(GZIP_BUFFER, raw))))
+                Decoded::Gzip(Box::new(Members::new(BufReader::with_capacity(GZIP_BUFFER, raw))))
             }
             Decoded::Undecided(raw) => Decoded::Plain(raw),
             other => other,
@@ -264,7 +404,12 @@ impl<R: Read> Decoded<R> {
         let Decoded::Gzip(gz) = self else {
             return InputError::Read(e);
         };
-        let raw = gz.get_ref().get_ref();
+        if let Some(at) = gz.trailing {
+            return InputError::GzipTrailing { entry, offset, at };
+        }
+        let Some(raw) = gz.raw() else {
+            return InputError::Read(e);
+        };
         if raw.failed {
             return InputError::Read(e);
         }
@@ -286,6 +431,60 @@ impl<R: Read> Read for Decoded<R> {
             Decoded::Plain(raw) => raw.read(buf),
             Decoded::Gzip(gz) => gz.read(buf),
             Decoded::Undecided(_) | Decoded::Gone => Ok(0),
+        }
+    }
+}
+
+/// Concatenated gzip members read as one stream (what appending to an archive or Firehose produces), one
+/// decoder per member. After each member, what follows must be the end of the input or another member: any
+/// other bytes are named as trailing data at their compressed offset, not taken for damage or a cut.
+struct Members<R> {
+    /// The member being read; `None` only while switching to the next one.
+    decoder: Option<GzDecoder<BufReader<Raw<R>>>>,
+    /// Where trailing data was found, once it was.
+    trailing: Option<u64>,
+}
+
+impl<R: Read> Members<R> {
+    fn new(input: BufReader<Raw<R>>) -> Members<R> {
+        Members { decoder: Some(GzDecoder::new(input)), trailing: None }
+    }
+
+    /// The compressed input, as counted so far.
+    fn raw(&self) -> Option<&Raw<R>> {
+        self.decoder.as_ref().map(|d| d.get_ref().get_ref())
+    }
+}
+
+impl<R: Read> Read for Members<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(decoder) = self.decoder.as_mut() else { return Ok(0) };
+            let n = decoder.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This member ended, checksum and length verified; the decoder consumed exactly its bytes.
+            let input = decoder.get_mut();
+            let next = std::io::BufRead::fill_buf(input)?;
+            let (empty, member, buffered) =
+                (next.is_empty(), matches!(next, [0x1f] | [0x1f, 0x8b, ..]), next.len() as u64);
+            match (empty, member) {
+                (true, _) => return Ok(0),
+                // A member (or the start of one cut short, which its decoder then reports as cut off).
+                (false, true) => {
+                    let input = self.decoder.take().map(GzDecoder::into_inner);
+                    self.decoder = input.map(GzDecoder::new);
+                }
+                (false, false) => {
+                    let at = input.get_ref().count - buffered;
+                    self.trailing = Some(at);
+                    return Err(std::io::Error::new(
+                        ErrorKind::InvalidData,
+                        "trailing data after the gzip stream",
+                    ));
+                }
+            }
         }
     }
 }
@@ -329,20 +528,22 @@ pub fn transform_stream(
     output: impl Write,
     on_set_aside: &mut dyn FnMut(&SetAside),
 ) -> Result<Summary, InputError> {
-    transform_stream_with(tenant, None, input, output, on_set_aside)
+    transform_stream_with(tenant, None, MIN_ENTRY_LIMIT, input, output, on_set_aside)
 }
 
 /// [`transform_stream`], with an operator's privacy rules applied to each entry before it is transformed. An
-/// entry the rules cannot be applied to is set aside, never written in clear.
+/// entry the rules cannot be applied to is set aside, never written in clear. An entry larger than `limit`
+/// bytes (see [`entry_limit`]) is set aside as it is read, never held whole.
 pub fn transform_stream_with(
     tenant: &str,
     privacy: Option<&crate::privacy::Privacy>,
+    limit: usize,
     input: impl Read,
     mut output: impl Write,
     on_set_aside: &mut dyn FnMut(&SetAside),
 ) -> Result<Summary, InputError> {
     let privacy = privacy.filter(|p| !p.is_noop());
-    let ctx = Ctx { tenant, privacy };
+    let ctx = Ctx { tenant, privacy, limit };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let (work_tx, work_rx) = mpsc::channel::<Batch>();
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -376,7 +577,7 @@ pub fn transform_stream_with(
             started: false,
             pools,
         };
-        let result = drive(&mut input, &work_tx, &done_rx, &mut writer, pools);
+        let result = drive(&mut input, limit, &work_tx, &done_rx, &mut writer, pools);
         // Dropping the sender ends the workers, whatever happened.
         drop(work_tx);
         result.map(|()| writer.summary)
@@ -386,12 +587,13 @@ pub fn transform_stream_with(
 /// Read, split and dispatch the whole input, writing results as they come back in order.
 fn drive<R: Read>(
     input: &mut Decoded<R>,
+    limit: usize,
     work_tx: &mpsc::Sender<Batch>,
     done_rx: &mpsc::Receiver<Done>,
     writer: &mut Writer<'_>,
     pools: &Pools,
 ) -> Result<(), InputError> {
-    let mut scanner = Scanner::new();
+    let mut scanner = Scanner::new(limit);
     let mut seq = 0u64;
     loop {
         let n = scanner.fill(input)?;
@@ -467,11 +669,13 @@ enum Shape {
 }
 
 /// One complete value found by the scanner, relative to its batch's bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Element {
     start: usize,
     end: usize,
     top_level: bool,
+    /// A value over the entry limit, measured as it streamed past: `start..end` then holds nothing of it.
+    big: Option<Box<Oversized>>,
 }
 
 /// Finds where values begin and end in a byte stream, without parsing them.
@@ -492,10 +696,14 @@ struct Scanner {
     eof: bool,
     /// The largest value read whole (`MAX_VALUE`; smaller in tests).
     max_value: usize,
+    /// A value larger than this is measured and hashed as it streams past instead of being kept.
+    limit: usize,
+    /// The oversized value in progress, once its bytes are no longer kept.
+    spill: Option<Spill>,
 }
 
 impl Scanner {
-    fn new() -> Scanner {
+    fn new(limit: usize) -> Scanner {
         Scanner {
             buf: Vec::with_capacity(CHUNK),
             filled: 0,
@@ -507,11 +715,32 @@ impl Scanner {
             count: 0,
             eof: false,
             max_value: MAX_VALUE,
+            limit,
+            spill: None,
         }
+    }
+
+    /// Let go of the bytes of the value in progress once it is over the limit: they go through the hash and
+    /// into the excerpt, and the scanner goes on from its state (depth, string, escape) alone. Called before
+    /// each read, when every value before it was handed out (`take_consumed` or `discard_consumed`), so no
+    /// offset anyone holds moves.
+    fn spill_partial(&mut self) {
+        let Some(p) = self.partial.as_ref() else { return };
+        let len = self.filled - p.start;
+        if self.spill.is_none() && len <= self.limit {
+            return;
+        }
+        let start = p.start;
+        let offset = self.base + start as u64;
+        self.spill.get_or_insert_with(|| Spill::new(offset)).take(&self.buf[start..self.filled]);
+        self.filled = start;
+        self.pos = start;
+        self.base += len as u64;
     }
 
     /// Read up to one chunk more; returns the bytes read (0 at the end of the input).
     fn fill<R: Read>(&mut self, input: &mut Decoded<R>) -> Result<usize, InputError> {
+        self.spill_partial();
         let start = self.partial.map_or(self.pos, |p| p.start);
         if self.filled - start > self.max_value {
             return Err(InputError::TooLarge {
@@ -578,7 +807,7 @@ impl Scanner {
         if let Some(p) = self.partial {
             return Err(InputError::UnexpectedEnd {
                 entry: self.count + 1,
-                started: self.base + p.start as u64,
+                started: self.spill.as_ref().map_or(self.base + p.start as u64, |s| s.offset),
                 offset: self.base + self.filled as u64,
             });
         }
@@ -602,8 +831,16 @@ impl Scanner {
             if let Some(mut p) = self.partial.take() {
                 match self.scan_partial(&mut p) {
                     Some(end) => {
+                        let mut spill = self.spill.take();
+                        if spill.is_none() && end - p.start > self.limit {
+                            spill = Some(Spill::new(self.base + p.start as u64));
+                        }
+                        if let Some(s) = spill.as_mut() {
+                            s.take(&self.buf[p.start..end]);
+                        }
                         if p.shape != Shape::Rest {
-                            self.found.push(Element { start: p.start, end, top_level: p.top_level });
+                            let big = spill.map(|s| Box::new(s.finish()));
+                            self.found.push(Element { start: p.start, end, top_level: p.top_level, big });
                             self.count += 1;
                         }
                         self.expect = match self.expect {
@@ -863,6 +1100,8 @@ struct Done {
 struct Ctx<'a> {
     tenant: &'a str,
     privacy: Option<&'a crate::privacy::Privacy>,
+    /// The entry limit, for messages.
+    limit: usize,
 }
 
 /// Transform every value of a batch (on a worker thread).
@@ -886,6 +1125,16 @@ fn transform_elements(ctx: Ctx<'_>, batch: &Batch, text: String) -> Done {
         scratch: String::new(),
     };
     for element in &batch.elements {
+        if let Some(big) = &element.big {
+            let error = TransformError::TooLarge {
+                log_id: big.log_id.clone(),
+                size: big.size,
+                limit: ctx.limit as u64,
+            };
+            done.set_aside.push((done.entries, big.offset, error));
+            done.entries += 1;
+            continue;
+        }
         let offset = batch.base + element.start as u64;
         let text = match std::str::from_utf8(&batch.bytes[element.start..element.end]) {
             Ok(text) => text,
@@ -1024,7 +1273,13 @@ impl Writer<'_> {
         self.summary.events += events;
         for (index, offset, error) in set_aside {
             self.summary.set_aside += 1;
-            (self.on_set_aside)(&SetAside { index: first + index + 1, offset, error, text: None });
+            (self.on_set_aside)(&SetAside {
+                index: first + index + 1,
+                offset,
+                error,
+                text: None,
+                oversized: None,
+            });
         }
         if let Some((index, offset, reason)) = error {
             return Err(InputError::Malformed { entry: first + index + 1, offset, reason });
@@ -1104,7 +1359,7 @@ impl<R: Read> EntryReader<R> {
     pub fn new(input: R, batch_size: usize) -> EntryReader<R> {
         EntryReader {
             input: Decoded::new(input),
-            scanner: Scanner::new(),
+            scanner: Scanner::new(MIN_ENTRY_LIMIT),
             batch_size: batch_size.max(1),
             skip: 0,
             bytes: Vec::new(),
@@ -1116,6 +1371,13 @@ impl<R: Read> EntryReader<R> {
             eof: false,
             done: false,
         }
+    }
+
+    /// Set aside entries larger than `limit` bytes (see [`entry_limit`]; `MIN_ENTRY_LIMIT` unless told) while
+    /// they are read: each is handed out as a `SetAside` with what was measured of it (`oversized`).
+    pub fn limited_to(mut self, limit: usize) -> EntryReader<R> {
+        self.scanner.limit = limit;
+        self
     }
 
     /// Pass over the first `n` entries without handing them out, to resume an interrupted import. They are
@@ -1209,6 +1471,29 @@ impl<R: Read> EntryReader<R> {
 
     /// Hand out one value: an entry, or the entries of a `{"logs": [...]}` body (queued in its place).
     fn take(&mut self, element: Element, batch: &mut EntryBatch) -> Result<(), InputError> {
+        if let Some(big) = element.big {
+            let index = self.index + 1;
+            self.index = index;
+            self.summary.entries = index;
+            if index <= self.skip {
+                self.summary.skipped += 1;
+            } else {
+                self.summary.set_aside += 1;
+                let error = TransformError::TooLarge {
+                    log_id: big.log_id.clone(),
+                    size: big.size,
+                    limit: self.scanner.limit as u64,
+                };
+                batch.push(Err(SetAside {
+                    index,
+                    offset: big.offset,
+                    error,
+                    text: None,
+                    oversized: Some(big),
+                }));
+            }
+            return Ok(());
+        }
         let offset = self.base + element.start as u64;
         let bytes = &self.bytes[element.start..element.end];
         if element.top_level
@@ -1222,7 +1507,7 @@ impl<R: Read> EntryReader<R> {
                     for entry in list.iter().rev() {
                         let start = element.start + (entry.get().as_ptr() as usize - text.as_ptr() as usize);
                         let end = start + entry.get().len();
-                        self.queue.push_front(Element { start, end, top_level: false });
+                        self.queue.push_front(Element { start, end, top_level: false, big: None });
                     }
                     return Ok(());
                 }
@@ -1246,7 +1531,7 @@ impl<R: Read> EntryReader<R> {
             Ok(entry) => Ok(RawEntry { index, offset, log_id: entry.log_id(), raw: entry.text.to_owned() }),
             Err(EntryError::Transform(error)) => {
                 self.summary.set_aside += 1;
-                Err(SetAside { index, offset, error, text: Some(text.to_owned()) })
+                Err(SetAside { index, offset, error, text: Some(text.to_owned()), oversized: None })
             }
             Err(EntryError::Json(e)) => {
                 return Err(InputError::Malformed {
@@ -1284,21 +1569,67 @@ fn utf8(bytes: &[u8], offset: u64, entry: u64) -> Result<&str, InputError> {
 mod tests {
     use super::*;
 
-    /// A value larger than the limit is an error naming where it began, from either reader.
+    /// A value larger than the entry limit is handed out as set aside with its offset, size, hash, excerpt and
+    /// log_id, while the scanner's buffer never holds it whole; the entries around it are read as usual.
     #[test]
-    fn a_value_larger_than_the_limit_is_an_error() {
-        let big = format!(r#"{{"type":"s","description":"{}"}}"#, "x".repeat(3 * CHUNK));
-        let input = format!("{{\"type\":\"s\"}}\n{big}\n");
-        let mut reader = EntryReader::new(input.as_bytes(), 10);
-        reader.scanner.max_value = CHUNK;
-        let first = reader.next_batch().expect("the small entry").expect("a batch");
-        assert_eq!(first.len(), 1);
-        match reader.next_batch() {
-            Err(InputError::TooLarge { entry: 2, offset: 13, limit }) => assert_eq!(limit, CHUNK),
-            other => panic!("{other:?}"),
+    fn a_value_larger_than_the_entry_limit_is_measured_and_set_aside() {
+        let big = format!(r#"{{"type":"s","log_id":"big-1","description":"{}"}}"#, "x".repeat(5 * CHUNK));
+        let input = format!("{{\"type\":\"s\"}}\n{big}\n{{\"type\":\"f\"}}\n");
+        let mut reader = EntryReader::new(input.as_bytes(), 10).limited_to(CHUNK);
+        let mut items = Vec::new();
+        while let Some(batch) = reader.next_batch().expect("reads") {
+            items.extend(batch);
+            assert!(reader.scanner.buf.capacity() <= 4 * CHUNK, "{}", reader.scanner.buf.capacity());
         }
-        let mut unlimited = EntryReader::new(input.as_bytes(), 10);
-        assert_eq!(unlimited.next_batch().expect("reads").map(|b| b.len()), Some(2));
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[2].is_ok());
+        let set_aside = items[1].as_ref().expect_err("the big entry is set aside");
+        assert_eq!((set_aside.index, set_aside.offset), (2, 13));
+        let o = set_aside.oversized.as_ref().expect("measured");
+        assert_eq!(o.size, big.len() as u64);
+        assert_eq!(o.sha256, <[u8; 32]>::from(Sha256::digest(big.as_bytes())));
+        assert_eq!(o.excerpt, big[..EXCERPT_BYTES]);
+        assert_eq!(o.log_id.as_deref(), Some("big-1"));
+        assert!(matches!(set_aside.error, TransformError::TooLarge { size, .. } if size == big.len() as u64));
+        assert_eq!(reader.summary().set_aside, 1);
+        // Resuming past it skips it like any other entry.
+        let mut resumed = EntryReader::new(input.as_bytes(), 10).limited_to(CHUNK).skipping(2);
+        let rest = resumed.next_batch().expect("reads").expect("a batch");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].as_ref().map(|e| e.index), Ok(3));
+    }
+
+    /// A value that fits in one read but is over the limit is set aside too; `transform_stream` reports it by
+    /// position and goes on.
+    #[test]
+    fn transform_sets_aside_an_entry_over_the_limit_and_goes_on() {
+        let big = format!(r#"{{"type":"s","description":"{}"}}"#, "y".repeat(CHUNK / 2));
+        let input =
+            format!("[{{\"type\":\"s\",\"log_id\":\"1\"}},{big},{{\"type\":\"f\",\"log_id\":\"2\"}}]");
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let summary = transform_stream_with("t", None, CHUNK / 4, input.as_bytes(), &mut out, &mut |s| {
+            seen.push((s.index, s.offset, s.error.to_string()))
+        })
+        .expect("reads");
+        assert_eq!((summary.entries, summary.events, summary.set_aside), (3, 2, 1));
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].0, seen[0].1), (2, input.find(&big).expect("there") as u64));
+        assert!(seen[0].2.contains(&big.len().to_string()), "{}", seen[0].2);
+    }
+
+    /// The look for a log_id reads only top-level keys, stops at a cut, and refuses escaped values.
+    #[test]
+    fn the_log_id_of_a_cut_off_object_is_found_at_the_top_level_only() {
+        assert_eq!(top_level_log_id(br#" {"a":{"log_id":"inner"},"log_id" : "90020"#), None);
+        assert_eq!(
+            top_level_log_id(br#" {"a":{"log_id":"inner"},"log_id" : "900","x""#).as_deref(),
+            Some("900")
+        );
+        assert_eq!(top_level_log_id(br#"{"s":"\"log_id\":\"no\"","log_id":"yes"}"#).as_deref(), Some("yes"));
+        assert_eq!(top_level_log_id(br#"{"log_id":"a\u0062"}"#), None);
+        assert_eq!(top_level_log_id(br#"["log_id","x"]"#), None);
+        assert_eq!(top_level_log_id(br#"{"log_id":12}"#), None);
     }
 
     /// Whitespace between values does not pile up in the scanner's buffer.

@@ -191,6 +191,7 @@ fn transform(
         }
     };
     let privacy = chosen.and_then(|t| t.privacy.as_ref()).and_then(|p| p.rules()).cloned();
+    let limit = chosen.map_or(input::MIN_ENTRY_LIMIT, |t| input::entry_limit(t.rudderstack.max_event_bytes));
     let name = file.map(|f| f.display().to_string()).unwrap_or_else(|| "stdin".into());
     let input: Box<dyn Read> = match file {
         Some(f) => {
@@ -201,7 +202,8 @@ fn transform(
     let stdout = std::io::stdout();
     let out = BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut set_aside = |msg: &input::SetAside| logging::note(&format!("warning: {name}: {msg}"));
-    let summary = input::transform_stream_with(&domain, privacy.as_deref(), input, out, &mut set_aside)?;
+    let summary =
+        input::transform_stream_with(&domain, privacy.as_deref(), limit, input, out, &mut set_aside)?;
     if summary.set_aside > 0 {
         logging::note(&format!(
             "{name}: {} entries, {} events, {} entries set aside (see the warnings above)",

@@ -77,6 +77,21 @@ pub enum TransformError {
         /// The path's JSON text.
         path: String,
     },
+    /// The entry is larger than an entry may be (see `input::entry_limit`): it was measured and hashed while
+    /// it was read, never held whole, and so was not transformed.
+    #[error(
+        "{}: {size} bytes, more than the {limit} an entry may have (the larger of 4 × \
+         rudderstack.max_event_bytes and 1 MiB); set aside unread",
+        who(.log_id)
+    )]
+    TooLarge {
+        /// The log_id found near its beginning, when one was.
+        log_id: Option<String>,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit it is over, in bytes.
+        limit: u64,
+    },
     /// The entry could not be read although it is valid JSON (should not happen; kept so it is never a panic).
     #[error("{}: unreadable entry: {reason}", who(.log_id))]
     Unreadable {
@@ -109,6 +124,7 @@ impl TransformError {
             | TransformError::NoType { log_id }
             | TransformError::GroupWithoutGroupId { log_id, .. }
             | TransformError::NonStringPath { log_id, .. }
+            | TransformError::TooLarge { log_id, .. }
             | TransformError::Unreadable { log_id, .. } => log_id.as_deref(),
         }
     }

@@ -8,13 +8,20 @@
 //! enqueues, and the daemon's sender (woken by the outbox watcher, `pipeline::watch`) delivers. Only the lock
 //! holder ever sends, so no row is delivered twice by the two.
 //!
-//! Resuming: a file is identified by its content (a hash of its first MiB and its size), and the number of
-//! its entries read and settled is committed in the same transaction as the rows they produced. Run again,
-//! an interrupted import skips those entries (the reader delimits them without parsing) and goes on; a file
-//! imported in full is skipped unless `--force`. An entry whose `log_id` is already waiting in the outbox is
-//! not enqueued again. Reading streams in batches, so memory stays flat whatever the file's size.
+//! Every input is opened exactly once, without blocking: a second open of a pipe, a FIFO or a process
+//! substitution would find other bytes or none. A regular file is identified by its content (a hash of its
+//! first MiB, read at offsets, and its size), and the number of its entries read and settled is committed in
+//! the same transaction as the rows they produced. Run again, an interrupted import skips those entries (the
+//! reader delimits them without parsing) and goes on; a file imported in full is skipped unless `--force`.
+//! Anything else (stdin, a FIFO, `<(…)`) is a stream: read once as it comes, through waits that a signal
+//! ends, and never resumed by offset, since nothing can recognise it again. An entry whose `log_id` is
+//! already waiting in the outbox is not enqueued again; one delivered before goes again under the same ids.
+//! Reading streams in batches, and an entry over the entry limit is set aside as it is read (see
+//! `input::entry_limit`), so memory stays flat whatever the file or one entry holds.
 
-use std::io::{IsTerminal, Read};
+use std::io::{ErrorKind, IsTerminal, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +36,7 @@ use super::sender::Sender;
 use super::{Error, RunMode, TenantRun};
 use crate::config::Config;
 use crate::entry::{self, LogId};
-use crate::input::EntryReader;
+use crate::input::{EntryReader, SetAside};
 use crate::store::{ImportProgress, Kept, NewDeadLetter, NewEntry, Store, StoreError};
 
 /// Entries per transaction.
@@ -205,19 +212,14 @@ fn read_files(
     run: Option<&TenantRun>,
 ) -> Result<Vec<FileSummary>, Error> {
     let rewrite = super::privacy_rewrite(tenant);
+    let limit = crate::input::entry_limit(tenant.rudderstack.max_event_bytes);
     let mut summaries = Vec::new();
     for file in files {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let name = file.display().to_string();
-        let (input, file_id, size): (Box<dyn Read>, Option<String>, u64) = if name == "-" {
-            (Box::new(std::io::stdin().lock()), None, 0)
-        } else {
-            let (id, size) = identify(file)?;
-            let f = std::fs::File::open(file).map_err(|source| open_error(file, source))?;
-            (Box::new(f), Some(id), size)
-        };
+        let Opened { input, id: file_id, size } = open(file, stop)?;
         *progress.file.lock().unwrap_or_else(|p| p.into_inner()) = name.clone();
         progress.size.store(size, Ordering::Relaxed);
         progress.bytes.store(0, Ordering::Relaxed);
@@ -244,7 +246,7 @@ fn read_files(
         }
         summary.resumed_after = resume;
         let counted = Counted { inner: input, bytes: progress.bytes.clone() };
-        let mut reader = EntryReader::new(counted, BATCH).skipping(resume);
+        let mut reader = EntryReader::new(counted, BATCH).limited_to(limit).skipping(resume);
         loop {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -253,6 +255,9 @@ fn read_files(
             let batch = match reader.next_batch() {
                 Ok(Some(batch)) => batch,
                 Ok(None) => break,
+                // A signal ends a wait for a pipe's next bytes this way: what was read before it is
+                // committed (the batch before the error came first), the rest is read next time.
+                Err(_) if stop.load(Ordering::SeqCst) => break,
                 Err(source) => return Err(Error::Input { file: name, source }),
             };
             let mut entries = Vec::with_capacity(batch.len());
@@ -261,6 +266,19 @@ fn read_files(
             for item in batch {
                 summary.read += 1;
                 match item {
+                    // Too large to hold: only what was measured while it streamed past is kept, and no
+                    // excerpt at all under privacy rules (a cut-off excerpt cannot be rewritten reliably).
+                    Err(SetAside { oversized: Some(big), index, offset, error, .. }) => {
+                        dead.push(NewDeadLetter {
+                            log_id: big.log_id.as_deref().and_then(|id| LogId::parse(id).ok()),
+                            kept: Kept::Withheld {
+                                size: big.size,
+                                sha256: big.sha256,
+                                excerpt: if rewrite.is_some() { String::new() } else { big.excerpt },
+                            },
+                            reason: format!("{name} entry {index} (byte {offset}): {error}"),
+                        })
+                    }
                     Err(set_aside) => dead.push(NewDeadLetter {
                         log_id: None,
                         kept: super::fetcher::kept(
@@ -392,15 +410,86 @@ fn open_error(file: &Path, source: std::io::Error) -> Error {
     Error::File { path: file.to_path_buf(), source }
 }
 
-/// A file's identity: SHA-256 of its first MiB (as stored, compressed or not) and its size.
-fn identify(file: &Path) -> Result<(String, u64), Error> {
-    let mut f = std::fs::File::open(file).map_err(|source| open_error(file, source))?;
-    let size = f.metadata().map_err(|source| open_error(file, source))?.len();
-    let mut head = Vec::with_capacity(ID_BYTES);
-    (&mut f).take(ID_BYTES as u64).read_to_end(&mut head).map_err(|source| open_error(file, source))?;
-    let digest = Sha256::digest(&head);
+/// An input as opened, once: a regular file with its identity, or a stream read once as it comes.
+struct Opened<'a> {
+    input: Box<dyn Read + 'a>,
+    /// A regular file's identity (see [`identify`]); a stream has none, so it is never resumed by offset.
+    id: Option<String>,
+    /// A regular file's size, for the progress; 0 for a stream.
+    size: u64,
+}
+
+/// Open `file` (`-` for stdin) exactly once: a second open of a pipe, a FIFO or `<(…)` would find other bytes
+/// or none. Without blocking: a FIFO nobody writes yet opens at once, and the wait for its bytes is a
+/// [`Stream`]'s, which a signal ends.
+fn open<'a>(file: &Path, stop: &'a AtomicBool) -> Result<Opened<'a>, Error> {
+    if file.as_os_str() == "-" {
+        // A duplicate of the descriptor: reading it needs no lock on stdin, and its flags stay as they are.
+        let fd = std::io::stdin().as_fd().try_clone_to_owned().map_err(|source| open_error(file, source))?;
+        return Ok(Opened { input: Box::new(Stream { file: fd.into(), stop }), id: None, size: 0 });
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
+    let f = options.open(file).map_err(|source| open_error(file, source))?;
+    let meta = f.metadata().map_err(|source| open_error(file, source))?;
+    if meta.file_type().is_file() {
+        // O_NONBLOCK means nothing to a regular file: its reads are as usual.
+        let id = identify(&f, meta.len()).map_err(|source| open_error(file, source))?;
+        return Ok(Opened { input: Box::new(f), id: Some(id), size: meta.len() });
+    }
+    Ok(Opened { input: Box::new(Stream { file: f, stop }), id: None, size: 0 })
+}
+
+/// A regular file's identity: SHA-256 of its first MiB (as stored, compressed or not) and its size. Read
+/// at offsets, so the read that follows still starts at the beginning.
+fn identify(f: &std::fs::File, size: u64) -> std::io::Result<String> {
+    let mut head = vec![0; ID_BYTES];
+    let mut len = 0;
+    while len < ID_BYTES {
+        match f.read_at(&mut head[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = Sha256::digest(&head[..len]);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((format!("sha256:{hex}:{size}"), size))
+    Ok(format!("sha256:{hex}:{size}"))
+}
+
+/// How long a wait for a stream's bytes goes before looking at the stop flag again.
+const STREAM_POLL: u16 = 100;
+
+/// A pipe, FIFO, socket or terminal, read as its bytes come: each read first waits (in slices of
+/// `STREAM_POLL` ms) until there are bytes or the writer is gone, so that a signal ends the wait. A
+/// FIFO opened before any writer reads as the end of input until one comes; `poll` tells the two apart (it
+/// reports a hang-up only once a writer has come and gone).
+struct Stream<'a> {
+    file: std::fs::File,
+    stop: &'a AtomicBool,
+}
+
+impl Read for Stream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("stopped by signal"));
+            }
+            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(STREAM_POLL)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.file.read(buf) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                other => return other,
+            }
+        }
+    }
 }
 
 /// A reader that counts the bytes read through it (for the progress of a file of known size).

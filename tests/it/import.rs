@@ -295,3 +295,223 @@ async fn elements_without_a_deliverable_entry_become_dead_letters() {
         assert!(reason.contains("mixed.ndjson"), "the reason names the file: {reason}");
     }
 }
+
+/// `entries` as NDJSON text.
+fn ndjson(entries: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        serde_json::to_writer(&mut out, e).unwrap();
+        out.push(b'\n');
+    }
+    out
+}
+
+/// `bytes` as one gzip member.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The log ids of `entries`.
+fn log_ids(entries: &[Value]) -> HashSet<String> {
+    entries.iter().map(|e| e["log_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// The binary's command line for `import ARG` with this config, quoted for `bash -c`.
+fn import_line(app: &App, arg: &str) -> String {
+    format!("exec '{}' --config '{}' import {arg}", crate::support::app::bin(), app.config_path().display())
+}
+
+/// `bash -c LINE` with the environment the binary's tests use.
+fn bash(line: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg("-c").arg(line);
+    cmd.env_remove("AUTH0_CLIENT_SECRET").env_remove("RUDDERSTACK_WRITE_KEY").env_remove("RUST_LOG");
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+    cmd.stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    cmd
+}
+
+/// A FIFO at `path`, made with mkfifo(1) (the crate forbids the unsafe `mkfifo(3)`); false if there is none.
+fn mkfifo(path: &Path, test: &str) -> bool {
+    match std::process::Command::new("mkfifo").arg(path).status() {
+        Ok(s) if s.success() => true,
+        other => {
+            crate::support::missing_prerequisite(test, &format!("mkfifo failed: {other:?}"));
+            false
+        }
+    }
+}
+
+/// Whether process `pid` has `path` open (one of its descriptors links to it).
+fn has_open(pid: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path)))
+        .unwrap_or(false)
+}
+
+/// Process substitution (`import <(cat FILE)`, a pipe named `/dev/fd/N`) over 1 MiB is read once, as a stream:
+/// every entry arrives once. A second run reads it again from its beginning (a pipe cannot be recognised, so
+/// nothing says "imported before"), and what it sends again carries the same messageIds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_from_process_substitution_delivers_every_entry_once() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let all = entries(3_000).await;
+    let file = app.dir.path().join("archive.ndjson");
+    std::fs::write(&file, ndjson(&all)).unwrap();
+    assert!(std::fs::metadata(&file).unwrap().len() > 1 << 20, "the archive must be over 1 MiB");
+    let line = import_line(&app, &format!("<(cat '{}')", file.display()));
+
+    let out = run_bounded(bash(&line), Duration::from_secs(120)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!((ids.len(), copies), (all.len(), 0), "every entry exactly once: {}", text(&out));
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), log_ids(&all));
+
+    let again = run_bounded(bash(&line), Duration::from_secs(120)).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("imported in full before"), "{}", text(&again));
+    let (ids, _) = delivered(&rudder);
+    assert_eq!(ids.len(), all.len(), "sent again only under the ids it was sent with");
+}
+
+/// `cat FILE.gz | import -`: standard input, gzip compressed, is read once and every entry arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_from_stdin_delivers_every_entry_once() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let all = entries(3_000).await;
+    let file = app.dir.path().join("archive.ndjson.gz");
+    std::fs::write(&file, gzip(&ndjson(&all))).unwrap();
+    let line = format!("cat '{}' | {}", file.display(), import_line(&app, "-"));
+    let out = run_bounded(bash(&line), Duration::from_secs(120)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!((ids.len(), copies), (all.len(), 0), "every entry exactly once: {}", text(&out));
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), log_ids(&all));
+}
+
+/// `import FIFO`, the writer coming after the import opened it: the FIFO is opened once and read to its end,
+/// and every entry arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_from_a_fifo_delivers_every_entry_once() {
+    let test = "an_import_from_a_fifo_delivers_every_entry_once";
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let fifo = app.dir.path().join("archive.fifo");
+    if !mkfifo(&fifo, test) {
+        return;
+    }
+    let all = entries(3_000).await;
+    let bytes = gzip(&ndjson(&all));
+    let child = import_cmd(&app, &[&fifo]).spawn().unwrap();
+    let pid = child.id().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || has_open(pid, &fifo)).await, "the import never opened it");
+    let writer = {
+        let fifo = fifo.clone();
+        // Opening for writing blocks until a reader has it open: the import already does.
+        std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(&fifo)?.write_all(&bytes))
+    };
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the import ends once the writer is gone")
+        .unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!((ids.len(), copies), (all.len(), 0), "every entry exactly once: {}", text(&out));
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), log_ids(&all));
+}
+
+/// SIGTERM ends an import waiting on a FIFO, whether no writer ever came or the writer holds it open and
+/// writes nothing more: within 5 s, with 128 + 15. What was read before the signal is committed whole: it is
+/// delivered or still waiting in the outbox, and nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_an_import_waiting_on_a_fifo_within_5_seconds() {
+    let test = "sigterm_ends_an_import_waiting_on_a_fifo_within_5_seconds";
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let fifo = app.dir.path().join("stalled.fifo");
+    if !mkfifo(&fifo, test) {
+        return;
+    }
+
+    // No writer at all.
+    let child = import_cmd(&app, &[&fifo]).spawn().unwrap();
+    let pid = child.id().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || has_open(pid, &fifo)).await, "the import never opened it");
+    let (status, took) = crate::support::app::sigterm_within(child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(143), "no writer: exited {status:?} after {took:?}");
+
+    // A writer that wrote some entries and holds the FIFO open.
+    let some = entries(10).await;
+    let child = import_cmd(&app, &[&fifo]).spawn().unwrap();
+    let pid = child.id().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || has_open(pid, &fifo)).await, "the import never opened it");
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(&ndjson(&some)).unwrap();
+    writer.flush().unwrap();
+    // The import has read them once nothing is left in the FIFO to read.
+    let (status, took) = crate::support::app::sigterm_within(child, Duration::from_secs(5)).await;
+    drop(writer);
+    assert_eq!(status.code(), Some(143), "a silent writer: exited {status:?} after {took:?}");
+    let s = app.status().await;
+    let kept = s["outbox_depth"].as_u64().unwrap() as usize + rudder.event_count();
+    assert!(kept == 0 || kept == some.len(), "all or none of the entries read before the signal: {s}");
+}
+
+/// An entry of 3 MB (over the 1 MiB limit the default `max_event_bytes` gives) among normal ones is set aside
+/// while it is read: its dead letter keeps its log_id, size, SHA-256 and first 4 KiB, the state never holds
+/// its text (its last bytes are nowhere in the state file or its WAL), the summary counts it, and the entries
+/// around it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_over_the_limit_is_set_aside_while_read_and_never_stored() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let mut all = entries(41).await;
+    let mut big = all.remove(20);
+    let tail = "TAIL-OF-THE-OVERSIZED-ENTRY-5f3a";
+    big["description"] = json!(format!("{}{tail}", "x".repeat(3_000_000)));
+    // As a Log Streams wrapper, whose log_id comes first: only the first 4 KiB are looked at for one.
+    let big = json!({ "log_id": big["log_id"], "data": big });
+    let big_text = serde_json::to_vec(&big).unwrap();
+    let mut text_of = ndjson(&all[..20]);
+    text_of.extend_from_slice(&big_text);
+    text_of.push(b'\n');
+    text_of.extend(ndjson(&all[20..]));
+    let file = app.dir.path().join("big.ndjson.gz");
+    std::fs::write(&file, gzip(&text_of)).unwrap();
+
+    let out = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(120)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dead_letters=1"), "the summary counts it: {err}");
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!((ids.len(), copies), (all.len(), 0));
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), log_ids(&all));
+
+    let out = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let letters: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let l = &letters[0];
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&big_text).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(l["log_id"], big["log_id"]);
+    assert_eq!(l["withheld"], true);
+    assert_eq!(l["size"].as_u64(), Some(big_text.len() as u64));
+    assert_eq!(l["sha256"].as_str(), Some(sha.as_str()));
+    assert_eq!(l["raw"].as_str().map(str::as_bytes), Some(&big_text[..4096]));
+    assert!(l["reason"].as_str().unwrap().contains("entry 21"), "{l}");
+
+    for path in [app.db_path(), app.db_path().with_extension("db-wal")] {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            memchr::memmem::find(&bytes, tail.as_bytes()).is_none(),
+            "{} holds the entry",
+            path.display()
+        );
+    }
+}

@@ -171,7 +171,7 @@ fn a_truncated_gzip_stream_is_an_input_error_naming_the_offsets() {
     }
 }
 
-/// A damaged gzip stream, or bytes after its last member that are not gzip, is an input error too.
+/// A damaged gzip stream is an input error too, and so are bytes after its last member that are not gzip.
 #[test]
 fn a_corrupt_gzip_stream_is_an_input_error() {
     let whole = gzip(fixtures::synthetic_entries(20).map(|e| e + "\n").collect::<String>().as_bytes());
@@ -185,11 +185,52 @@ fn a_corrupt_gzip_stream_is_an_input_error() {
     assert!(transform_all(&flipped[..]).is_err());
     assert!(read_all(EntryReader::new(&flipped[..], 10)).1.is_some());
     let e = transform_all(&trailing[..]).expect_err("trailing bytes");
-    assert!(matches!(e, InputError::GzipCorrupt { .. }), "{e:?}");
-    assert!(e.to_string().contains("gzip") && e.to_string().contains("corrupt"), "{e}");
+    assert!(matches!(e, InputError::GzipTrailing { .. }), "{e:?}");
     let (items, error) = read_all(EntryReader::new(&trailing[..], 10));
     assert_eq!(items.len(), 20);
-    assert!(matches!(error, Some(InputError::GzipCorrupt { .. })), "{error:?}");
+    assert!(matches!(error, Some(InputError::GzipTrailing { .. })), "{error:?}");
+}
+
+/// Bytes after a complete gzip stream that are not another member (text, a newline, zero padding, after one
+/// member or two) are named as trailing data at their compressed offset, never as a cut or as damage; the
+/// entries before them are handed out.
+#[test]
+fn trailing_bytes_after_a_gzip_stream_are_named_as_such() {
+    let ndjson = fixtures::synthetic_entries(20).map(|e| e + "\n").collect::<String>();
+    let one = gzip(ndjson.as_bytes());
+    let two = [one.clone(), gzip(ndjson.as_bytes())].concat();
+    for (stream, entries) in [(&one, 20), (&two, 40)] {
+        for tail in [&b"not gzip at all"[..], b"\n", b"x", &[0u8; 512]] {
+            let input = [stream.as_slice(), tail].concat();
+            let check = |e: InputError, what: &str| match e {
+                InputError::GzipTrailing { at, offset, .. } => {
+                    assert_eq!(at, stream.len() as u64, "{what} {tail:?}");
+                    assert_eq!(offset, (ndjson.len() * entries / 20) as u64, "{what} {tail:?}");
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&format!(
+                            "trailing data after the gzip stream at byte {}",
+                            stream.len()
+                        )),
+                        "{text}"
+                    );
+                    assert!(!text.contains("cut off") && !text.contains("corrupt"), "{text}");
+                }
+                other => panic!("{what} {tail:?}: {other:?}"),
+            };
+            check(transform_all(&input[..]).expect_err("trailing bytes"), "transform");
+            let (items, error) = read_all(EntryReader::new(&input[..], 7));
+            assert_eq!(items.len(), entries, "{tail:?}");
+            check(error.expect("trailing bytes"), "read");
+        }
+    }
+    let input = [one.as_slice(), b"trailing"].concat();
+    let (code, _, stderr) = run_cli(&input, true);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains(&format!("trailing data after the gzip stream at byte {}", one.len())),
+        "{stderr}"
+    );
 }
 
 /// The binary exits with the input error code and names the offsets of a cut-off gzip file.
@@ -630,11 +671,16 @@ fn hostile_input_never_panics() {
         let _ = read_all(EntryReader::new(&input[..], 10));
         let _ = read_all(EntryReader::new(Trickle { data: input, step: 4093 }, 10));
     }
-    // The huge entry is still an entry, read whole.
-    let read = entries_of(EntryReader::new(huge.as_bytes(), 1));
-    assert_eq!(read[0].raw, huge);
+    // The huge entry is over the default limit: set aside, by its size. Under a limit it fits, it is still
+    // an entry, read whole.
+    let (items, error) = read_all(EntryReader::new(huge.as_bytes(), 1));
+    assert!(error.is_none(), "{error:?}");
+    let set_aside = items[0].as_ref().expect_err("over the limit");
+    assert_eq!(set_aside.oversized.as_ref().map(|o| o.size), Some(huge.len() as u64));
     let (summary, _, _) = transform_all(huge.as_bytes()).expect("a huge entry");
-    assert_eq!(summary, (1, 1, 0));
+    assert_eq!(summary, (1, 0, 1));
+    let read = entries_of(EntryReader::new(huge.as_bytes(), 1).limited_to(4 << 20));
+    assert_eq!(read[0].raw, huge);
     // An entry nested beyond the JSON parser's limit is read, not refused.
     assert_eq!(entries_of(EntryReader::new(deep_entry.as_bytes(), 1))[0].raw, deep_entry);
 }

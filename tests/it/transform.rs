@@ -620,3 +620,23 @@ hash = ["user_name"]
     assert_ne!(named["context"]["traits"]["user_name"], "someone@example.com", "the named config's rules");
     assert_eq!(named["messageId"].as_str().unwrap(), tenant_id);
 }
+
+/// An entry over the entry limit (3 MB; the limit is 1 MiB without a config) is set aside while it is read:
+/// `transform` names its position on stderr, writes the events of the entries around it, and exits 0.
+#[test]
+fn transform_reports_an_entry_over_the_limit_by_position_and_goes_on() {
+    let entries = with_log_ids(6);
+    let big = format!(r#"{{"type":"s","log_id":"big-1","description":"{}"}}"#, "z".repeat(3_000_000));
+    let mut input = entries[..3].iter().map(|e| format!("{e}\n")).collect::<String>();
+    let offset = input.len();
+    input.push_str(&big);
+    input.push('\n');
+    input.extend(entries[3..].iter().map(|e| format!("{e}\n")));
+    let (code, stdout, stderr) = run_cli(input.as_bytes(), false);
+    assert_eq!(code, 0, "{stderr}");
+    let events: Vec<Value> = serde_json::from_slice(&stdout).expect("a JSON array");
+    assert_eq!(events.len(), 6, "{stderr}");
+    assert!(stderr.contains(&format!("entry 4 (byte {offset})")), "{stderr}");
+    assert!(stderr.contains(&big.len().to_string()) && stderr.contains("big-1"), "{stderr}");
+    assert!(stderr.contains("1 entries set aside"), "{stderr}");
+}
