@@ -592,6 +592,21 @@ impl Tenant {
         made
     }
 
+    /// Log `entry` as the next entry of this tenant's sequence, dated `date` (or just after the last entry, if
+    /// that is later, so the log stays in order): its `date`, `log_id` and `_id` are set as
+    /// [`Tenant::make_entries`] sets them, the rest is kept. Returns the entry as logged.
+    pub fn push_dated(&self, date: DateTime<Utc>, mut entry: Value) -> Value {
+        self.with(|s| {
+            s.next_date = s.next_date.max(date);
+            let made = s.next_entry();
+            for key in ["date", "log_id", "_id"] {
+                entry[key] = made[key].clone();
+            }
+            s.append(entry.clone());
+            entry
+        })
+    }
+
     /// Make `n` synthetic entries that continue this tenant's sequence, without logging them: distinct
     /// 56-digit `900YYYYMMDDhhmmss…` log ids in increasing order (the tenant's index in the digits before the
     /// sequence number, so no two tenants share an id), `_id` equal to `log_id`, dates 10 ms apart starting

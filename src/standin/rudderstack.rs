@@ -109,6 +109,9 @@ pub enum KeySource {
 
 /// A hook consulted after authentication: `Some(reply)` replaces the normal processing (nothing is stored).
 pub type Hook = Arc<dyn Fn(&Request, usize) -> Option<Reply> + Send + Sync>;
+/// Told of every event accepted through `/v1/batch`, in arrival order, as it is accepted. It runs inside the
+/// stand-in's lock, so it must not call back into the stand-in.
+pub type Listener = Arc<dyn Fn(&Value) + Send + Sync>;
 /// A predicate over one event (or webhook wrapper); a match refuses the whole request.
 pub type Predicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
@@ -203,6 +206,7 @@ struct State {
     delay: Option<Duration>,
     refusing: Option<Refusing>,
     hostile: Option<(Hostile, Answers)>,
+    listener: Option<Listener>,
 }
 
 struct Shared {
@@ -324,6 +328,12 @@ impl FakeRudderStack {
         self.state().hostile = body;
     }
 
+    /// Tell `listener` of every event accepted through `/v1/batch` from now on (or stop, with `None`). Each
+    /// event is then parsed in full, also without `keep_events`, which keeps only what the listener keeps.
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        self.state().listener = listener;
+    }
+
     /// Every event accepted through `/v1/batch`, in arrival order.
     pub fn events(&self) -> Vec<Value> {
         self.state().events.clone()
@@ -407,11 +417,21 @@ impl FakeRudderStack {
 fn handle(shared: &Shared, req: &Request) -> Reply {
     let received = Instant::now();
     let opts = &shared.options;
-    let (n, redirect, outage, hook, reject, delay, hostile) = {
+    let (n, redirect, outage, hook, reject, delay, hostile, listening) = {
         let mut s = shared.state.lock().unwrap();
         let n = s.n;
         s.n += 1;
-        (n, s.redirect.clone(), s.outage, s.hook.clone(), s.reject.clone(), s.delay, s.hostile.clone())
+        let listening = s.listener.is_some();
+        (
+            n,
+            s.redirect.clone(),
+            s.outage,
+            s.hook.clone(),
+            s.reject.clone(),
+            s.delay,
+            s.hostile.clone(),
+            listening,
+        )
     };
     let mut rec = Recorded {
         n,
@@ -427,7 +447,8 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
         user_agent: req.header("user-agent").map(str::to_string),
     };
     let refuse = |at: Refusal| refusal_at(shared, at);
-    let (reply, accepted) = route(opts, req, n, &mut rec, redirect, outage, hook, reject, &refuse);
+    let quick = !opts.keep_events && !listening;
+    let (reply, accepted) = route(opts, quick, req, n, &mut rec, redirect, outage, hook, reject, &refuse);
     let reply = match (delay, &accepted) {
         (Some(d), Accepted::Events(_) | Accepted::LogIds(_) | Accepted::Wrappers(_)) => reply.delayed(d),
         _ => reply,
@@ -457,6 +478,9 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
                     at: received,
                 }
             }));
+            if let Some(listener) = &s.listener {
+                evs.iter().for_each(|e| listener(e));
+            }
             if opts.keep_events {
                 s.events.extend(evs);
             }
@@ -548,6 +572,7 @@ fn quick_accept(opts: &Options, body: &[u8]) -> Option<Vec<String>> {
 #[allow(clippy::too_many_arguments)]
 fn route(
     opts: &Options,
+    quick: bool,
     req: &Request,
     n: usize,
     rec: &mut Recorded,
@@ -614,7 +639,8 @@ fn route(
     }
 
     // `/v1/batch`, in the order of `getJobDataFromRequest` (see the module docs).
-    if !opts.keep_events
+    // The quick parse keeps only the log ids, so it is for when nobody wants the events themselves.
+    if quick
         && reject.is_none()
         && let Some(log_ids) = quick_accept(opts, &req.body)
     {
