@@ -6,6 +6,7 @@
 //! rename them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -79,6 +80,28 @@ pub enum Command {
         /// With -c naming several tenants: which one.
         #[arg(long, value_name = "DOMAIN")]
         tenant: Option<String>,
+        /// One compact event per line (NDJSON) instead of a JSON array.
+        #[arg(long)]
+        ndjson: bool,
+    },
+    /// Watch the daemon work without credentials: `run` against stand-ins of Auth0 and RudderStack started on
+    /// 127.0.0.1, then a check that every entry arrived exactly once (exit 5 if not).
+    Demo {
+        /// Stop after this long (e.g. 30s, 5m) instead of at Ctrl-C.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// New log entries a second.
+        #[arg(long, value_name = "N", default_value_t = 3.0)]
+        rate: f64,
+        /// Make both stand-ins fail some requests (5xx, 429 with Retry-After, a RudderStack outage).
+        #[arg(long)]
+        faults: bool,
+        /// Print every event RudderStack accepts on stdout, one JSON line each.
+        #[arg(long)]
+        show_events: bool,
+        /// Keep the state, the config and the metrics in DIR (new or empty) instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
     /// Backfill archived entries (files or `-` for stdin; gzip allowed) into a tenant's outbox.
     Import {

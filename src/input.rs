@@ -531,6 +531,17 @@ pub fn transform_stream(
     transform_stream_with(tenant, None, MIN_ENTRY_LIMIT, input, output, on_set_aside)
 }
 
+/// How `transform` lays out its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// One JSON array, one event per line after the `[`; an event keeps the whitespace its entry's own JSON
+    /// had inside (e.g. a pretty-printed `details`).
+    #[default]
+    Array,
+    /// One compact event per line (NDJSON), for line-based tools; the bytes inside strings are unchanged.
+    Ndjson,
+}
+
 /// [`transform_stream`], with an operator's privacy rules applied to each entry before it is transformed. An
 /// entry the rules cannot be applied to is set aside, never written in clear. An entry larger than `limit`
 /// bytes (see [`entry_limit`]) is set aside as it is read, never held whole.
@@ -539,11 +550,24 @@ pub fn transform_stream_with(
     privacy: Option<&crate::privacy::Privacy>,
     limit: usize,
     input: impl Read,
+    output: impl Write,
+    on_set_aside: &mut dyn FnMut(&SetAside),
+) -> Result<Summary, InputError> {
+    transform_stream_as(tenant, privacy, Layout::Array, limit, input, output, on_set_aside)
+}
+
+/// [`transform_stream_with`], writing the events in `layout`.
+pub fn transform_stream_as(
+    tenant: &str,
+    privacy: Option<&crate::privacy::Privacy>,
+    layout: Layout,
+    limit: usize,
+    input: impl Read,
     mut output: impl Write,
     on_set_aside: &mut dyn FnMut(&SetAside),
 ) -> Result<Summary, InputError> {
     let privacy = privacy.filter(|p| !p.is_noop());
-    let ctx = Ctx { tenant, privacy, limit };
+    let ctx = Ctx { tenant, privacy, limit, layout };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let (work_tx, work_rx) = mpsc::channel::<Batch>();
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -575,6 +599,7 @@ pub fn transform_stream_with(
             pending: BTreeMap::new(),
             next_seq: 0,
             started: false,
+            layout,
             pools,
         };
         let result = drive(&mut input, limit, &work_tx, &done_rx, &mut writer, pools);
@@ -1102,6 +1127,7 @@ struct Ctx<'a> {
     privacy: Option<&'a crate::privacy::Privacy>,
     /// The entry limit, for messages.
     limit: usize,
+    layout: Layout,
 }
 
 /// Transform every value of a batch (on a worker thread).
@@ -1188,9 +1214,17 @@ fn transform_one(ctx: Ctx<'_>, text: &str, offset: u64, done: &mut Done) -> Resu
         }
     };
     let mark = done.text.len();
-    done.text.push_str(",\n");
+    if ctx.layout == Layout::Array {
+        done.text.push_str(",\n");
+    }
+    let start = done.text.len();
     match transform::write_any_text(ctx.tenant, text, &mut done.text) {
         Ok(_) => {
+            if ctx.layout == Layout::Ndjson {
+                let event = done.text.split_off(start);
+                crate::json_text::compact_into(&event, &mut done.text);
+                done.text.push('\n');
+            }
             done.events += 1;
             Ok(())
         }
@@ -1240,6 +1274,7 @@ struct Writer<'a> {
     next_seq: u64,
     /// `[` written.
     started: bool,
+    layout: Layout,
     pools: &'a Pools,
 }
 
@@ -1258,8 +1293,9 @@ impl Writer<'_> {
         let Done { text, entries, events, set_aside, error, .. } = done;
         let first = self.summary.entries;
         if !text.is_empty() {
-            // Every event comes as `,\n{...}`; the very first one opens the array instead.
-            let events_text = if self.started {
+            // Every event comes as `,\n{...}` (as `{...}\n` in NDJSON); the very first one opens the array
+            // instead.
+            let events_text = if self.started || self.layout == Layout::Ndjson {
                 &text[..]
             } else {
                 self.started = true;
@@ -1288,7 +1324,11 @@ impl Writer<'_> {
     }
 
     fn finish(&mut self) -> Result<(), InputError> {
-        let end: &[u8] = if self.started { b"\n]\n" } else { b"[]\n" };
+        let end: &[u8] = match (self.layout, self.started) {
+            (Layout::Ndjson, _) => b"",
+            (Layout::Array, true) => b"\n]\n",
+            (Layout::Array, false) => b"[]\n",
+        };
         self.output.write_all(end).map_err(InputError::Write)?;
         self.output.flush().map_err(InputError::Write)
     }

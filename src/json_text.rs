@@ -286,6 +286,34 @@ impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
     }
 }
 
+/// Append `text`, one valid JSON value, to `out` without the whitespace between its tokens: the bytes inside
+/// its string literals (escapes included) are copied unchanged, so the value reads back exactly as before.
+/// For `transform --ndjson`: an event embeds an entry's `details` as the entry wrote it, line breaks and
+/// indentation included, and one event must fit on one line.
+pub fn compact_into(text: &str, out: &mut String) {
+    let mut in_string = false;
+    let mut escaped = false;
+    // Whole runs between removed bytes are copied at once; a removed byte is ASCII, so every cut is on a
+    // character boundary.
+    let mut run = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push_str(&text[run..i]);
+            run = i + 1;
+        }
+    }
+    out.push_str(&text[run..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +403,13 @@ mod tests {
                 prop_assert_eq!(wtf8, s.into_bytes());
             }
         }
+    }
+
+    #[test]
+    fn compacting_removes_whitespace_between_tokens_and_keeps_every_string_byte() {
+        let text = "{\n  \"a\" : [ 1,\t2 ],\r\n  \"b\": \"x  y\\\" \\n\\\\\",\n \"c\": \"\\ud800 \\\"\"\n}";
+        let mut out = String::from("prefix:");
+        compact_into(text, &mut out);
+        assert_eq!(out, "prefix:{\"a\":[1,2],\"b\":\"x  y\\\" \\n\\\\\",\"c\":\"\\ud800 \\\"\"}");
     }
 }

@@ -19,6 +19,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod privacy;
 pub mod rudderstack;
+pub mod standin;
 pub mod store;
 pub mod telemetry;
 pub mod transform;

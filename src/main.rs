@@ -3,8 +3,8 @@
 //!
 //! Operators script against the commands and exit codes, so they are fixed: 0 success, 1 a runtime failure
 //! (Auth0 or RudderStack refused us, `sync` gave up, a `check` failed), 2 a usage or configuration error,
-//! 3 a state database that cannot be used (it is never modified), 4 input that is not JSON, 128 + n a `sync`
-//! stopped by signal n before it caught up. Everything else lives in the library (`ops`, `pipeline`).
+//! 3 a state database that cannot be used (it is never modified), 4 input that is not JSON, 5 a `demo` in
+//! which not every entry arrived exactly once, 128 + n a `sync` stopped by signal n before it caught up. Everything else lives in the library (`ops`, `pipeline`).
 
 use std::io::{BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
@@ -57,8 +57,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
     let path = cli.config_path();
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        Command::Transform { file, domain, tenant } => {
-            transform(file.as_deref(), domain, tenant, cli.config.as_deref())
+        Command::Transform { file, domain, tenant, ndjson } => {
+            let layout = if ndjson { input::Layout::Ndjson } else { input::Layout::Array };
+            transform(file.as_deref(), domain, tenant, cli.config.as_deref(), layout)
+        }
+        Command::Demo { duration, rate, faults, show_events, state } => {
+            // `--show-events` writes from the stand-in's threads: this thread must not hold stdout meanwhile.
+            drop(stdout);
+            let options = ops::demo::Options {
+                duration,
+                rate,
+                faults,
+                show_events,
+                state,
+                progress_bar: std::io::stderr().is_terminal(),
+            };
+            demo(options)
         }
         Command::Run => run(load_config(&path)?, RunMode::Daemon),
         Command::Sync => run(load_config(&path)?, RunMode::Sync),
@@ -168,6 +182,7 @@ fn transform(
     domain: Option<String>,
     tenant: Option<String>,
     config: Option<&Path>,
+    layout: input::Layout,
 ) -> Result<ExitCode, Error> {
     let config = config.map(load_config).transpose()?;
     let chosen = match &config {
@@ -203,7 +218,7 @@ fn transform(
     let out = BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut set_aside = |msg: &input::SetAside| logging::note(&format!("warning: {name}: {msg}"));
     let summary =
-        input::transform_stream_with(&domain, privacy.as_deref(), limit, input, out, &mut set_aside)?;
+        input::transform_stream_as(&domain, privacy.as_deref(), layout, limit, input, out, &mut set_aside)?;
     if summary.set_aside > 0 {
         logging::note(&format!(
             "{name}: {} entries, {} events, {} entries set aside (see the warnings above)",
@@ -253,6 +268,20 @@ fn import(
             return Ok(ExitCode::from((128 + signal) as u8));
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `demo`: the pipeline against stand-ins until `--duration` or a signal, then the summary; exit 0 only when
+/// every entry arrived exactly once.
+fn demo(options: ops::demo::Options) -> Result<ExitCode, Error> {
+    runtime()?.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(signals(stop.clone()));
+        let summary = ops::demo::run(options, stop).await?;
+        for line in summary.to_text().lines() {
+            logging::note(line);
+        }
+        Ok(if summary.exactly_once() { ExitCode::SUCCESS } else { ExitCode::from(ops::EXIT_DEMO_MISMATCH) })
     })
 }
 

@@ -1,10 +1,11 @@
 //! The commands an operator runs, apart from the daemon itself: `status`, `check`, `metrics`, `resume`,
-//! `forget-tenant`, `dead-letter`, `backup`, `import`, `transform`. Each is a function here, so that
+//! `forget-tenant`, `dead-letter`, `backup`, `import`, `transform`, `demo`. Each is a function here, so that
 //! `main.rs` stays argument plumbing and tests can call them; each returns an [`Error`] that knows its exit
 //! code.
 
 pub mod admin;
 pub mod check;
+pub mod demo;
 pub mod metrics;
 pub mod status;
 
@@ -24,6 +25,8 @@ pub const EXIT_CONFIG: u8 = 2;
 pub const EXIT_STATE: u8 = 3;
 /// Exit status: input that is not JSON.
 pub const EXIT_INPUT: u8 = 4;
+/// Exit status: `demo` ran, but not every entry arrived exactly once.
+pub const EXIT_DEMO_MISMATCH: u8 = 5;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

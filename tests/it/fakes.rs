@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::support::fake_auth0::{Chunking, FakeAuth0, FakeOptions, Tenant, UNLIMITED};
 use crate::support::fake_rudderstack::{self, Answers, FakeRudderStack, Refusal, Refusing, WRITE_KEY};
-use crate::support::http::{EndReason, Hostile, Limits, Reply, Request, Server, StreamKind, Tls};
+use crate::support::http::{EndReason, Hostile, Limits, Reply, Request, Server, StreamKind};
 
 const MIB: u64 = 1 << 20;
 
@@ -256,7 +256,7 @@ async fn a_raw_reply_reaches_the_client_byte_for_byte() {
 /// Over TLS, a client without the fake's CA (or with another CA) cannot connect; with it, both fakes answer.
 #[tokio::test]
 async fn tls_fails_without_the_ca_and_works_with_it() {
-    let tls = Tls::generate();
+    let tls = crate::support::http::generate_tls();
     assert!(tls.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
     let auth0 = FakeAuth0::start_tls(FakeOptions::default(), &tls).await;
     auth0.push_synthetic(2);
@@ -266,7 +266,7 @@ async fn tls_fails_without_the_ca_and_works_with_it() {
 
     let err = client().post(&token_url).send().await.expect_err("public roots do not know the CA");
     assert!(err.is_connect(), "{err:?}");
-    let other = Tls::generate();
+    let other = crate::support::http::generate_tls();
     let err = client_trusting(other.ca_pem()).post(&token_url).send().await.expect_err("another CA");
     assert!(err.is_connect(), "{err:?}");
     // Both refusals were handshakes the fake saw fail.
@@ -282,7 +282,7 @@ async fn tls_fails_without_the_ca_and_works_with_it() {
 
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    tls.write_ca(&ca_file);
+    tls.write_ca(&ca_file).unwrap();
     let trusted = client_trusting(&std::fs::read_to_string(&ca_file).unwrap());
     let token = mint(&trusted, &auth0.url(), &auth0.tenant()).await;
     let page: Value =

@@ -455,7 +455,7 @@ async fn plain_http_to_a_remote_host_exits_2_unless_allowed_without_any_traffic(
 /// `[auth0]` and for `[rudderstack]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
-    let tls = Tls::generate();
+    let tls = crate::support::http::generate_tls();
     for section in ["auth0", "rudderstack"] {
         let auth0_options = FakeOptions {
             client_id: CLIENT_ID.into(),
@@ -495,7 +495,7 @@ async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
         assert_eq!(rudder.event_count(), 0);
 
         let ca = app.dir.path().join("private-ca.pem");
-        tls.write_ca(&ca);
+        tls.write_ca(&ca).unwrap();
         app.set(section, "tls_ca_file", ca.display().to_string());
         let out = app.sync().await;
         assert_eq!(out.status.code(), Some(0), "{section}: {}", text(&out));
@@ -522,13 +522,13 @@ async fn tls_fakes(tls: &Tls) -> (FakeAuth0, FakeRudderStack) {
 /// same `sync` is refused on the certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_in_ssl_cert_file_is_trusted_like_the_systems_own() {
-    let tls = Tls::generate();
+    let tls = crate::support::http::generate_tls();
     let (auth0, rudder) = tls_fakes(&tls).await;
     auth0.push_synthetic(20);
     let mut app = App::new(&auth0, &rudder);
     app.set("retry", "sync_give_up_after", "1s");
     let ca = app.dir.path().join("system-ca.pem");
-    tls.write_ca(&ca);
+    tls.write_ca(&ca).unwrap();
 
     let mut refused = app.command(&["sync"]);
     refused.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
@@ -590,7 +590,7 @@ async fn connect_proxy(routes: Vec<(u16, u16)>) -> (String, std::sync::Arc<std::
 /// to the real fakes can make `sync` deliver, and every tunnel is counted there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_proxy_carries_every_request() {
-    let tls = Tls::generate();
+    let tls = crate::support::http::generate_tls();
     let (auth0, rudder) = tls_fakes(&tls).await;
     auth0.push_synthetic(20);
     let port = |url: &str| url.rsplit_once(':').unwrap().1.trim_end_matches('/').parse::<u16>().unwrap();
@@ -598,7 +598,7 @@ async fn https_proxy_carries_every_request() {
     let (proxy, tunnels) = connect_proxy(vec![(1, port(&auth0.url())), (2, port(&rudder.url()))]).await;
     let mut app = App::new(&auth0, &rudder);
     let ca = app.dir.path().join("private-ca.pem");
-    tls.write_ca(&ca);
+    tls.write_ca(&ca).unwrap();
     app.set("auth0", "base_url", "https://localhost:1")
         .set("auth0", "tls_ca_file", ca.display().to_string())
         .set("rudderstack", "data_plane_url", "https://localhost:2")

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::support::app::{App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, run_bounded, sigterm, text};
 use crate::support::fake_auth0::{Chunking, FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, FakeRudderStack, KeySource};
-use crate::support::http::{Request, Tls};
+use crate::support::http::Request;
 use crate::support::{fixture_pairs_rekeyed, start_fakes, strip_ids};
 
 /// With `start = "oldest"`, `sync` delivers every fixture entry once, exactly as RudderStack's transformer
@@ -316,7 +316,7 @@ fn assert_each_arrived_in_order_with_stable_ids(events: &[Value], entries: &[Val
 /// Over TLS, through gzipped chunked pages repeating entries below the cursor, a sync delivers all in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_over_tls_through_gzip_chunked_pages_that_repeat_entries_delivers_each_in_order() {
-    let tls = Tls::generate();
+    let tls = crate::support::http::generate_tls();
     let auth0 = FakeAuth0::start_tls(
         FakeOptions {
             client_id: CLIENT_ID.into(),
@@ -348,7 +348,7 @@ async fn a_sync_over_tls_through_gzip_chunked_pages_that_repeat_entries_delivers
     let entries = auth0.push_synthetic(450);
     let mut app = App::new(&auth0, &rudder);
     let ca = app.dir.path().join("ca.pem");
-    tls.write_ca(&ca);
+    tls.write_ca(&ca).unwrap();
     let ca = ca.display().to_string();
     app.set("auth0", "tls_ca_file", ca.as_str()).set("rudderstack", "tls_ca_file", ca.as_str());
     let out = app.sync().await;

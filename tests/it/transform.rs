@@ -640,3 +640,56 @@ fn transform_reports_an_entry_over_the_limit_by_position_and_goes_on() {
     assert!(stderr.contains(&big.len().to_string()) && stderr.contains("big-1"), "{stderr}");
     assert!(stderr.contains("1 entries set aside"), "{stderr}");
 }
+
+/// `transform --ndjson` of every fixture file's entries (pretty-printed, so `details` hold line breaks and
+/// indentation) prints one line per event, each equal as JSON to the event of the default array output, in
+/// the same order, and each compact: nothing outside its strings is whitespace.
+#[test]
+fn ndjson_output_is_one_compact_line_per_event_equal_to_the_array_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(fixtures::fixtures_dir().join("transform"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    let (mut total, mut broken_lines) = (0, 0);
+    for fixture in files {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+        let input = dir.path().join(fixture.file_name().unwrap());
+        std::fs::write(&input, serde_json::to_string_pretty(&v["input"]).unwrap()).unwrap();
+        let run = |extra: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_auth0-rudderstack"))
+                .args(["transform", "--domain", TENANT])
+                .args(extra)
+                .arg(&input)
+                .timeout(std::time::Duration::from_secs(60))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}: {}", fixture.display(), String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let array_text = run(&[]);
+        let array: Vec<Value> = serde_json::from_str(&array_text).unwrap();
+        // The array form keeps the input's line breaks inside events; the NDJSON form must not.
+        broken_lines += array_text.lines().count().saturating_sub(array.len() + 1);
+        let ndjson = run(&["--ndjson"]);
+        assert!(ndjson.ends_with('\n') || ndjson.is_empty(), "{}", fixture.display());
+        let lines: Vec<&str> = ndjson.lines().collect();
+        assert_eq!(lines.len(), array.len(), "{}: one line per event", fixture.display());
+        assert_eq!(array.len(), v["input"].as_array().unwrap().len(), "{}", fixture.display());
+        for (line, event) in lines.iter().zip(&array) {
+            let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("{}: a line is not one JSON event ({e}): {line}", fixture.display())
+            });
+            assert_eq!(&parsed, event, "{}", fixture.display());
+            let mut compact = String::new();
+            auth0_rudderstack::json_text::compact_into(line, &mut compact);
+            assert_eq!(&compact, line, "{}: not compact", fixture.display());
+        }
+        total += lines.len();
+    }
+    assert!(total > 50, "{total} events in all");
+    assert!(broken_lines > 0, "no event of the array form spans lines: the test would show nothing");
+}

@@ -1,0 +1,236 @@
+//! `demo`: the real pipeline against the stand-ins the other tests use (`auth0_rudderstack::standin`), started
+//! by the binary itself; its closing check, its faults, and `status` and `metrics` read from another process
+//! while it runs.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+use crate::support::app::{bin, run_bounded, sigterm_within, text};
+
+/// The stand-in tenant the demo runs.
+const DOMAIN: &str = "demo-tenant.example.com";
+
+/// A `demo` command with these arguments, its state in `dir`, none of the caller's secrets or log settings.
+fn demo(dir: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("demo").arg("--state").arg(dir).args(args);
+    cmd.env_remove("AUTH0_CLIENT_SECRET").env_remove("RUDDERSTACK_WRITE_KEY").env_remove("RUST_LOG");
+    cmd.env_remove("AUTH0_RUDDERSTACK_CONFIG");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd
+}
+
+/// The figures of the demo's summary line (`demo summary: generated=N token_mints=M ...`).
+fn figures(stderr: &str) -> std::collections::HashMap<String, u64> {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("demo summary:"))
+        .unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+const EXACTLY_ONCE: &str =
+    "demo result: every generated entry arrived exactly once, with its deterministic messageId";
+
+/// A five-second demo exits 0 and says every entry arrived exactly once; with `--show-events`, stdout holds
+/// one JSON event per delivered entry, each under a distinct messageId, and the example file's entries are
+/// among them (re-dated into the last hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_demo_exits_0_and_every_entry_arrives_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        demo(dir.path(), &["--duration", "5s", "--rate", "5", "--show-events"]),
+        Duration::from_secs(120),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stderr.contains(EXACTLY_ONCE), "{}", text(&out));
+    let f = figures(&stderr);
+    // The 5 examples, about 25 new entries, and at least one token mint.
+    assert!(f["generated"] >= 16, "{f:?}");
+    assert!(f["token_mints"] >= 1, "{f:?}");
+    assert_eq!(f["delivered"], f["generated"], "{f:?}");
+    assert_eq!(f["fetched"], f["generated"], "{f:?}");
+    assert_eq!((f["duplicates"], f["dead_letters"], f["faults_survived"]), (0, 0, 0), "{f:?}");
+
+    let events: Vec<Value> = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON event per line ({e}): {l}")))
+        .collect();
+    assert_eq!(events.len() as u64, f["delivered"], "{}", text(&out));
+    let ids: HashSet<&str> = events.iter().map(|e| e["messageId"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len());
+    for e in &events {
+        let log_id = e["properties"]["log_id"].as_str().unwrap();
+        let want = auth0_rudderstack::transform::message_id(DOMAIN, log_id).to_string();
+        assert_eq!(e["messageId"], want.as_str(), "{e}");
+    }
+    // The stand-in logs the example file's entries first, so they hold the five lowest log ids.
+    let examples: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string("examples/auth0-logs.json").unwrap()).unwrap();
+    let mut by_id: Vec<&Value> = events.iter().collect();
+    by_id.sort_by_key(|e| e["properties"]["log_id"].as_str().unwrap().to_string());
+    let mut first: Vec<&str> =
+        by_id[..examples.len()].iter().map(|e| e["properties"]["source_type"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = examples.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    first.sort();
+    want.sort();
+    assert_eq!(first, want, "the example entries were not delivered first");
+    let kinds: HashSet<&str> =
+        events.iter().filter_map(|e| e["properties"]["source_type"].as_str()).collect();
+    for kind in ["s", "f", "fp", "ss", "sapi", "seccft"] {
+        assert!(kinds.contains(kind), "no {kind} entry among {kinds:?}");
+    }
+    assert!(events.iter().any(|e| e["type"] == "group"), "no organization (group) event");
+}
+
+/// With `--faults`, both stand-ins fail some requests and RudderStack goes down for a while; the demo still
+/// exits 0 with every entry delivered exactly once, and counts the faults it survived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_with_faults_survives_them_and_every_entry_arrives_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        demo(dir.path(), &["--duration", "8s", "--rate", "5", "--faults"]),
+        Duration::from_secs(180),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stderr.contains(EXACTLY_ONCE), "{}", text(&out));
+    let f = figures(&stderr);
+    assert!(f["faults_survived"] > 0, "{f:?}");
+    assert_eq!(f["delivered"], f["generated"], "{f:?}");
+    assert_eq!((f["duplicates"], f["dead_letters"]), (0, 0), "{f:?}");
+    // The daemon met each kind of failure (its retries say so in the log): Auth0's token endpoint and log
+    // reads failing, RudderStack's own refusals, and the outage.
+    for seen in [
+        "Auth0 answered HTTP 503 at http://127.0.0.1",
+        "Auth0 answered HTTP 500 at http://127.0.0.1",
+        "RudderStack answered 503",
+    ] {
+        assert!(stderr.contains(seen), "no {seen:?} in the log: {}", text(&out));
+    }
+    assert!(
+        stderr.contains("RudderStack answered 504") || stderr.contains("RudderStack answered 429"),
+        "no refusal of the gateway's own: {}",
+        text(&out)
+    );
+}
+
+/// While a demo runs, its first lines say how to read its state from another terminal; `status --json` and
+/// `metrics` (valid for `promtool check metrics`) then work against it, and SIGTERM ends it with the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_read_a_running_demos_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = demo(dir.path(), &["--duration", "10m", "--rate", "5"]).spawn().unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = stderr.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let config = dir.path().join("config.toml");
+    let status_line = format!("--config {} status", config.display());
+    let told = crate::support::app::wait_until(Duration::from_secs(60), || {
+        stderr.lock().unwrap().contains(&status_line)
+    })
+    .await;
+    assert!(told, "the demo did not say how to run status:\n{}", stderr.lock().unwrap());
+    assert!(stderr.lock().unwrap().contains(&format!("--config {} metrics", config.display())));
+
+    let command = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.arg("--config").arg(&config).args(args);
+        cmd.env_remove("AUTH0_CLIENT_SECRET").env_remove("RUDDERSTACK_WRITE_KEY").env_remove("RUST_LOG");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
+    };
+    // Bounded: the pipeline delivers the first entries within seconds.
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let out = run_bounded(command(&["status", "--json"]), Duration::from_secs(30)).await;
+        assert!(out.status.success(), "{}", text(&out));
+        status = serde_json::from_slice(&out.stdout).unwrap();
+        if status["delivered_total"].as_u64() > Some(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status["tenant"], DOMAIN, "{status}");
+    assert!(status["delivered_total"].as_u64() > Some(5), "{status}");
+    assert_eq!(status["dead_letters"], 0, "{status}");
+
+    let out = run_bounded(command(&["metrics"]), Duration::from_secs(30)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("auth0_rudderstack_delivered_events_total{")
+            && l.contains(&format!("tenant=\"{DOMAIN}\""))),
+        "{metrics}"
+    );
+    promtool_check(&metrics);
+
+    let (status, _) = sigterm_within(child, Duration::from_secs(90)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let stderr = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(EXACTLY_ONCE), "{stderr}");
+}
+
+/// `promtool check metrics` on `text`; a missing promtool fails under CI and skips elsewhere.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            crate::support::missing_prerequisite(
+                "status_and_metrics_read_a_running_demos_state",
+                &format!("promtool: {e}"),
+            );
+            return;
+        }
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--state` refuses a directory that already holds a demo's state: the new stand-ins would not hold the
+/// entries its cursor points at. It exits 2 and names the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_refuses_a_state_directory_that_holds_an_earlier_demos_state() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state.db"), b"").unwrap();
+    let out = run_bounded(demo(dir.path(), &["--duration", "1s"]), Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&dir.path().display().to_string()),
+        "{}",
+        text(&out)
+    );
+}
