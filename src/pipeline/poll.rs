@@ -14,8 +14,9 @@
 //!
 //! Many tenants in one process must not poll in one wave: each tenant's polls fall on a grid of its own
 //! interval, shifted by a phase derived from its domain, so a hundred tenants spread their requests (and
-//! their wake-ups) over the interval. A fetcher that comes back from a catch-up waits for its next grid
-//! point, at least a quarter of the interval away, so the idle rate stays one request per interval.
+//! their wake-ups) over the interval. A fetcher that comes back from a catch-up (or whose interval changed)
+//! waits for its next grid point at least three quarters of the interval away, so the idle rate stays one
+//! request per interval and never rises above it.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -232,8 +233,9 @@ impl Schedule {
         Interval::of(cfg, pressure, Utc::now())
     }
 
-    /// How long to wait from `now` for this tenant's next poll at `every`: its next grid point at least a
-    /// quarter of `every` away, so between a quarter and one and a quarter of `every`.
+    /// How long to wait from `now` for this tenant's next poll at `every`: its next grid point at least three
+    /// quarters of `every` away, so between three quarters and one and three quarters of `every` (exactly
+    /// `every` while it polls on its grid).
     pub fn wait(&self, every: Duration, now: Instant) -> Duration {
         let e = every.as_secs_f64();
         if e <= 0.0 || !e.is_finite() {
@@ -241,9 +243,9 @@ impl Schedule {
         }
         let t = now.saturating_duration_since(epoch()).as_secs_f64();
         let offset = self.phase * e;
-        let k = ((t + e / 4.0 - offset) / e).ceil();
+        let k = ((t + e * 0.75 - offset) / e).ceil();
         let next = offset + k * e;
-        Duration::from_secs_f64((next - t).clamp(e / 4.0, e * 1.25))
+        Duration::from_secs_f64((next - t).clamp(e * 0.75, e * 1.75))
     }
 }
 
@@ -319,7 +321,7 @@ mod tests {
         let s = Schedule::new("a.example.com");
         let now = Instant::now();
         let w = s.wait(every, now);
-        assert!(w >= every / 4 && w <= every * 5 / 4, "{w:?}");
+        assert!(w >= every * 3 / 4 && w <= every * 7 / 4, "{w:?}");
         // Coming back just after a grid point, the next one is a whole interval later.
         let at = now + w + Duration::from_millis(20);
         let next = s.wait(every, at);
