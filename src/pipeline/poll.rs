@@ -14,9 +14,10 @@
 //!
 //! Many tenants in one process must not poll in one wave: each tenant's polls fall on a grid of its own
 //! interval, shifted by a phase derived from its domain, so a hundred tenants spread their requests (and
-//! their wake-ups) over the interval. A fetcher that comes back from a catch-up (or whose interval changed)
-//! waits for its next grid point at least three quarters of the interval away, so the idle rate stays one
-//! request per interval and never rises above it.
+//! their wake-ups) over the interval. A wait is never shorter than the interval (less a sliver that absorbs
+//! the request's own time), so idle polling never asks more often than it should; a fetcher off its grid (after
+//! a start, a catch-up, or a change of interval) stretches each wait by at most [`MAX_STRETCH`] of the
+//! interval until it is back on it.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -25,6 +26,11 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, MIN_POLL_SHARE, PollInterval};
+
+/// The most a wait is lengthened to bring a tenant back onto its grid, as a share of the interval.
+pub const MAX_STRETCH: f64 = 0.15;
+/// The most a wait is shortened so that a poll on its grid stays there despite the time each round takes.
+const MAX_SHRINK: f64 = 0.02;
 
 /// How long the share stays halved after Auth0's latest sign of pressure.
 pub const PRESSURE_PERIOD: Duration = Duration::from_secs(600);
@@ -233,9 +239,9 @@ impl Schedule {
         Interval::of(cfg, pressure, Utc::now())
     }
 
-    /// How long to wait from `now` for this tenant's next poll at `every`: its next grid point at least three
-    /// quarters of `every` away, so between three quarters and one and three quarters of `every` (exactly
-    /// `every` while it polls on its grid).
+    /// How long to wait from `now` for this tenant's next poll at `every`: until its next grid point, which
+    /// is about `every` away while it polls on its grid; otherwise `every` stretched by at most
+    /// [`MAX_STRETCH`] towards the grid.
     pub fn wait(&self, every: Duration, now: Instant) -> Duration {
         let e = every.as_secs_f64();
         if e <= 0.0 || !e.is_finite() {
@@ -243,9 +249,11 @@ impl Schedule {
         }
         let t = now.saturating_duration_since(epoch()).as_secs_f64();
         let offset = self.phase * e;
-        let k = ((t + e * 0.75 - offset) / e).ceil();
+        // The grid point a poll made on time would aim for: the first at least (1 - MAX_STRETCH) intervals
+        // away, so that the time a round took does not push it to the one after.
+        let k = ((t + e * (1.0 - MAX_STRETCH) - offset) / e).ceil();
         let next = offset + k * e;
-        Duration::from_secs_f64((next - t).clamp(e * 0.75, e * 1.75))
+        Duration::from_secs_f64((next - t).clamp(e * (1.0 - MAX_SHRINK), e * (1.0 + MAX_STRETCH)))
     }
 }
 
@@ -319,19 +327,27 @@ mod tests {
     fn polls_fall_on_a_grid_shifted_by_the_domain() {
         let every = Duration::from_secs(3);
         let s = Schedule::new("a.example.com");
-        let now = Instant::now();
-        let w = s.wait(every, now);
-        assert!(w >= every * 3 / 4 && w <= every * 7 / 4, "{w:?}");
-        // Coming back just after a grid point, the next one is a whole interval later.
-        let at = now + w + Duration::from_millis(20);
-        let next = s.wait(every, at);
-        assert!((next.as_secs_f64() - (3.0 - 0.02)).abs() < 0.01, "{next:?}");
+        let mut now = Instant::now();
+        let bounds = |w: Duration| {
+            w >= every.mul_f64(1.0 - MAX_SHRINK)
+                && w <= every.mul_f64(1.0 + MAX_STRETCH) + Duration::from_nanos(1)
+        };
+        // However far off its grid it starts, each wait is about the interval, and within a few it is back on
+        // the grid: then a round that took 20 ms is absorbed, and the polls stay 3 s apart.
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            let w = s.wait(every, now);
+            assert!(bounds(w), "{w:?}");
+            waits.push(w);
+            now += w + Duration::from_millis(20);
+        }
+        let last = waits[waits.len() - 1];
+        assert!((last.as_secs_f64() - 2.98).abs() < 0.005, "{waits:?}");
         // A hundred domains spread over the interval rather than in one wave.
-        let mut offsets: Vec<f64> = (0..100)
-            .map(|i| Schedule::new(&format!("tenant-{i}.example.com")).wait(every, now).as_secs_f64() % 3.0)
-            .collect();
-        offsets.sort_by(f64::total_cmp);
-        let buckets = (0..10).filter(|b| offsets.iter().any(|o| (o / 0.3).floor() as usize == *b)).count();
-        assert!(buckets >= 8, "{offsets:?}");
+        let mut phases: Vec<f64> =
+            (0..100).map(|i| Schedule::new(&format!("tenant-{i}.example.com")).phase).collect();
+        phases.sort_by(f64::total_cmp);
+        let buckets = (0..10).filter(|b| phases.iter().any(|p| (p * 10.0).floor() as usize == *b)).count();
+        assert!(buckets >= 8, "{phases:?}");
     }
 }
