@@ -7,7 +7,10 @@
 //! what running the two loops concurrently gains; (3) `run` with nothing to do: memory, and requests per
 //! poll interval; (4) a catch-up against a token bucket of 10 requests a second: how much of the budget is
 //! used, and how many 429s; (5) `run` with entries appearing at random moments: the delay from Auth0 to
-//! RudderStack. Every figure is a ratio or absolute from this one run; nothing is averaged across runs, so
+//! RudderStack; (6) **sparse**: the defaults (no `poll_interval`, so `"auto"`; the default pace) against
+//! Essentials' `/logs` bucket (burst 10, 100 a minute), one entry at a random moment every few seconds for
+//! three minutes (`BENCH_QUICK=1`: 30 s, a smoke run only), then a quiet minute: the delay from Auth0 to
+//! RudderStack and the `/api/v2/logs` requests a minute, with every entry delivered once. Every figure is a ratio or absolute from this one run; nothing is averaged across runs, so
 //! on a busy machine a figure can be off, and the run says so by its MISS rather than by failing a test.
 //!
 //! The daemon runs under GNU time (`/usr/bin/time`), which reports its peak resident memory and CPU time; its
@@ -15,7 +18,7 @@
 //! daemon's stderr when something does not arrive: a benchmark of a broken run would be worthless, so each
 //! scenario also checks that every entry was delivered.
 //!
-//! `BENCH_ONLY=end_to_end,idle,budget,latency` (any subset) runs only the named scenarios.
+//! `BENCH_ONLY=end_to_end,idle,budget,latency,sparse` (any subset) runs only the named scenarios.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -69,6 +72,9 @@ async fn main() {
     }
     if wanted("latency") {
         latency(&corpus, &mut table).await;
+    }
+    if wanted("sparse") {
+        sparse(&corpus, &mut table).await;
     }
     table.print();
     println!("whole benchmark: {:.0} s of wall time", total.elapsed().as_secs_f64());
@@ -331,6 +337,119 @@ async fn latency(corpus: &Corpus, table: &mut Table) {
         pct(0.99) <= target,
     );
     table.info("max", format!("{:.2} s", lat[lat.len() - 1]));
+}
+
+/// Sparse traffic at the defaults: one entry every `SPARSE_GAP` on average, at random moments, against
+/// Essentials' `/logs` bucket, with no `poll_interval` and no `max_requests_per_second` in the config.
+async fn sparse(corpus: &Corpus, table: &mut Table) {
+    const SPARSE_GAP: Duration = Duration::from_secs(4);
+    let quick = std::env::var_os("BENCH_QUICK").is_some();
+    let (spread, quiet) = if quick {
+        (Duration::from_secs(30), Duration::from_secs(15))
+    } else {
+        (Duration::from_secs(180), Duration::from_secs(60))
+    };
+    let n = (spread.as_secs_f64() / SPARSE_GAP.as_secs_f64()).round() as usize;
+    eprintln!(
+        "sparse: {n} entries at random moments over {spread:?}, then {quiet:?} quiet, defaults, Essentials' bucket ..."
+    );
+    let essentials = Bucket { burst: 10, per_second: 100.0 / 60.0 };
+    let auth0 = fake_auth0(Some(essentials)).await;
+    let warm = corpus.push(&auth0, 10);
+    let rudder = fake_rudder().await;
+    let mut app = bench_app(&auth0, &rudder);
+    app.unset("auth0", "poll_interval").unset("auth0", "max_requests_per_second");
+    let daemon = Daemon::spawn(&app, &["run"]).await;
+    wait_until(&daemon, "the first 10 entries at RudderStack", Duration::from_secs(30), || {
+        rudder.event_count() >= warm.len()
+    })
+    .await;
+
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut offsets: Vec<Duration> = (0..n).map(|_| spread.mul_f64(rng.f64())).collect();
+    offsets.sort();
+    let origin = tokio::time::Instant::now();
+    let window_from = Instant::now();
+    let mut pushed: HashMap<String, Instant> = HashMap::new();
+    for offset in offsets {
+        tokio::time::sleep_until(origin + offset).await;
+        let id = corpus.push(&auth0, 1).pop().expect("one entry");
+        pushed.insert(id, Instant::now());
+    }
+    tokio::time::sleep_until(origin + spread).await;
+    let window_to = Instant::now();
+    let want = warm.len() + n;
+    wait_until(&daemon, "every entry of the sparse run at RudderStack", Duration::from_secs(30), || {
+        rudder.event_count() >= want
+    })
+    .await;
+    // Then nothing at all for a while: the idle rate alone.
+    let quiet_from = Instant::now();
+    tokio::time::sleep(quiet).await;
+    let quiet_to = Instant::now();
+    daemon.signal("TERM");
+    daemon.wait(Duration::from_secs(20), "sparse run after SIGTERM").await.expect_success("run");
+
+    // Every entry once: the arrivals are exactly the entries pushed, each once.
+    let arrivals = rudder.arrivals();
+    let mut first_arrival: HashMap<String, Instant> = HashMap::new();
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for a in &arrivals {
+        first_arrival.entry(a.log_id.clone()).or_insert(a.at);
+        *copies.entry(a.log_id.clone()).or_default() += 1;
+    }
+    let expected: HashSet<&String> = warm.iter().chain(pushed.keys()).collect();
+    let got: HashSet<&String> = copies.keys().collect();
+    let twice = copies.values().filter(|c| **c > 1).count();
+    let exact = got == expected && twice == 0 && arrivals.len() == want;
+    let mut lat: Vec<f64> = pushed
+        .iter()
+        .map(|(id, at)| {
+            let arrived =
+                first_arrival.get(id).unwrap_or_else(|| panic!("entry {id} never reached RudderStack"));
+            arrived.duration_since(*at).as_secs_f64()
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
+    let requests = auth0.log_requests();
+    let per_minute = |from: Instant, to: Instant| {
+        let k = requests.iter().filter(|r| r.at >= from && r.at < to).count();
+        (k, k as f64 * 60.0 / (to - from).as_secs_f64())
+    };
+    let (busy_n, busy_rate) = per_minute(window_from, window_to);
+    let (quiet_n, quiet_rate) = per_minute(quiet_from, quiet_to);
+    let refused = auth0.log_requests_with(429);
+
+    table.section(&format!(
+        "Sparse traffic at the defaults (poll_interval \"auto\", 1.6 requests/s), Essentials' bucket (burst 10, \
+         100/min): {n} entries at random moments over {} s (seed {seed}){}",
+        spread.as_secs(),
+        if quick { "; BENCH_QUICK: a smoke run, not a figure" } else { "" }
+    ));
+    table.row(
+        "entries delivered, each once",
+        format!("{} of {want} distinct, {twice} twice, {} arrivals", got.len(), arrivals.len()),
+        format!("{want}, each once"),
+        exact,
+    );
+    table.info("p50 Auth0 → RudderStack", format!("{:.2} s", pct(0.50)));
+    table.row("p99 Auth0 → RudderStack", format!("{:.2} s", pct(0.99)), "≤ 5 s".into(), pct(0.99) <= 5.0);
+    table.info("max", format!("{:.2} s", lat[lat.len() - 1]));
+    table.row(
+        "/api/v2/logs requests a minute, with the traffic",
+        format!("{busy_rate:.1} ({busy_n} in {:.0} s)", (window_to - window_from).as_secs_f64()),
+        "≤ 20".into(),
+        busy_rate <= 20.0,
+    );
+    table.row(
+        "/api/v2/logs requests a minute, quiet",
+        format!("{quiet_rate:.1} ({quiet_n} in {:.0} s)", (quiet_to - quiet_from).as_secs_f64()),
+        "≤ 20".into(),
+        quiet_rate <= 20.0,
+    );
+    table.row("429s", refused.to_string(), "0".into(), refused == 0);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -127,6 +127,48 @@ pub enum OnExpiredCheckpoint {
     Stop,
 }
 
+/// `auth0.poll_interval`: how long the fetcher waits after Auth0 had nothing new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollInterval {
+    /// As often as `poll_budget_share` of `max_requests_per_second` allows, within [`AUTO_POLL_MIN`] and
+    /// [`AUTO_POLL_MAX`] (see `pipeline::poll`).
+    #[default]
+    Auto,
+    /// This long, whatever the budget.
+    Every(Duration),
+}
+
+/// The shortest wait `poll_interval = "auto"` chooses.
+pub const AUTO_POLL_MIN: Duration = Duration::from_secs(1);
+/// The longest wait `poll_interval = "auto"` chooses.
+pub const AUTO_POLL_MAX: Duration = Duration::from_secs(60);
+/// The smallest budget share, configured or halved under pressure.
+pub const MIN_POLL_SHARE: f64 = 0.01;
+
+impl Auth0 {
+    /// The wait after an empty page at this share of the request budget: the configured duration, or, for
+    /// `"auto"`, `1 / (share × max_requests_per_second)` within [`AUTO_POLL_MIN`] and [`AUTO_POLL_MAX`].
+    pub fn idle_interval(&self, share: f64) -> Duration {
+        match self.poll_interval {
+            PollInterval::Every(d) => d,
+            PollInterval::Auto => {
+                let rate = share.max(MIN_POLL_SHARE) * self.max_requests_per_second;
+                let secs = if rate.is_finite() && rate > 0.0 { 1.0 / rate } else { f64::INFINITY };
+                Duration::from_secs_f64(secs.clamp(AUTO_POLL_MIN.as_secs_f64(), AUTO_POLL_MAX.as_secs_f64()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PollInterval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollInterval::Auto => f.write_str("auto"),
+            PollInterval::Every(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
 /// How events reach RudderStack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -223,9 +265,12 @@ pub struct Auth0 {
     /// Where a fresh state starts.
     #[serde(default = "default_start", deserialize_with = "start")]
     pub start: Start,
-    /// How long to wait after Auth0 had nothing new.
-    #[serde(default = "default_poll_interval", deserialize_with = "duration::<_, 100, 3_600_000>")]
-    pub poll_interval: Duration,
+    /// How long to wait after Auth0 had nothing new: `"auto"` (from `poll_budget_share`) or a duration.
+    #[serde(default, deserialize_with = "poll_interval")]
+    pub poll_interval: PollInterval,
+    /// The share of `max_requests_per_second` that idle polling may use when `poll_interval = "auto"`.
+    #[serde(default = "default_poll_budget_share", deserialize_with = "share")]
+    pub poll_budget_share: f64,
     /// Type codes to forward; empty forwards all (unless `categories` names some).
     #[serde(default, deserialize_with = "codes")]
     pub log_types: Vec<String>,
@@ -456,8 +501,10 @@ fn yes() -> bool {
 fn default_start() -> Start {
     Start::Now
 }
-fn default_poll_interval() -> Duration {
-    Duration::from_secs(30)
+/// A fifth of the budget: every 3.1 s at the default pace, leaving four fifths for catch-up and for the
+/// tenant's other Management API callers.
+fn default_poll_budget_share() -> f64 {
+    0.2
 }
 fn default_page_size() -> u32 {
     100
@@ -827,13 +874,17 @@ impl Config {
             return Err(ctx.invalid("retry.max_backoff", "must not be shorter than retry.initial_backoff"));
         }
         for t in &tenants {
-            if t.auth0.timeout > t.auth0.poll_interval * 10 {
+            // Only a duration the operator chose: "auto" may pick a second at a high pace, which a 30 s
+            // timeout does not contradict.
+            if let PollInterval::Every(poll) = t.auth0.poll_interval
+                && t.auth0.timeout > poll * 10
+            {
                 ctx.warnings.push(format!(
                     "config file {}: {}.timeout ({}) is much longer than its poll_interval ({})",
                     path.display(),
                     t.section,
                     humantime::format_duration(t.auth0.timeout),
-                    humantime::format_duration(t.auth0.poll_interval)
+                    humantime::format_duration(poll)
                 ));
             }
             if state.max_outbox_entries < u64::from(t.auth0.page_size) {
@@ -1322,22 +1373,45 @@ fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
             write!(f, "a duration such as \"30s\" or \"5m\"")
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
-            let d = humantime::parse_duration(s.trim()).map_err(|e| {
-                E::custom(format!("not a duration ({e}): {:?}; use e.g. \"30s\" or \"5m\"", clip(s, 40)))
-            })?;
-            let (min, max) = (Duration::from_millis(A), Duration::from_millis(B));
-            if d < min || d > max {
-                return Err(E::custom(format!(
-                    "must be between {} and {}, got {}",
-                    humantime::format_duration(min),
-                    humantime::format_duration(max),
-                    clip(s.trim(), 40)
-                )));
-            }
-            Ok(d)
+            bounded_duration(s, Duration::from_millis(A), Duration::from_millis(B)).map_err(E::custom)
         }
     }
     d.deserialize_any(V::<MIN_MS, MAX_MS>)
+}
+
+/// A humantime duration within `[min, max]`, or the message that says why not.
+fn bounded_duration(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("not a duration ({e}): {:?}; use e.g. \"30s\" or \"5m\"", clip(s, 40)))?;
+    if d < min || d > max {
+        return Err(format!(
+            "must be between {} and {}, got {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max),
+            clip(s.trim(), 40)
+        ));
+    }
+    Ok(d)
+}
+
+/// `poll_interval`: `"auto"`, or a duration from 100 ms to an hour.
+fn poll_interval<'de, D: Deserializer<'de>>(d: D) -> Result<PollInterval, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = PollInterval;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "\"auto\" or a duration such as \"30s\"")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<PollInterval, E> {
+            if s.trim() == "auto" {
+                return Ok(PollInterval::Auto);
+            }
+            bounded_duration(s, Duration::from_millis(100), Duration::from_secs(3600))
+                .map(PollInterval::Every)
+                .map_err(|m| E::custom(format!("{m} (or \"auto\")")))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// A whole number within `[MIN, MAX]`.
@@ -1374,29 +1448,41 @@ where
 
 /// `max_requests_per_second`: a positive rate from 0.01 (one request in 100 s) to 1000.
 fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = f64;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "a number of requests per second")
-        }
-        fn visit_f64<E: de::Error>(self, n: f64) -> Result<f64, E> {
-            if !n.is_finite() || n <= 0.0 {
-                return Err(E::custom(format!("must be positive, got {n}")));
-            }
-            if !(0.01..=1000.0).contains(&n) {
-                return Err(E::custom(format!("must be between 0.01 and 1000, got {n}")));
-            }
-            Ok(n)
-        }
-        fn visit_i64<E: de::Error>(self, n: i64) -> Result<f64, E> {
-            self.visit_f64(n as f64)
-        }
-        fn visit_u64<E: de::Error>(self, n: u64) -> Result<f64, E> {
-            self.visit_f64(n as f64)
-        }
+    d.deserialize_any(Number { min: 0.01, max: 1000.0, what: "a number of requests per second" })
+}
+
+/// `poll_budget_share`: a share of the request budget, from 0.01 to 1.
+fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    d.deserialize_any(Number { min: MIN_POLL_SHARE, max: 1.0, what: "a share of the budget, such as 0.2" })
+}
+
+/// A positive number within `[min, max]`, written as an integer or not.
+struct Number {
+    min: f64,
+    max: f64,
+    what: &'static str,
+}
+
+impl<'de> Visitor<'de> for Number {
+    type Value = f64;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what)
     }
-    d.deserialize_any(V)
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<f64, E> {
+        if !n.is_finite() || n <= 0.0 {
+            return Err(E::custom(format!("must be positive, got {n}")));
+        }
+        if !(self.min..=self.max).contains(&n) {
+            return Err(E::custom(format!("must be between {} and {}, got {n}", self.min, self.max)));
+        }
+        Ok(n)
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<f64, E> {
+        self.visit_f64(n as f64)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<f64, E> {
+        self.visit_f64(n as f64)
+    }
 }
 
 #[cfg(test)]
@@ -1430,12 +1516,38 @@ write_key = "wkey"
         assert_eq!(t.auth0.base_url.as_str(), "https://t.example.com/");
         assert_eq!(t.auth0.start, Start::Now);
         assert_eq!(t.auth0.page_size, 100);
-        assert_eq!(t.auth0.poll_interval, Duration::from_secs(30));
+        assert_eq!(t.auth0.poll_interval, PollInterval::Auto);
+        assert_eq!(t.auth0.poll_budget_share, 0.2);
+        // 1 / (0.2 × 1.6 requests a second).
+        assert_eq!(t.auth0.idle_interval(0.2), Duration::from_secs_f64(3.125));
         assert_eq!(t.auth0.max_page_bytes, 32 << 20);
         assert!(t.auth0.forward_own_logs);
         assert_eq!(t.rudderstack.mode, Mode::Batch);
         assert_eq!(c.state.path, PathBuf::from("auth0-rudderstack.db"));
         assert_eq!(c.metrics.interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn poll_interval_is_auto_from_the_budget_share_unless_a_duration_is_given() {
+        let with = |keys: &str| {
+            parse(&MINIMAL.replace("client_id = \"cid\"", &format!("client_id = \"cid\"\n{keys}"))).unwrap()
+        };
+        let c = with("poll_interval = \"auto\"\npoll_budget_share = 0.5\nmax_requests_per_second = 1");
+        let a = &c.tenants[0].auth0;
+        assert_eq!(a.poll_interval, PollInterval::Auto);
+        assert_eq!(a.idle_interval(0.5), Duration::from_secs(2));
+        // Halved under pressure: twice as long; never below the smallest share.
+        assert_eq!(a.idle_interval(0.25), Duration::from_secs(4));
+        assert_eq!(a.idle_interval(0.0), a.idle_interval(MIN_POLL_SHARE));
+        // Clamped to 1 s ... 60 s.
+        let fast = with("max_requests_per_second = 1000\npoll_budget_share = 1");
+        assert_eq!(fast.tenants[0].auth0.idle_interval(1.0), AUTO_POLL_MIN);
+        let slow = with("max_requests_per_second = 0.01\npoll_budget_share = 0.01");
+        assert_eq!(slow.tenants[0].auth0.idle_interval(0.01), AUTO_POLL_MAX);
+        // A duration wins, whatever the share.
+        let fixed = with("poll_interval = \"30s\"\npoll_budget_share = 1");
+        assert_eq!(fixed.tenants[0].auth0.poll_interval, PollInterval::Every(Duration::from_secs(30)));
+        assert_eq!(fixed.tenants[0].auth0.idle_interval(0.01), Duration::from_secs(30));
     }
 
     #[test]
@@ -1470,6 +1582,11 @@ write_key = "wkey"
             ("page_size", "-5", "must be positive"),
             ("page_size", "1000", "between 1 and 100"),
             ("timeout", "\"0s\"", "must be between"),
+            ("poll_budget_share", "0", "must be positive"),
+            ("poll_budget_share", "0.001", "must be between 0.01 and 1"),
+            ("poll_budget_share", "1.5", "must be between 0.01 and 1"),
+            ("poll_budget_share", "\"half\"", "a share of the budget"),
+            ("poll_interval", "\"sometimes\"", "\"auto\""),
         ] {
             let e = err(
                 &MINIMAL.replace("client_id = \"cid\"", &format!("client_id = \"cid\"\n{key} = {value}"))

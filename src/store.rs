@@ -47,11 +47,12 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0001_init.sql")),
         M::up(include_str!("../migrations/0002_tenants_tokens_imports.sql")),
         M::up(include_str!("../migrations/0003_withheld_dead_letters.sql")),
+        M::up(include_str!("../migrations/0004_poll_pressure.sql")),
     ])
 }
 
 /// The newest schema version this build knows (the number of migrations).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of our files ("A0RS"), set by the first migration, so a foreign SQLite database
 /// that happens to have a `user_version` is still recognised as not ours.
@@ -416,6 +417,10 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     /// When that error happened.
     pub last_error_at: Option<String>,
+    /// Until when idle polling is slowed because Auth0 signalled pressure (RFC 3339), as last recorded.
+    pub pressure_until: Option<String>,
+    /// Why.
+    pub pressure_reason: Option<String>,
 }
 
 /// A tenant the file knows, with what it still holds.
@@ -856,6 +861,25 @@ impl Store {
         })
     }
 
+    /// Record until when idle polling is slowed for Auth0's pressure, and why (`None` once it is over).
+    pub fn set_pressure(
+        &mut self,
+        tenant: &str,
+        until: Option<(&DateTime<Utc>, &str)>,
+    ) -> Result<(), StoreError> {
+        let (until, why) = match until {
+            Some((at, why)) => (Some(format_date(at)), Some(clip(why, MAX_NOTE))),
+            None => (None, None),
+        };
+        self.write(tenant, |tx| {
+            tx.prepare_cached(
+                "UPDATE tenant SET pressure_until = ?2, pressure_reason = ?3 WHERE domain = ?1",
+            )?
+            .execute(params![tenant, until, why])?;
+            Ok(())
+        })
+    }
+
     /// Everything `status` shows about a tenant.
     pub fn snapshot(&self, tenant: &str) -> Result<Snapshot, StoreError> {
         self.read(|conn| {
@@ -865,7 +889,7 @@ impl Store {
                 .prepare_cached(
                     "SELECT cursor_log_id, cursor_date, outbox_count, last_fetch_at, last_delivery_at,
                             delivered_total, filtered_total, stopped, fetched_total, repeated_total, stall,
-                            last_error, last_error_at
+                            last_error, last_error_at, pressure_until, pressure_reason
                      FROM tenant WHERE domain = ?1",
                 )?
                 .query_row([tenant], |r| {
@@ -887,6 +911,8 @@ impl Store {
                         stall: r.get(10)?,
                         last_error: r.get(11)?,
                         last_error_at: r.get(12)?,
+                        pressure_until: r.get(13)?,
+                        pressure_reason: r.get(14)?,
                     })
                 })
                 .optional()?
@@ -1617,6 +1643,8 @@ fn empty_snapshot(tenant: &str) -> Snapshot {
         stall: None,
         last_error: None,
         last_error_at: None,
+        pressure_until: None,
+        pressure_reason: None,
     }
 }
 

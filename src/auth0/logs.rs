@@ -116,6 +116,8 @@ struct Inner {
     token: Arc<TokenCache>,
     pacer: Pacer,
     telemetry: TenantTelemetry,
+    /// The last sign of pressure on the tenant's budget an answer gave, until the fetcher takes it.
+    pressure: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -156,6 +158,7 @@ impl Client {
                 token,
                 pacer: Pacer::new(cfg.max_requests_per_second),
                 telemetry,
+                pressure: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -163,6 +166,12 @@ impl Client {
     /// Make sure a valid token is cached, minting one if needed (for `check`).
     pub async fn ensure_token(&self) -> Result<(), Error> {
         self.inner.token.get().await.map(|_| ())
+    }
+
+    /// The last sign of pressure on the tenant's request budget since the previous call (a 429, or
+    /// `x-ratelimit-remaining` at or below a tenth of the limit), in words.
+    pub fn take_pressure(&self) -> Option<String> {
+        self.inner.pressure.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Read the page after `from` (exclusive), at most `take` entries (Auth0 caps it at 100).
@@ -300,6 +309,9 @@ impl Client {
             inner.telemetry.request("logs", Some(status.as_u16()));
             let headers = response.headers().clone();
             inner.pacer.observe(status, &headers);
+            if let Some(why) = pace::pressure(status, &headers) {
+                *inner.pressure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            }
             let limit = if status.is_success() { inner.max_page_bytes } else { 64 * 1024 };
             let body = match read_limited(response, limit).await {
                 Ok(b) => b,

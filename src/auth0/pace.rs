@@ -11,6 +11,10 @@
 //!    one-second reset is ignored.
 //!
 //! A waiting future can be dropped at any time; if it held the newest slot, the slot is given back.
+//!
+//! The same answers also tell the fetcher when to poll less while idle ([`pressure`]): a 429, or a bucket at
+//! or below a tenth of its size, means someone (this daemon or the customer's other automation) is using up
+//! the tenant's budget.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -143,6 +147,27 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     }
 }
 
+/// What an answer says about pressure on the tenant's budget: a 429, or `x-ratelimit-remaining` at or below
+/// a tenth of `x-ratelimit-limit`. `None` when the answer shows none (or the headers are
+/// missing or unreadable). The text is ours, with the numbers as read, so it can be logged and shown.
+pub(crate) fn pressure(status: StatusCode, headers: &HeaderMap) -> Option<String> {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Some("Auth0 answered 429 Too Many Requests".into());
+    }
+    let limit = header_text(headers, "x-ratelimit-limit")?.parse::<f64>().ok()?;
+    let left = remaining(headers)?;
+    if !(limit.is_finite() && limit >= 1.0) {
+        return None;
+    }
+    let limit = limit.min(u64::MAX as f64) as u64;
+    (left.saturating_mul(10) <= limit.saturating_mul(PRESSURE_REMAINING_TENTHS)).then(|| {
+        format!("x-ratelimit-remaining was {left} of x-ratelimit-limit {limit}, at or below a tenth")
+    })
+}
+
+/// Pressure is a bucket at or below this many tenths of its size.
+const PRESSURE_REMAINING_TENTHS: u64 = 1;
+
 /// `x-ratelimit-reset - now`, within `[0, MAX_RESET_WAIT]`; `None` when absent or unreadable.
 fn reset_wait(headers: &HeaderMap) -> Option<Duration> {
     let reset = header_text(headers, "x-ratelimit-reset")?
@@ -260,6 +285,28 @@ mod tests {
         assert_eq!(p.reserve(now), now);
     }
 
+    #[test]
+    fn a_429_or_a_bucket_at_a_tenth_is_pressure() {
+        assert!(pressure(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()).is_some());
+        let at = |left: &str, limit: &str| {
+            pressure(
+                StatusCode::OK,
+                &headers(&[("x-ratelimit-remaining", left.into()), ("x-ratelimit-limit", limit.into())]),
+            )
+        };
+        assert!(at("1", "10").is_some_and(|r| r.contains("1 of x-ratelimit-limit 10")));
+        assert!(at("0", "10").is_some());
+        assert!(at("2", "10").is_none());
+        assert!(at("10", "100").is_some());
+        assert!(at("11", "100").is_none());
+        // Without a limit, or with garbage, nothing is concluded.
+        assert!(at("0", "0").is_none());
+        assert!(at("0", "soon").is_none());
+        assert!(at("0", "NaN").is_none());
+        assert!(pressure(StatusCode::OK, &headers(&[("x-ratelimit-remaining", "0".into())])).is_none());
+        assert!(at("0", "1e300").is_some());
+    }
+
     /// A header value as a server might send it: numbers of every shape, dates, or any bytes at all.
     fn header_value() -> impl Strategy<Value = Option<Vec<u8>>> {
         prop::option::of(prop_oneof![
@@ -299,6 +346,7 @@ mod tests {
             if let Some(wait) = retry_after(&h) {
                 prop_assert!(wait <= longest, "{wait:?}");
             }
+            let _ = pressure(StatusCode::from_u16(status).unwrap(), &h);
             let p = Pacer::new(10.0);
             let before = Instant::now();
             p.observe(StatusCode::from_u16(status).unwrap(), &h);

@@ -13,6 +13,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, Tenant};
+use crate::pipeline::poll::Interval;
 use crate::store::{Snapshot, Store, StoreError};
 use crate::telemetry::{Telemetry, TenantLabels};
 
@@ -70,6 +71,16 @@ pub fn render(_config: &Config, tenants: &[(Tenant, Snapshot)], telemetry: Optio
     let stalled =
         gauge(&mut registry, "fetching_stalled", "1 while Auth0 serves entries the cursor cannot move past");
     let failing = gauge(&mut registry, "failing", "1 while the tenant's last attempt failed");
+    let poll_interval = gauge(
+        &mut registry,
+        "poll_interval_seconds",
+        "the wait after a page that was not full, as configured or chosen by poll_interval = \"auto\"",
+    );
+    let poll_pressure = gauge(
+        &mut registry,
+        "poll_pressure",
+        "1 while Auth0 signals pressure on the request budget (poll_interval = \"auto\" then halves its share)",
+    );
     let delivered = counter(&mut registry, "delivered_events", "events RudderStack accepted");
     let fetched = counter(&mut registry, "fetched_entries", "entries fetched into the outbox");
     let filtered = counter(&mut registry, "filtered_entries", "entries the filters kept back");
@@ -89,6 +100,9 @@ pub fn render(_config: &Config, tenants: &[(Tenant, Snapshot)], telemetry: Optio
         stopped.get_or_create(&l).set(if s.stopped { 1.0 } else { 0.0 });
         stalled.get_or_create(&l).set(if s.stall.is_some() { 1.0 } else { 0.0 });
         failing.get_or_create(&l).set(if s.last_error.is_some() { 1.0 } else { 0.0 });
+        let poll = Interval::stored(&t.auth0, s.pressure_until.as_deref(), s.pressure_reason.as_deref());
+        poll_interval.get_or_create(&l).set(poll.every.as_secs_f64());
+        poll_pressure.get_or_create(&l).set(if poll.pressure.is_some() { 1.0 } else { 0.0 });
         delivered.get_or_create(&l).inc_by(s.delivered_total);
         fetched.get_or_create(&l).inc_by(s.fetched_total);
         filtered.get_or_create(&l).inc_by(s.filtered_total);

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::config::{Config, Tenant};
+use crate::pipeline::poll::Interval;
 use crate::store::{Snapshot, Store, StoreError};
 
 use super::{age, human_chrono, privacy_description};
@@ -95,9 +96,20 @@ pub fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// The tenant's idle interval now, as the state records Auth0's pressure.
+fn interval(t: &TenantStatus) -> Interval {
+    let s = t.snapshot.as_ref();
+    Interval::stored(
+        &t.tenant.auth0,
+        s.and_then(|s| s.pressure_until.as_deref()),
+        s.and_then(|s| s.pressure_reason.as_deref()),
+    )
+}
+
 fn tenant_json(r: &Report, t: &TenantStatus) -> Value {
     let s = t.snapshot.as_ref();
     let checkpoint_age = s.and_then(|s| age(s.cursor_date.as_deref()));
+    let poll = interval(t);
     json!({
         "tenant": t.tenant.domain(),
         "state_path": r.state_path,
@@ -124,6 +136,13 @@ fn tenant_json(r: &Report, t: &TenantStatus) -> Value {
         "privacy": privacy_description(&t.tenant),
         "destination": t.tenant.rudderstack.data_plane_url.as_str(),
         "mode": t.tenant.rudderstack.mode.to_string(),
+        "poll_interval": t.tenant.auth0.poll_interval.to_string(),
+        "poll_interval_seconds": poll.every.as_secs_f64(),
+        "poll_basis": poll.basis(),
+        "poll_budget_share": poll.share,
+        "poll_pressure_until": poll.pressure.as_ref().map(|(until, _)| crate::entry::format_date(until)),
+        "poll_pressure_reason": poll.pressure.as_ref().map(|(_, why)| why.clone()),
+        "polling": poll.describe(&t.tenant.auth0),
         "warnings": t.warnings,
     })
 }
@@ -166,6 +185,7 @@ pub fn to_text(r: &Report) -> String {
         );
         let _ = writeln!(out, "forwards:        {}", t.tenant.auth0.filter.describe());
         let _ = writeln!(out, "privacy:         {}", privacy_description(&t.tenant));
+        let _ = writeln!(out, "idle polling:    {}", interval(t).describe(&t.tenant.auth0));
         let Some(s) = &t.snapshot else { continue };
         match (&s.cursor, age(s.cursor_date.as_deref())) {
             (Some(c), Some(a)) => {

@@ -9,7 +9,10 @@
 //! all (no valid `log_id`, or a full page entirely at or below it) stalls fetching: `sync` stops with a
 //! message, `run` records the reason for `status` and backs off, and no loop of dead letters ever starts.
 //!
-//! [`Fetcher::step`] does one round and says what happened; the loop around it (in `mod.rs`) only waits.
+//! [`Fetcher::step`] does one round and says what happened; the loop around it (in `mod.rs`) only waits, as
+//! long as the tenant's idle schedule says (see `poll`). Each round also passes on what Auth0 said about
+//! pressure on the tenant's budget: an answer's status and rate-limit headers, and `api_limit` or
+//! `api_limit_warning` entries on the page.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use super::poll::{self, Change, Interval, Schedule};
 use super::{Error, Next, RunMode, TenantRun};
 use crate::auth0::{self, Bootstrap, Page};
 use crate::config::{OnExpiredCheckpoint, Start};
@@ -34,9 +38,15 @@ pub struct Classified {
     pub valid: usize,
     /// The first entry with a valid `log_id`, in page order (for gap detection).
     pub first: Option<Cursor>,
+    /// The last `api_limit` or `api_limit_warning` entry on the page: its type, `log_id` and date.
+    pub limit_entry: Option<(String, LogId, Option<DateTime<Utc>>)>,
     /// Why the first entry without a valid `log_id` has none.
     pub first_problem: Option<String>,
 }
+
+/// The type codes Auth0 logs when the tenant's Management or Authentication API limit is reached or about to
+/// be: a sign of pressure on the budget, whoever spent it.
+pub const LIMIT_TYPES: [&str; 2] = ["api_limit", "api_limit_warning"];
 
 /// What a rewrite of an entry before it is stored does: the privacy rules.
 pub type Rewrite = dyn Fn(&str) -> Result<String, String> + Send + Sync;
@@ -76,6 +86,11 @@ pub fn classify(
         if cursor == Some(&log_id) || !seen.insert(log_id.clone()) {
             out.commit.repeated += 1;
             continue;
+        }
+        if let Some(kind) = head.kind.as_deref()
+            && LIMIT_TYPES.contains(&kind)
+        {
+            out.limit_entry = Some((kind.to_string(), log_id.clone(), head.date));
         }
         let above = cursor.is_none_or(|c| &log_id > c);
         if above && greatest.as_ref().is_none_or(|g| log_id > g.log_id) {
@@ -219,17 +234,40 @@ pub struct Fetcher {
     prefetched: Prefetched,
     paused_for_space: bool,
     stopped_reported: bool,
+    /// When to poll while idle, and the pressure Auth0 signalled.
+    schedule: Schedule,
+    /// Whether the pressure the state recorded was taken up.
+    restored: bool,
+    /// A limit entry seen on the last page read, as a sign of pressure.
+    page_pressure: Option<String>,
 }
 
 impl Fetcher {
     /// A fetcher for one tenant, on the fetching connection.
     pub fn new(t: Arc<TenantRun>, store: Handle, mode: RunMode) -> Fetcher {
-        Fetcher { t, store, mode, prefetched: None, paused_for_space: false, stopped_reported: false }
+        let schedule = Schedule::new(&t.domain);
+        Fetcher {
+            t,
+            store,
+            mode,
+            prefetched: None,
+            paused_for_space: false,
+            stopped_reported: false,
+            schedule,
+            restored: false,
+            page_pressure: None,
+        }
+    }
+
+    /// The idle interval now, and why.
+    pub fn interval(&self) -> Interval {
+        self.schedule.interval(&self.t.cfg.auth0)
     }
 
     /// What the loop does after an outcome.
     pub fn next(&self, outcome: Fetched) -> Next {
-        let poll = self.t.cfg.auth0.poll_interval;
+        let every = self.interval().every;
+        let poll = self.schedule.wait(every, std::time::Instant::now());
         match outcome {
             Fetched::More => Next::Again,
             Fetched::CaughtUp if self.mode == RunMode::Sync => Next::Done,
@@ -239,8 +277,62 @@ impl Fetcher {
         }
     }
 
-    /// One round: check that fetching may go on, then read and commit one page (or bootstrap).
+    /// One round: check that fetching may go on, then read and commit one page (or bootstrap); and take note
+    /// of any pressure Auth0 signalled meanwhile, whatever the round's outcome (a 429 is an error).
     pub async fn step(&mut self, stop: &CancellationToken) -> Result<Fetched, Error> {
+        if !self.restored {
+            let d = self.t.domain.clone();
+            let s = self.store.call(move |s| s.snapshot(&d)).await?;
+            self.schedule.restore(s.pressure_until.as_deref(), s.pressure_reason.as_deref());
+            self.restored = true;
+        }
+        let outcome = self.round(stop).await;
+        self.note_pressure().await;
+        outcome
+    }
+
+    /// Pass on a sign of pressure from the last answers or page, or end a pressure whose period is over; log
+    /// and record what changed.
+    async fn note_pressure(&mut self) {
+        let from_answer = self.t.auth0.take_pressure();
+        let from_log = self.page_pressure.take();
+        let change = match from_log.or(from_answer) {
+            Some(why) => self.schedule.press(why),
+            None => self.schedule.expire(),
+        };
+        let cfg = &self.t.cfg.auth0;
+        let domain = &self.t.domain;
+        let now = self.interval();
+        match change {
+            Change::None => return,
+            Change::Started => {
+                let (until, why) = self.schedule.pressure().unwrap_or_default();
+                tracing::warn!(
+                    tenant = %domain,
+                    reason = %why,
+                    until = %entry::format_date(&until),
+                    "Auth0 signals pressure on the tenant's request budget: idle polling {}",
+                    now.describe(cfg)
+                );
+            }
+            Change::Extended => {}
+            Change::Ended => {
+                tracing::info!(tenant = %domain, "no sign of pressure from Auth0 for {}: idle polling {}", humantime::format_duration(poll::pressure_period()), now.describe(cfg));
+            }
+        }
+        let d = domain.clone();
+        let pressure = self.schedule.pressure();
+        let recorded = self
+            .store
+            .call(move |s| s.set_pressure(&d, pressure.as_ref().map(|(until, why)| (until, why.as_str()))))
+            .await;
+        if let Err(e) = recorded {
+            // Only what `status` shows is behind; the daemon polls as it should.
+            tracing::warn!(tenant = %domain, error = %crate::logging::Chain(&e), "cannot record Auth0's pressure in the state");
+        }
+    }
+
+    async fn round(&mut self, stop: &CancellationToken) -> Result<Fetched, Error> {
         let domain = self.t.domain.clone();
         // One call for all three: on an idle daemon each call into the store is a thread wake-up.
         let (stopped, depth, cursor) = {
@@ -362,6 +454,13 @@ impl Fetcher {
             return Ok(Fetched::CaughtUp);
         }
         let mut c = self.classify(&page.entries, Some(&cursor.log_id));
+        if let Some((kind, id, date)) = c.limit_entry.take() {
+            // An old entry read while catching up says nothing about the budget now.
+            let recent = chrono::Duration::from_std(poll::pressure_period()).unwrap_or(chrono::Duration::MAX);
+            if date.is_none_or(|d| d > Utc::now() - recent) {
+                self.page_pressure = Some(format!("an {kind} entry in the tenant's log (log_id {id})"));
+            }
+        }
         let privacy = self.t.rewrite.is_some();
         add_unreadable(&mut c, &page.unreadable, Some(&cursor.log_id), &self.t.cfg.auth0.filter, privacy);
         if c.valid == 0 {

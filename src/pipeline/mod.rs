@@ -18,6 +18,7 @@
 pub mod fetcher;
 pub mod import;
 pub mod lock;
+pub mod poll;
 pub mod progress;
 pub mod retry;
 pub mod sender;
@@ -177,7 +178,7 @@ impl Error {
 /// Whether to run forever or to stop once caught up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunMode {
-    /// Poll every `poll_interval` until shut down.
+    /// Poll after every `poll_interval` (see [`poll`]) until shut down.
     Daemon,
     /// Fetch until Auth0 has nothing newer, deliver the whole outbox, return.
     Sync,

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Next, RunMode, TenantRun};
-use crate::config::Mode;
+use crate::config::{Mode, PollInterval};
 use crate::rudderstack::Item;
 use crate::store::Handle;
 use crate::transform;
@@ -71,7 +71,10 @@ impl Sender {
                 duration: if self.mode == RunMode::Sync {
                     Duration::from_millis(200)
                 } else {
-                    IDLE_RECHECK.max(self.t.cfg.auth0.poll_interval)
+                    match self.t.cfg.auth0.poll_interval {
+                        PollInterval::Every(poll) => IDLE_RECHECK.max(poll),
+                        PollInterval::Auto => IDLE_RECHECK,
+                    }
                 },
                 wake: Some(self.t.wake_sender.clone()),
             },

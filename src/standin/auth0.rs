@@ -549,7 +549,7 @@ impl Tenant {
         )
         .expect("a valid section");
         c.audience = opts.audience;
-        c.poll_interval = Duration::from_millis(200);
+        c.poll_interval = crate::config::PollInterval::Every(Duration::from_millis(200));
         c.max_requests_per_second = 50.0;
         c.timeout = Duration::from_secs(5);
         c

@@ -12,6 +12,7 @@ mod hostile;
 mod import;
 mod input;
 mod ops;
+mod poll;
 mod privacy;
 mod rudderstack;
 mod sandbox;

@@ -14,7 +14,7 @@ use crate::support::fake_auth0::{DOMAIN, FakeAuth0, FakeOptions};
 use crate::support::start_fakes;
 
 /// The series the metrics must have, each with a `tenant` label.
-const SERIES: [&str; 14] = [
+const SERIES: [&str; 16] = [
     "auth0_rudderstack_checkpoint_timestamp_seconds",
     "auth0_rudderstack_outbox_entries",
     "auth0_rudderstack_dead_letters",
@@ -29,6 +29,8 @@ const SERIES: [&str; 14] = [
     "auth0_rudderstack_repeated_entries_total",
     "auth0_rudderstack_fetching_stalled",
     "auth0_rudderstack_failing",
+    "auth0_rudderstack_poll_interval_seconds",
+    "auth0_rudderstack_poll_pressure",
 ];
 
 /// The value of `name{tenant="…"}` in a Prometheus text exposition.

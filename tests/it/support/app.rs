@@ -101,6 +101,14 @@ timeout = "5s"
         self
     }
 
+    /// Remove `key` of the `i`th `[[tenant]]` (from 0) and save.
+    pub fn unset_tenant(&mut self, i: usize, key: &str) -> &mut App {
+        let t = self.config["tenant"].as_array_mut().unwrap()[i].as_table_mut().unwrap();
+        t.remove(key);
+        self.write();
+        self
+    }
+
     /// Remove the `i`th `[[tenant]]` and save.
     pub fn remove_tenant(&mut self, i: usize) -> &mut App {
         self.config["tenant"].as_array_mut().unwrap().remove(i);
