@@ -14,6 +14,7 @@ mod input;
 mod ops;
 mod poll;
 mod privacy;
+mod promises;
 mod rudderstack;
 mod sandbox;
 mod state;
