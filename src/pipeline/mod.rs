@@ -351,6 +351,12 @@ pub struct Position {
     pub caught_up: bool,
     /// Entries fetched when "caught up" was last logged, so a quiet daemon logs nothing.
     pub reported_fetched: u64,
+    /// When "caught up" was last logged: with steady traffic every poll catches up again, and a line per poll
+    /// would flood the journal, so the line comes after a real catch-up or now and then.
+    pub reported_at: Option<std::time::Instant>,
+    /// A full page was read since "caught up" was last logged: the tenant was behind, and its catching up
+    /// is worth a line at once.
+    pub behind_since_report: bool,
 }
 
 /// Everything one tenant's loops share.
@@ -851,8 +857,12 @@ async fn fetch_loop(
         let next = match fetcher.step(&stop).await {
             Ok(outcome) => {
                 recovered(&t, &store, &mut policy, Which::Fetch).await;
-                if outcome == Fetched::CaughtUp {
-                    progress::caught_up(&t, &store).await;
+                match outcome {
+                    Fetched::CaughtUp => progress::caught_up(&t, &store).await,
+                    Fetched::More => {
+                        t.position.lock().unwrap_or_else(|p| p.into_inner()).behind_since_report = true
+                    }
+                    _ => {}
                 }
                 fetcher.next(outcome)
             }

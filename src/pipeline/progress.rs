@@ -22,6 +22,8 @@ use crate::telemetry::Telemetry;
 
 /// How often progress is reported during a catch-up.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// How often a tenant that keeps up with a trickle of new entries says so.
+pub const QUIET_REPORT_EVERY: Duration = Duration::from_secs(600);
 
 /// A duration in words, to the second ("3h 2m 5s").
 pub fn human(d: Duration) -> String {
@@ -34,15 +36,20 @@ fn behind(t: &TenantRun) -> Option<Duration> {
     (Utc::now() - date).to_std().ok()
 }
 
-/// Log once that a tenant caught up (daemon), with the figures `status` shows.
+/// Log that a tenant caught up (daemon), with the figures `status` shows: once after start, at once after it
+/// had fallen behind (a full page), and otherwise at most every [`QUIET_REPORT_EVERY`] while new entries
+/// trickle in; never while nothing new was fetched.
 pub async fn caught_up(t: &TenantRun, store: &Handle) {
     let fetched = t.counters.fetched.load(Ordering::Relaxed);
     {
         let mut p = t.position.lock().unwrap_or_else(|p| p.into_inner());
-        if p.reported_fetched == fetched {
+        let due = p.behind_since_report || p.reported_at.is_none_or(|at| at.elapsed() >= QUIET_REPORT_EVERY);
+        if p.reported_fetched == fetched || !due {
             return;
         }
         p.reported_fetched = fetched;
+        p.reported_at = Some(Instant::now());
+        p.behind_since_report = false;
     }
     let d = t.domain.clone();
     let Ok(s) = store.call(move |s| s.snapshot(&d)).await else { return };

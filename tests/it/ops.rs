@@ -623,3 +623,27 @@ async fn runs_request_rate_limit_and_retry_counters_move() {
     assert_eq!(sample_with(&text_now, "auth0_rudderstack_rate_limited_total", &[("tenant", t)]), Some(1.0));
     assert_eq!(sigterm(child).await.code(), Some(0), "{}", app.run_log());
 }
+
+/// With a trickle of new entries every poll catches up again; "caught up" is logged once after start and at
+/// once after a real catch-up (a full page), not at every poll, so a busy tenant does not flood the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_is_logged_after_a_catch_up_not_at_every_poll() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(150);
+    let app = App::new(&auth0, &rudder);
+    let child = app.spawn_run();
+    rudder.wait_for_events(150, Duration::from_secs(30)).await;
+    let lines = |log: &str| log.lines().filter(|l| l.contains("caught up with Auth0")).count();
+    assert!(wait_until(Duration::from_secs(10), || lines(&app.run_log()) == 1).await, "{}", app.run_log());
+    // A trickle: one entry at a time, each fetched by its own poll (200 ms apart).
+    for i in 1..=8 {
+        auth0.push_synthetic(1);
+        rudder.wait_for_events(150 + i, Duration::from_secs(10)).await;
+    }
+    assert_eq!(lines(&app.run_log()), 1, "a line per poll:\n{}", app.run_log());
+    // Falling behind (a full page) and catching up again is told at once.
+    auth0.push_synthetic(250);
+    rudder.wait_for_events(408, Duration::from_secs(30)).await;
+    assert!(wait_until(Duration::from_secs(10), || lines(&app.run_log()) == 2).await, "{}", app.run_log());
+    sigterm(child).await;
+}
