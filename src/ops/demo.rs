@@ -50,6 +50,8 @@ pub const MAX_RATE: f64 = 100.0;
 
 /// How long the pipeline may take to deliver what is left once the demo stops generating.
 const DRAIN: Duration = Duration::from_secs(60);
+/// How often the demo prints its running count while it generates.
+const RUNNING_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the demo is asked to do.
 #[derive(Debug, Clone)]
@@ -516,8 +518,22 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
         }
     };
     tokio::pin!(wait_end);
+    // The daemon itself logs a caught-up tenant only now and then, so the demo shows its own running count.
+    let running_count = async {
+        let mut tick = tokio::time::interval(RUNNING_COUNT_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let delivered: u64 = received.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
+            logging::note(&format!(
+                "demo: {} entries in the Auth0 log so far, {delivered} events delivered to RudderStack",
+                tenant.entries().len()
+            ));
+        }
+    };
     let mut early: Option<Result<pipeline::Summary, pipeline::Error>> = None;
     tokio::select! {
+        _ = running_count => {}
         _ = &mut wait_end => {}
         _ = stop.cancelled() => {}
         ended = &mut pipeline => {

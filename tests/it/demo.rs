@@ -183,6 +183,12 @@ async fn status_and_metrics_read_a_running_demos_state() {
         "{metrics}"
     );
     promtool_check(&metrics);
+    // While it runs, the demo shows a running count (every 5 s) of what reached RudderStack.
+    let counted = crate::support::app::wait_until(Duration::from_secs(30), || {
+        stderr.lock().unwrap().contains("events delivered to RudderStack")
+    })
+    .await;
+    assert!(counted, "no running count:\n{}", stderr.lock().unwrap());
 
     let (status, _) = sigterm_within(child, Duration::from_secs(90)).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
