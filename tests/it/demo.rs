@@ -182,7 +182,7 @@ async fn status_and_metrics_read_a_running_demos_state() {
             && l.contains(&format!("tenant=\"{DOMAIN}\""))),
         "{metrics}"
     );
-    promtool_check(&metrics);
+    crate::ops::promtool_check(&metrics);
     // While it runs, the demo shows a running count (every 5 s) of what reached RudderStack.
     let counted = crate::support::app::wait_until(Duration::from_secs(30), || {
         stderr.lock().unwrap().contains("events delivered to RudderStack")
@@ -195,35 +195,6 @@ async fn status_and_metrics_read_a_running_demos_state() {
     let stderr = stderr.lock().unwrap().clone();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains(EXACTLY_ONCE), "{stderr}");
-}
-
-/// `promtool check metrics` on `text`; a missing promtool fails under CI and skips elsewhere.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            crate::support::missing_prerequisite(
-                "status_and_metrics_read_a_running_demos_state",
-                &format!("promtool: {e}"),
-            );
-            return;
-        }
-    };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `--state` refuses a directory that already holds a demo's state: the new stand-ins would not hold the
