@@ -12,7 +12,8 @@
 //! held. `import` and `transform` of it must each peak at ≤ 64 MB; the bench checks that the normal entries
 //! were delivered (and written by `transform`), and that exactly one dead letter holds the big entry's size and
 //! SHA-256, as computed while the archive was written. `BENCH_PART=archive` or `BENCH_PART=oversized` runs one
-//! part only.
+//! part only. `BENCH_BIN=PATH` runs another build's binary through the same archive part (an older commit's,
+//! to compare two builds on one machine in one sitting: figures from different days are not comparable).
 
 use std::io::Write;
 use std::path::Path;
@@ -58,7 +59,8 @@ async fn archive() {
 
     let time_out = app.dir.path().join("time.txt");
     let mut cmd = tokio::process::Command::new("/usr/bin/time");
-    cmd.arg("-f").arg("%M %U %S").arg("-o").arg(&time_out).arg(support::app::bin());
+    let bin = std::env::var("BENCH_BIN").unwrap_or_else(|_| support::app::bin().to_owned());
+    cmd.arg("-f").arg("%M %U %S").arg("-o").arg(&time_out).arg(&bin);
     cmd.arg("--config").arg(app.config_path()).arg("import").arg(&file);
     cmd.env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     cmd.kill_on_drop(true);
@@ -78,7 +80,7 @@ async fn archive() {
     let rate = n as f64 / secs;
 
     println!();
-    println!("import of a {n}-entry gzipped NDJSON archive into a loopback RudderStack (one run)");
+    println!("import of a {n}-entry gzipped NDJSON archive into a loopback RudderStack (one run of {bin})");
     let row = |what: &str, value: String, target: &str, pass: bool| {
         println!("    {what:<34} {value:<28} {target:<18} {}", if pass { "PASS" } else { "MISS" });
     };

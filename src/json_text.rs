@@ -281,6 +281,10 @@ impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
         let raw = <&'de RawValue>::deserialize(de)?;
         let text = raw.get();
         let content = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+        // serde_json has checked the key; most keys have no escape and are compared as they stand.
+        if memchr::memchr(b'\\', content.as_bytes()).is_none() {
+            return Ok(self.keys.iter().position(|k| *k == content));
+        }
         let name = unescape(content).map_err(de::Error::custom)?;
         Ok(self.keys.iter().position(|k| k.as_bytes() == &*name))
     }
