@@ -101,6 +101,12 @@ pub enum Bootstrap {
     Empty,
 }
 
+/// The most entries one checkpoint page may hold (`take`).
+const MAX_TAKE: u32 = 100;
+
+/// How many pages `start = "now"` reads on from the newest-dated entry to find the greatest id.
+const NOW_READ_ON_PAGES: usize = 10;
+
 /// The Management API client of one tenant: token cache, pacing, paging. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -226,8 +232,38 @@ impl Client {
         let mut entries = self.search(sort, q).await?;
         Ok(match entries.drain(..).next() {
             None => Bootstrap::Empty,
-            Some(entry) => Bootstrap::Found { entry, forward: !matches!(start, config::Start::Now) },
+            Some(entry) if matches!(start, config::Start::Now) => {
+                Bootstrap::Found { entry: self.read_on_to_the_newest(entry).await?, forward: false }
+            }
+            Some(entry) => Bootstrap::Found { entry, forward: true },
         })
+    }
+
+    /// The entry with the greatest `log_id` now, starting from the newest by date. Auth0 orders its log by
+    /// id and does not keep date order, so entries logged after the newest-dated one can follow it by id;
+    /// `now` must skip them too, so read on from it to the end of the log (one short page, as a rule). A
+    /// tenant logging faster than [`NOW_READ_ON_PAGES`] pages keeps the rest, which are delivered.
+    async fn read_on_to_the_newest(&self, mut newest: Box<RawValue>) -> Result<Box<RawValue>, Error> {
+        let id_of = |e: &RawValue| crate::entry::read_head(e.get()).ok().and_then(|h| h.log_id.ok());
+        for _ in 0..NOW_READ_ON_PAGES {
+            let Some(from) = id_of(&newest) else { break };
+            let page = self.page_after(&from, MAX_TAKE).await?;
+            let full = page.entries.len() >= MAX_TAKE as usize;
+            // The greatest id after `from` (a page may repeat entries at or below it).
+            let last = page
+                .entries
+                .into_iter()
+                .filter_map(|e| id_of(&e).filter(|id| *id > from).map(|id| (id, e)))
+                .max_by(|a, b| a.0.cmp(&b.0));
+            match last {
+                Some((_, entry)) => newest = entry,
+                None => break,
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(newest)
     }
 
     /// Read the newest entry (one search-mode request) to prove that the token carries `read:logs`; returns

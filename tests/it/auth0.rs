@@ -13,7 +13,7 @@ use crate::support::fake_auth0::{Bucket, ExpiredFrom, FakeAuth0, FakeOptions};
 use crate::support::http::Reply;
 
 async fn fake() -> FakeAuth0 {
-    FakeAuth0::start(FakeOptions::default()).await
+    FakeAuth0::start(FakeOptions::realistic()).await
 }
 
 fn lid(s: &str) -> LogId {
@@ -106,7 +106,7 @@ fn mints(fake: &FakeAuth0) -> Vec<Instant> {
 /// sooner than 5 s after the last (each mint is an entry in the tenant's log), and meanwhile requests wait.
 #[tokio::test]
 async fn a_short_lived_token_is_replaced_no_sooner_than_five_seconds_after_the_last_mint() {
-    let fake = FakeAuth0::start(FakeOptions { expires_in: 2, ..FakeOptions::default() }).await;
+    let fake = FakeAuth0::start(FakeOptions { expires_in: 2, ..FakeOptions::realistic() }).await;
     fake.push_synthetic(5);
     let mut cfg = fake.config();
     cfg.max_requests_per_second = 20.0;
@@ -138,7 +138,7 @@ async fn a_due_refresh_never_holds_a_request_while_the_token_is_valid() {
     let fake = FakeAuth0::start(FakeOptions {
         expires_in: 20,
         token_delay: Some(Duration::from_secs(2)),
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await;
     fake.push_synthetic(5);
@@ -289,7 +289,7 @@ async fn a_token_endpoint_outage_or_rate_limit_is_transient() {
 /// A 403 (the application lacks the scope) is fatal and names read:logs.
 #[tokio::test]
 async fn a_403_is_fatal_and_names_the_read_logs_scope() {
-    let fake = FakeAuth0::start(FakeOptions { scope: "read:users".into(), ..FakeOptions::default() }).await;
+    let fake = FakeAuth0::start(FakeOptions { scope: "read:users".into(), ..FakeOptions::realistic() }).await;
     fake.push_synthetic(2);
     let c = client(&fake.config());
     let err = c.page_after(&lid(&fake.log_id(0)), 10).await.unwrap_err();
@@ -345,21 +345,28 @@ async fn a_page_keeps_elements_that_are_not_objects() {
     assert_eq!(page.next_from, None);
 }
 
-/// `now` takes the newest entry's log_id as the cursor and forwards nothing.
+/// `now` takes the greatest log_id as the cursor and forwards nothing. The fake dates its last entry before
+/// the one logged just before it, as Auth0 may: the newest by date is then entry 28, and `now` reads on
+/// from it by id to entry 29.
 #[tokio::test]
 async fn bootstrap_now_starts_after_the_newest_entry() {
     let fake = fake().await;
     fake.push_synthetic(30);
+    let dates: Vec<String> = fake.entries().iter().map(|e| e["date"].as_str().unwrap().to_string()).collect();
+    assert!(dates[29] < dates[28], "the last entry is dated before the one logged before it");
     let c = client(&fake.config());
     let (entry, forward) = found(c.bootstrap(&Start::Now).await.unwrap()).expect("an entry");
     assert_eq!(entry["log_id"], fake.log_id(29).as_str());
     assert!(!forward, "`now` forwards nothing");
-    let r = &fake.log_requests()[0];
+    let requests = fake.log_requests();
+    let r = &requests[0];
     assert_eq!(
         (r.query("sort"), r.query("per_page"), r.query("page")),
         (Some("date:-1"), Some("1"), Some("0"))
     );
     assert_eq!(r.query("from"), None);
+    assert_eq!(requests[1].query("from"), Some(fake.log_id(28).as_str()), "read on from the newest by date");
+    assert_eq!(requests.len(), 2, "one short page ends the reading on");
 }
 
 /// `oldest` returns the oldest retained entry to be forwarded itself.
@@ -436,9 +443,11 @@ async fn a_400_on_from_is_an_expired_checkpoint() {
 /// The other behaviour Auth0 may have: an aged-out `from` silently yields the oldest retained entries.
 #[tokio::test]
 async fn an_aged_out_from_can_also_yield_the_oldest_retained_entries() {
-    let fake =
-        FakeAuth0::start(FakeOptions { expired_from: ExpiredFrom::OldestRetained, ..FakeOptions::default() })
-            .await;
+    let fake = FakeAuth0::start(FakeOptions {
+        expired_from: ExpiredFrom::OldestRetained,
+        ..FakeOptions::realistic()
+    })
+    .await;
     let all = fake.push_synthetic(20);
     fake.expire_oldest(10);
     let c = client(&fake.config());
@@ -540,7 +549,7 @@ async fn the_pacer_spaces_request_starts_even_for_concurrent_callers() {
 async fn remaining_zero_makes_the_next_request_wait_for_the_reset() {
     let fake = FakeAuth0::start(FakeOptions {
         bucket: Some(Bucket { burst: 3, per_second: 2.0 }),
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await;
     fake.push_synthetic(5);
@@ -646,7 +655,7 @@ async fn the_fake_bucket_refuses_an_unpaced_caller_like_auth0() {
     let fake = FakeAuth0::start(FakeOptions {
         bucket: Some(Bucket { burst: 2, per_second: 0.5 }),
         retry_after_header: true,
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await;
     let http = reqwest::Client::new();
