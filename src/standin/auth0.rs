@@ -121,6 +121,27 @@ pub struct FakeOptions {
     pub hostile_token: Option<Hostile>,
     /// Hold every 200 answer of `/oauth/token` this long (the token is minted, and its life starts, at once).
     pub token_delay: Option<Duration>,
+    /// Give synthetic entries ids of two lengths: the first 49 of the log have 55 digits, the rest 56, and
+    /// across that step the ids' order (Auth0's: a longer id is greater) and their text order disagree.
+    pub mixed_id_lengths: bool,
+    /// Date every fifth synthetic entry 35 ms before the one logged just before it: Auth0 orders its log by
+    /// `log_id`, and "date ordering is not guaranteed" within a page.
+    pub dates_out_of_order: bool,
+}
+
+impl FakeOptions {
+    /// A tenant as the field shows them, which the integration tests use unless they say otherwise: the
+    /// rate limit of an Enterprise production tenant (burst 50, 16 requests a second), ids of mixed lengths
+    /// and dates out of order within a page. [`FakeOptions::default`] stays the tidy, unlimited tenant the
+    /// benchmarks measure throughput against.
+    pub fn realistic() -> FakeOptions {
+        FakeOptions {
+            bucket: Some(Bucket { burst: 50, per_second: 16.0 }),
+            mixed_id_lengths: true,
+            dates_out_of_order: true,
+            ..FakeOptions::default()
+        }
+    }
 }
 
 impl Default for FakeOptions {
@@ -143,6 +164,8 @@ impl Default for FakeOptions {
             hostile_logs: None,
             hostile_token: None,
             token_delay: None,
+            mixed_id_lengths: false,
+            dates_out_of_order: false,
         }
     }
 }
@@ -611,7 +634,8 @@ impl Tenant {
     /// 56-digit `900YYYYMMDDhhmmss…` log ids in increasing order (the tenant's index in the digits before the
     /// sequence number, so no two tenants share an id), `_id` equal to `log_id`, dates 10 ms apart starting
     /// an hour ago, `hostname` the tenant's domain, and types cycling through `s`, `f`, `ss`, `sapi`,
-    /// `seccft`, ... and an unknown code.
+    /// `seccft`, ... and an unknown code. [`FakeOptions::mixed_id_lengths`] and
+    /// [`FakeOptions::dates_out_of_order`] change the ids and dates.
     pub fn make_entries(&self, n: usize) -> Vec<Value> {
         self.with(|s| (0..n).map(|_| s.next_entry()).collect())
     }
@@ -698,6 +722,18 @@ impl Tenant {
     /// This tenant's requests to `/api/v2/logs`.
     pub fn log_requests(&self) -> Vec<Recorded> {
         self.recorded().into_iter().filter(|r| r.path == "/api/v2/logs").collect()
+    }
+}
+
+/// The log id of entry `seq` (from 1) of tenant `tenant` when ids have mixed lengths: `900`, three digits of
+/// tenant index, then the sequence number counted from 10^49 - 50. Entries 1 to 49 have 55 digits (`…99951`
+/// to `…99999`), entry 50 is the first of 56 (`…1000…000`): by text it sorts before them all.
+pub fn mixed_length_log_id(tenant: usize, seq: u64) -> String {
+    let tenant = tenant % 1000;
+    if seq < 50 {
+        format!("900{tenant:03}{}{:02}", "9".repeat(47), 50 + seq)
+    } else {
+        format!("900{tenant:03}1{:049}", seq - 50)
     }
 }
 
@@ -883,7 +919,17 @@ impl TenantState {
         let date = self.next_date;
         self.next_seq += 1;
         self.next_date = date + chrono::Duration::milliseconds(10);
-        synthetic_entry_of(self.index, &self.opts.domain, seq, date)
+        let mut entry = synthetic_entry_of(self.index, &self.opts.domain, seq, date);
+        if self.opts.mixed_id_lengths {
+            let id = mixed_length_log_id(self.index, seq);
+            entry["log_id"] = json!(id);
+            entry["_id"] = json!(id);
+        }
+        if self.opts.dates_out_of_order && seq.is_multiple_of(5) {
+            let earlier = date - chrono::Duration::milliseconds(35);
+            entry["date"] = json!(earlier.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+        entry
     }
 
     fn token(&mut self, shared: &Shared, req: &Request) -> Reply {

@@ -13,7 +13,7 @@ use crate::support::start_fakes;
 
 /// `n` synthetic entries, made by a fake that serves nothing (only its entry maker is used).
 async fn entries(n: usize) -> Vec<Value> {
-    FakeAuth0::start(FakeOptions::default()).await.make_entries(n)
+    FakeAuth0::start(FakeOptions::realistic()).await.make_entries(n)
 }
 
 fn ndjson(entries: &[Value]) -> String {

@@ -104,7 +104,7 @@ async fn auth0_with(opts: FakeOptions, n: usize) -> FakeAuth0 {
 /// A gzip page is sent only to a client that accepts gzip, and decodes to the very entries of the plain one.
 #[tokio::test]
 async fn a_gzip_page_decodes_to_the_same_entries_as_the_plain_one() {
-    let fake = auth0_with(FakeOptions { gzip_pages: true, ..FakeOptions::default() }, 20).await;
+    let fake = auth0_with(FakeOptions { gzip_pages: true, ..FakeOptions::realistic() }, 20).await;
     let raw = raw_client();
     let token = mint(&raw, &fake.url(), &fake.tenant()).await;
 
@@ -135,7 +135,8 @@ async fn a_gzip_page_decodes_to_the_same_entries_as_the_plain_one() {
 #[tokio::test]
 async fn a_chunked_page_arrives_whole() {
     let chunking = Chunking { size: 100, delay: Some(Duration::from_millis(2)) };
-    let fake = auth0_with(FakeOptions { chunked_pages: Some(chunking), ..FakeOptions::default() }, 10).await;
+    let fake =
+        auth0_with(FakeOptions { chunked_pages: Some(chunking), ..FakeOptions::realistic() }, 10).await;
     let c = raw_client();
     let token = mint(&c, &fake.url(), &fake.tenant()).await;
     let resp = logs(&c, &fake.url(), &token, "0", 100).send().await.unwrap();
@@ -258,7 +259,7 @@ async fn a_raw_reply_reaches_the_client_byte_for_byte() {
 async fn tls_fails_without_the_ca_and_works_with_it() {
     let tls = crate::support::http::generate_tls();
     assert!(tls.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
-    let auth0 = FakeAuth0::start_tls(FakeOptions::default(), &tls).await;
+    let auth0 = FakeAuth0::start_tls(FakeOptions::realistic(), &tls).await;
     auth0.push_synthetic(2);
     assert!(auth0.url().starts_with("https://127.0.0.1:"), "{}", auth0.url());
     assert_eq!(auth0.ca_pem(), Some(tls.ca_pem()));
@@ -304,9 +305,9 @@ async fn tls_fails_without_the_ca_and_works_with_it() {
 /// A token reads only the log of the tenant that minted it, and is a bad audience on another tenant's host.
 #[tokio::test]
 async fn tenants_on_one_fake_never_see_each_others_logs() {
-    let fake = FakeAuth0::start(FakeOptions::default()).await;
+    let fake = FakeAuth0::start(FakeOptions::realistic()).await;
     let a = fake.tenant();
-    let b = fake.add_tenant("tenant-b.example.com", "client-b", "secret-b", FakeOptions::default());
+    let b = fake.add_tenant("tenant-b.example.com", "client-b", "secret-b", FakeOptions::realistic());
     a.push_synthetic(3);
     b.push_synthetic(5);
     assert!(ids(&json!(a.entries())).iter().all(|id| !ids(&json!(b.entries())).contains(id)), "distinct ids");
@@ -349,14 +350,14 @@ async fn tenants_on_one_fake_never_see_each_others_logs() {
 /// A hundred tenants on one fake each serve their own log to their own token.
 #[tokio::test]
 async fn a_hundred_tenants_share_one_fake() {
-    let fake = FakeAuth0::start(FakeOptions::default()).await;
+    let fake = FakeAuth0::start(FakeOptions::realistic()).await;
     let tenants: Vec<Tenant> = (1..=100)
         .map(|i| {
             fake.add_tenant(
                 &format!("t{i}.example.com"),
                 &format!("id-{i}"),
                 &format!("s-{i}"),
-                FakeOptions::default(),
+                FakeOptions::realistic(),
             )
         })
         .collect();
@@ -390,10 +391,40 @@ async fn rate_limit_headers_are_sent_without_a_bucket() {
     assert!(fake.log_requests().iter().all(|r| r.remaining == Some(UNLIMITED - 1)));
 }
 
+/// The tenant the integration tests use by default is as untidy as a real one: a page holds ids of two
+/// lengths, in Auth0's order (a longer id is greater) which their text order contradicts, dates out of order,
+/// and the rate-limit headers of a real bucket.
+#[tokio::test]
+async fn the_realistic_tenant_pages_ids_of_two_lengths_with_dates_out_of_order() {
+    let fake = auth0_with(FakeOptions::realistic(), 120).await;
+    let c = raw_client();
+    let token = mint(&c, &fake.url(), &fake.tenant()).await;
+    let resp = logs(&c, &fake.url(), &token, "0", 100).send().await.unwrap();
+    assert_eq!(resp.headers()["x-ratelimit-limit"].to_str().unwrap(), "50");
+    let page: Value = resp.json().await.unwrap();
+    let first = ids(&page);
+    assert_eq!(first.len(), 100);
+    let lengths: std::collections::BTreeSet<usize> = first.iter().map(String::len).collect();
+    assert_eq!(lengths, [55, 56].into(), "ids of two lengths in one page");
+    let by_auth0 = |a: &String, b: &String| a.len().cmp(&b.len()).then_with(|| a.cmp(b));
+    assert!(first.windows(2).all(|w| by_auth0(&w[0], &w[1]).is_lt()), "in Auth0's order");
+    let mut by_text = first.clone();
+    by_text.sort();
+    assert_ne!(by_text, first, "text order disagrees with Auth0's");
+    let dates: Vec<&str> = page.as_array().unwrap().iter().map(|e| e["date"].as_str().unwrap()).collect();
+    let earlier = dates.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(earlier >= 10, "{earlier} entries dated before the one logged before them");
+
+    // Paging from the last id of the first page goes on after it, across both lengths.
+    let next: Value =
+        logs(&c, &fake.url(), &token, first.last().unwrap(), 100).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ids(&next), (100..120).map(|i| fake.log_id(i)).collect::<Vec<_>>());
+}
+
 /// With `below_cursor`, a checkpoint page starts with entries at or below `from`, yet always moves on.
 #[tokio::test]
 async fn pages_repeat_entries_at_and_below_the_cursor_when_asked() {
-    let fake = auth0_with(FakeOptions { below_cursor: 2, ..FakeOptions::default() }, 10).await;
+    let fake = auth0_with(FakeOptions { below_cursor: 2, ..FakeOptions::realistic() }, 10).await;
     let id = |i: usize| fake.log_id(i);
     let c = raw_client();
     let token = mint(&c, &fake.url(), &fake.tenant()).await;
@@ -418,7 +449,7 @@ async fn pages_repeat_entries_at_and_below_the_cursor_when_asked() {
 /// A raw `expires_in` goes out exactly as given, and the fake enforces the expiry it can read from it.
 #[tokio::test]
 async fn the_token_answer_carries_expires_in_exactly_as_given() {
-    let fake = auth0_with(FakeOptions::default(), 1).await;
+    let fake = auth0_with(FakeOptions::realistic(), 1).await;
     let c = raw_client();
     // (raw text, whether the token still reads the log right away)
     for (raw, usable) in [("18446744073709551615", true), ("1e300", true), ("-5", false), (r#""soon""#, true)]
@@ -439,7 +470,7 @@ async fn the_token_answer_carries_expires_in_exactly_as_given() {
 #[tokio::test]
 async fn hostile_bodies_replace_auth0_answers() {
     let bomb = Hostile::GzipBomb { prefix: b"[".to_vec(), fill: b'[', inflated: 1 << 30 };
-    let fake = auth0_with(FakeOptions { hostile_logs: Some(bomb), ..FakeOptions::default() }, 1).await;
+    let fake = auth0_with(FakeOptions { hostile_logs: Some(bomb), ..FakeOptions::realistic() }, 1).await;
     let c = raw_client();
     let token = mint(&c, &fake.url(), &fake.tenant()).await;
     let resp = logs(&c, &fake.url(), &token, "0", 10).send().await.unwrap();

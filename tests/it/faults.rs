@@ -182,7 +182,7 @@ async fn a_long_catch_up_stays_within_the_rate_limit_with_or_without_retry_after
             client_secret: CLIENT_SECRET.into(),
             bucket: Some(Bucket { burst: 10, per_second: 10.0 }),
             retry_after_header,
-            ..FakeOptions::default()
+            ..FakeOptions::realistic()
         })
         .await;
         let (_unused, rudder) = start_fakes().await;
@@ -267,7 +267,7 @@ async fn three_second_tokens_with_faults_and_a_rate_limit_stall_nothing() {
         client_secret: CLIENT_SECRET.into(),
         expires_in: 3,
         bucket: Some(Bucket { burst: 5, per_second: 5.0 }),
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await;
     // Every fifth request, token or page, answers 500 or 503.
@@ -608,7 +608,7 @@ async fn three_hours_old_entries() -> (FakeAuth0, FakeRudderStack, App, Vec<Valu
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
         expired_from: ExpiredFrom::OldestRetained,
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await;
     let (_unused, rudder) = start_fakes().await;

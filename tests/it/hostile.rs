@@ -99,7 +99,7 @@ async fn auth0_with(options: FakeOptions) -> FakeAuth0 {
 
 /// `/oauth/token` answers with `body` every time: `run` keeps retrying, each answer is cut at its limit.
 async fn token_endpoint_sends(case: &str, body: Hostile) {
-    let auth0 = auth0_with(FakeOptions { hostile_token: Some(body), ..FakeOptions::default() }).await;
+    let auth0 = auth0_with(FakeOptions { hostile_token: Some(body), ..FakeOptions::realistic() }).await;
     let (_unused, rudder) = start_fakes().await;
     auth0.push_synthetic(10);
     let app = App::new(&auth0, &rudder);
@@ -112,7 +112,7 @@ async fn token_endpoint_sends(case: &str, body: Hostile) {
 
 /// `/api/v2/logs` answers every 200 with `body`: each page is cut at `auth0.max_page_bytes`.
 async fn logs_endpoint_sends(case: &str, body: Hostile) {
-    let auth0 = auth0_with(FakeOptions { hostile_logs: Some(body), ..FakeOptions::default() }).await;
+    let auth0 = auth0_with(FakeOptions { hostile_logs: Some(body), ..FakeOptions::realistic() }).await;
     let (_unused, rudder) = start_fakes().await;
     auth0.push_synthetic(10);
     let app = App::new(&auth0, &rudder);
@@ -263,7 +263,7 @@ async fn a_rate_limit_reset_of_1e20_is_capped_and_sigterm_still_ends_the_wait() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expires_in_of_u64_max_is_clamped_and_one_token_serves_the_run() {
     let auth0 =
-        auth0_with(FakeOptions { expires_in_raw: Some(u64::MAX.to_string()), ..FakeOptions::default() })
+        auth0_with(FakeOptions { expires_in_raw: Some(u64::MAX.to_string()), ..FakeOptions::realistic() })
             .await;
     let (_unused, rudder) = start_fakes().await;
     auth0.push_synthetic(50);
@@ -460,7 +460,7 @@ async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
         let auth0_options = FakeOptions {
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
-            ..FakeOptions::default()
+            ..FakeOptions::realistic()
         };
         let rudder_options = fake_rudderstack::Options {
             write_keys: vec![WRITE_KEY.into()],
@@ -508,7 +508,7 @@ async fn tls_fakes(tls: &Tls) -> (FakeAuth0, FakeRudderStack) {
     let auth0_options = FakeOptions {
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     };
     let rudder_options = fake_rudderstack::Options {
         write_keys: vec![WRITE_KEY.into()],

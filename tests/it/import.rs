@@ -28,7 +28,7 @@ async fn rudder() -> FakeRudderStack {
 
 /// `n` synthetic entries, made by a fake that serves nothing (only its entry maker is used).
 async fn entries(n: usize) -> Vec<Value> {
-    FakeAuth0::start(FakeOptions::default()).await.make_entries(n)
+    FakeAuth0::start(FakeOptions::realistic()).await.make_entries(n)
 }
 
 fn write_gzip_ndjson(path: &Path, entries: &[Value]) {

@@ -355,7 +355,7 @@ async fn forward_own_logs_false_drops_exactly_the_daemons_own_token_exchanges() 
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
         log_token_mints: true,
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await;
     let (_unused, rudder) = start_fakes().await;

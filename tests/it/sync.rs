@@ -324,7 +324,7 @@ async fn a_sync_over_tls_through_gzip_chunked_pages_that_repeat_entries_delivers
             below_cursor: 3,
             gzip_pages: true,
             chunked_pages: Some(Chunking { size: 1_500, delay: None }),
-            ..FakeOptions::default()
+            ..FakeOptions::realistic()
         },
         &tls,
     )

@@ -21,7 +21,7 @@ async fn auth0_for(domain: &str, client_id: &str, secret: &str) -> FakeAuth0 {
         client_id: client_id.into(),
         client_secret: secret.into(),
         audience: format!("https://{domain}/api/v2/"),
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await
 }
@@ -226,7 +226,7 @@ async fn a_tenant_with_wrong_credentials_does_not_hold_back_a_healthy_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_on_one_auth0_server_keep_their_own_tokens_and_cursors() {
     let auth0 = auth0_for(A, "client-a", "secret-a-0123456789").await;
-    let b = auth0.add_tenant(B, "client-b", "secret-b-0123456789", FakeOptions::default());
+    let b = auth0.add_tenant(B, "client-b", "secret-b-0123456789", FakeOptions::realistic());
     let (_unused, rudder) = crate::support::start_fakes().await;
     let a_entries = auth0.push_synthetic(40);
     let b_entries = b.push_synthetic(25);

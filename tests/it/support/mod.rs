@@ -20,7 +20,7 @@ pub async fn start_fakes() -> (FakeAuth0, FakeRudderStack) {
     let auth0 = FakeAuth0::start(FakeOptions {
         client_id: app::CLIENT_ID.into(),
         client_secret: app::CLIENT_SECRET.into(),
-        ..FakeOptions::default()
+        ..FakeOptions::realistic()
     })
     .await;
     let rudder = FakeRudderStack::start(fake_rudderstack::Options {
