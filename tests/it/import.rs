@@ -462,6 +462,46 @@ async fn sigterm_ends_an_import_waiting_on_a_fifo_within_5_seconds() {
     assert!(kept == 0 || kept == some.len(), "all or none of the entries read before the signal: {s}");
 }
 
+/// An import that is still waiting for the state lock (another import holds it, reading a FIFO no writer
+/// opens) ends on SIGTERM with 128 + 15 and says it was stopped, having read and enqueued nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_an_import_waiting_for_the_lock_with_143() {
+    let test = "sigterm_ends_an_import_waiting_for_the_lock_with_143";
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let fifo = app.dir.path().join("holder.fifo");
+    if !mkfifo(&fifo, test) {
+        return;
+    }
+    let holder = import_cmd(&app, &[&fifo]).spawn().unwrap();
+    let holder_pid = holder.id().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || has_open(holder_pid, &fifo)).await,
+        "the holder never opened it"
+    );
+
+    let file = app.dir.path().join("archive.ndjson");
+    std::fs::write(&file, ndjson(&entries(20).await)).unwrap();
+    let log = app.dir.path().join("waiting.log");
+    let mut cmd = import_cmd(&app, &[&file]);
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let waiting = cmd.spawn().unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || said().contains("waiting for it to finish")).await,
+        "the second import never said it waits: {}",
+        said()
+    );
+    let (status, took) = crate::support::app::sigterm_within(waiting, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(143), "exited {status:?} after {took:?}: {}", said());
+    assert!(said().contains("import stopped by signal"), "{}", said());
+
+    let (status, _) = crate::support::app::sigterm_within(holder, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(143), "the holder exited {status:?}");
+    let s = app.status().await;
+    assert_eq!((s["outbox_depth"].as_u64(), rudder.event_count()), (Some(0), 0), "nothing was read: {s}");
+}
+
 /// An entry of 3 MB (over the 1 MiB limit the default `max_event_bytes` gives) among normal ones is set aside
 /// while it is read: its dead letter keeps its log_id, size, SHA-256 and first 4 KiB, the state never holds
 /// its text (its last bytes are nowhere in the state file or its WAL), the summary counts it, and the entries
