@@ -45,10 +45,8 @@ const BATCH: usize = 2_000;
 const ID_BYTES: usize = 1 << 20;
 
 /// What happened to one file.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct FileSummary {
-    /// The file as named on the command line.
-    pub name: String,
     /// Skipped whole: it was imported in full before.
     pub already_imported: bool,
     /// Entries read in this run (not counting those skipped to resume).
@@ -223,7 +221,7 @@ fn read_files(
         *progress.file.lock().unwrap_or_else(|p| p.into_inner()) = name.clone();
         progress.size.store(size, Ordering::Relaxed);
         progress.bytes.store(0, Ordering::Relaxed);
-        let mut summary = FileSummary { name: name.clone(), ..FileSummary::default() };
+        let mut summary = FileSummary::default();
         let domain = tenant.domain();
         let mut resume = 0;
         if let Some(id) = &file_id {

@@ -283,7 +283,10 @@ async fn elements_without_a_deliverable_entry_become_dead_letters() {
     std::fs::write(&file, text_).unwrap();
     let out = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(60)).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("dead_letters=3"), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for figure in ["read=22 ", "enqueued=19 ", "dead_letters=3"] {
+        assert!(err.contains(figure), "the summary says {figure}: {}", text(&out));
+    }
     let (ids, copies) = delivered(&rudder);
     assert_eq!((ids.len(), copies), (19, 0));
     let list = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
