@@ -465,6 +465,67 @@ async fn sigterm_ends_an_import_waiting_on_a_fifo_within_5_seconds() {
     assert!(kept == 0 || kept == some.len(), "all or none of the entries read before the signal: {s}");
 }
 
+/// A long import (a FIFO that stays open after one full batch of 2,000 elements) logs its progress every
+/// 10 s, counting every element it settled (enqueued, repeated, filtered out or set aside); once the writer
+/// closes, the summary counts each kind apart, `status` counts the filtered entries, and each distinct kept
+/// entry arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_import_reports_its_progress_and_its_summary_counts_each_kind_of_element() {
+    let test = "a_long_import_reports_its_progress_and_its_summary_counts_each_kind_of_element";
+    let rudder = rudder().await;
+    let mut app = app_without_auth0(&rudder);
+    app.set("auth0", "exclude_types", vec!["fp"]);
+    let fifo = app.dir.path().join("long.fifo");
+    if !mkfifo(&fifo, test) {
+        return;
+    }
+    let mut elements = entries(1_993).await;
+    for e in &mut elements {
+        if e["type"] == "fp" {
+            e["type"] = json!("s");
+        }
+    }
+    let kept: HashSet<String> = log_ids(&elements);
+    elements.extend([elements[10].clone(), elements[20].clone()]);
+    for i in 0..3 {
+        let mut filtered = elements[i].clone();
+        let id = format!("950{:053}", i);
+        filtered["log_id"] = json!(id);
+        filtered["_id"] = json!(id);
+        filtered["type"] = json!("fp");
+        elements.push(filtered);
+    }
+    elements.push(json!("a bare string"));
+    elements.push(json!({"type": "s", "description": "no log_id"}));
+    assert_eq!(elements.len(), 2_000, "one full batch");
+
+    let log = app.dir.path().join("import.log");
+    let mut cmd = import_cmd(&app, &[&fifo]);
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let child = cmd.spawn().unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(&ndjson(&elements)).unwrap();
+    writer.flush().unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || said().contains("import progress: read=2000 enqueued=1993 "))
+            .await,
+        "no progress line counting the batch: {}",
+        said()
+    );
+    drop(writer);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", said());
+    let done = said().lines().find(|l| l.contains("import done")).map(str::to_owned).unwrap_or_default();
+    for figure in ["read=2000 ", "enqueued=1993 ", "skipped=2 ", "filtered=3 ", "dead_letters=2 "] {
+        assert!(done.contains(figure), "the summary says {figure}: {done}");
+    }
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), kept);
+    assert_eq!(copies, 0);
+    assert_eq!(app.status().await["filtered_total"], 3);
+}
+
 /// An import that is still waiting for the state lock (another import holds it, reading a FIFO no writer
 /// opens) ends on SIGTERM with 128 + 15 and says it was stopped, having read and enqueued nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
