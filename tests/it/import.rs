@@ -526,6 +526,42 @@ async fn a_long_import_reports_its_progress_and_its_summary_counts_each_kind_of_
     assert_eq!(app.status().await["filtered_total"], 3);
 }
 
+/// An import stopped by SIGTERM while its reader waits for room in a full outbox (RudderStack is down)
+/// exits 143 saying so, and is not taken for a finished one: run again, it resumes after the entries it
+/// had read, and every entry arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_stopped_by_sigterm_goes_on_where_it_stopped() {
+    let rudder = rudder().await;
+    let mut app = app_without_auth0(&rudder);
+    app.set("state", "max_outbox_entries", 100);
+    let all = entries(3_000).await;
+    let file = app.dir.path().join("archive.ndjson");
+    std::fs::write(&file, ndjson(&all)).unwrap();
+    rudder.set_outage(true);
+    let log = app.dir.path().join("first.log");
+    let mut cmd = import_cmd(&app, &[&file]);
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let child = cmd.spawn().unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || said().contains("the outbox is full")).await,
+        "the reader never waited for room: {}",
+        said()
+    );
+    let (status, _) = crate::support::app::sigterm_within(child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(143), "{}", said());
+    assert!(said().contains("stopped by signal; run the import again"), "{}", said());
+
+    rudder.set_outage(false);
+    let again = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(60)).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("resuming an interrupted import"), "{}", text(&again));
+    let (ids, copies) = delivered(&rudder);
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), log_ids(&all), "every entry arrived");
+    assert_eq!(copies, 0);
+}
+
 /// An import that is still waiting for the state lock (another import holds it, reading a FIFO no writer
 /// opens) ends on SIGTERM with 128 + 15 and says it was stopped, having read and enqueued nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
