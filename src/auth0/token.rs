@@ -364,7 +364,10 @@ impl TokenCache {
                          (Applications > APIs > Auth0 Management API > Settings)"
                     );
                 }
-                self.mints().last = Some(asked);
+                // The spacing counts from the answer, not from the request: then Auth0, which logs a mint when
+                // the request reaches it, sees two mints at least the spacing apart whatever the network did
+                // to either request. The token's own timing counts from the request, to err on the early side.
+                self.mints().last = Some(Instant::now());
                 let timing = Timing::of(asked, accepted.lifetime);
                 if let Some(on_mint) = &self.on_mint {
                     let left = |at: Instant| at.saturating_duration_since(asked);
