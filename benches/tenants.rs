@@ -285,11 +285,14 @@ async fn budget(table: &mut Table) {
 }
 
 async fn fairness(table: &mut Table) {
-    // Large enough to take well over the five seconds of the quiet tenant's entries at any speed this
-    // machine reaches (about 20,000 entries/s): with 60,000 it was caught up before they were all sent.
+    // The backlog must last until the quiet tenant's last entry has arrived, whatever the machine's speed
+    // (one caught up 60,000 before they were all sent, a faster one 250,000): it starts at BACKLOG and is
+    // topped up by TOP_UP whenever less than that is left to deliver.
     const BACKLOG: usize = 250_000;
+    const TOP_UP: usize = 100_000;
     let backlog = FakeAuth0::start(tenant_options("backlog.example.com")).await;
     backlog.push_synthetic(BACKLOG);
+    let mut backlog_pushed = BACKLOG;
     let quiet = FakeAuth0::start(tenant_options("quiet.example.com")).await;
     let first_quiet = quiet.push_synthetic(1)[0]["log_id"].as_str().unwrap().to_string();
     let rudder = FakeRudderStack::start(fake_rudderstack::Options {
@@ -314,6 +317,10 @@ async fn fairness(table: &mut Table) {
         let e = quiet.push_synthetic(1);
         pushed.push((e[0]["log_id"].as_str().unwrap().to_string(), Instant::now()));
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if backlog_pushed.saturating_sub(rudder.event_count()) < TOP_UP {
+            backlog.push_synthetic(TOP_UP);
+            backlog_pushed += TOP_UP;
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut worst = Duration::ZERO;
@@ -339,10 +346,10 @@ async fn fairness(table: &mut Table) {
         .iter()
         .filter(|a| a.at <= last_quiet && !quiet_ids.contains(a.log_id.as_str()))
         .count();
-    let backlog_left = BACKLOG.saturating_sub(backlog_by_then);
+    let backlog_left = backlog_pushed.saturating_sub(backlog_by_then);
     stop(child).await;
     table.section(&format!(
-        "one tenant catching up {BACKLOG} entries, another receiving an entry every 0.5 s"
+        "one tenant catching up {backlog_pushed} entries, another receiving an entry every 0.5 s"
     ));
     table.row(
         "slowest arrival of the quiet tenant's entries",
