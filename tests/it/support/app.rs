@@ -58,6 +58,8 @@ impl App {
     }
 
     /// A config pointing at an Auth0 base URL and a RudderStack data plane URL, with fast test timings.
+    /// `poll_interval` is always set, so no test depends on its default (`"auto"`, which was `"30s"` before):
+    /// the tests of `"auto"` (`poll::`) remove it on purpose.
     pub fn with_urls(auth0_url: &str, rudderstack_url: &str) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("state.db");
