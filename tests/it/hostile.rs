@@ -342,6 +342,39 @@ fn dead_letter_count(app: &App) -> i64 {
     db.query_row("SELECT count(*) FROM dead_letter", [], |r| r.get(0)).expect("count dead letters")
 }
 
+/// A page after the cursor whose every element is unreadable (not UTF-8) but for its `log_id`: each is set
+/// aside as a dead letter under its `log_id`, and the cursor moves past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_only_unreadable_entries_is_set_aside_and_the_cursor_moves_past_it() {
+    let (auth0, rudder) = start_fakes().await;
+    let e = auth0.push_synthetic(3);
+    let after = id_of(&e[0]);
+    let mut body = b"[".to_vec();
+    for (i, x) in e[1..].iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        // A byte that is never UTF-8, at the start of the entry's type.
+        let text = serde_json::to_string(x).unwrap();
+        let (head, tail) = text.split_once("\"type\":\"").expect("every entry has a type");
+        body.extend(head.bytes().chain(*b"\"type\":\"\xff").chain(tail.bytes()));
+    }
+    body.push(b']');
+    let page = body;
+    auth0.set_hook(move |req: &Request, _| {
+        (req.path == "/api/v2/logs" && req.query("from") == Some(after.as_str()))
+            .then(|| Reply::new(200, page.clone()).header("content-type", "application/json"))
+    });
+    let app = App::new(&auth0, &rudder);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(dead_letter_count(&app), 2, "one dead letter per unreadable entry: {}", text(&out));
+    assert!(stderr(&out).contains("not valid UTF-8"), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 1, "only the readable entry before them is delivered");
+    let s = app.status().await;
+    assert_eq!(s["cursor"], e[2]["log_id"], "the cursor moves past them: {s}");
+}
+
 /// A full page of entries without a `log_id`, served again and again: each is set aside once however often
 /// it comes; `sync` exits 1 saying fetching cannot advance, and `run` shows the stall in `status` and backs
 /// off instead of looping.
