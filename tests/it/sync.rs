@@ -271,6 +271,27 @@ async fn rejected_events_become_dead_letters_and_retry_requeues_them() {
     assert_eq!(app.status().await["dead_letters"], 0);
 }
 
+/// A delivery in which RudderStack rejects as many events as it accepts, or rejects the only one, is still
+/// settled: the rejected event becomes a dead letter, the accepted one arrives once, and nothing is resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_rejects_as_many_events_as_it_accepts_is_settled() {
+    let (auth0, rudder) = start_fakes().await;
+    let app = App::new(&auth0, &rudder);
+    let alone = auth0.push_synthetic(1);
+    let rejected = alone[0]["log_id"].clone();
+    let pair = auth0.push_synthetic(2);
+    let rejected_too = pair[1]["log_id"].clone();
+    rudder.reject_events("request neither has anonymousId nor userId", move |e| {
+        e["properties"]["log_id"] == rejected || e["properties"]["log_id"] == rejected_too
+    });
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    assert_eq!(got, vec![pair[0]["log_id"].clone()], "the accepted event, once");
+    let s = app.status().await;
+    assert_eq!((s["dead_letters"].as_u64(), s["outbox_depth"].as_u64()), (Some(2), Some(0)), "{s}");
+}
+
 /// An event larger than `rudderstack.max_event_bytes` is set aside without being sent, with its size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_over_max_event_bytes_is_a_dead_letter() {
