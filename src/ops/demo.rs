@@ -365,11 +365,12 @@ fn auth0_faults(auth0: &FakeAuth0, count: Arc<AtomicU64>) {
 
 /// The faults of `--faults` on the RudderStack side: some batches get the gateway's own 429 (with the
 /// `Retry-After` a proxy in front of it may add) or 504; nothing of them is stored, as with the real gateway.
+/// The cycle starts with a refusal, so that even a short demo that sends few batches meets one.
 fn rudderstack_faults(rudder: &FakeRudderStack, count: Arc<AtomicU64>) {
     rudder.hook(move |_req: &Request, n: usize| {
         let fault = match n % 7 {
-            2 => Some(Refusal::TooManyRequests.reply().header("retry-after", "1")),
-            5 => Some(Refusal::GatewayTimeout.reply()),
+            0 => Some(Refusal::TooManyRequests.reply().header("retry-after", "1")),
+            3 => Some(Refusal::GatewayTimeout.reply()),
             _ => None,
         };
         if fault.is_some() {
