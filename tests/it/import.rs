@@ -93,6 +93,15 @@ fn import_cmd(app: &App, files: &[&PathBuf]) -> tokio::process::Command {
     app.command(&refs)
 }
 
+/// `import FILES` started with its stderr going to `log` in the test directory, so a test can read what it
+/// says while it runs; the child and the log's path.
+fn spawn_logged(app: &App, files: &[&PathBuf], log: &str) -> (tokio::process::Child, PathBuf) {
+    let log = app.dir.path().join(log);
+    let mut cmd = import_cmd(app, files);
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    (cmd.spawn().unwrap(), log)
+}
+
 /// A gzipped NDJSON file of 20,000 entries and a JSON array of 10,000 EventBridge events: all 30,000 are
 /// delivered exactly once with the messageIds `transform --domain` gives, no request goes to Auth0 (a closed
 /// port), the cursor is untouched; and the same import again delivers nothing.
@@ -499,10 +508,7 @@ async fn a_long_import_reports_its_progress_and_its_summary_counts_each_kind_of_
     elements.push(json!({"type": "s", "description": "no log_id"}));
     assert_eq!(elements.len(), 2_000, "one full batch");
 
-    let log = app.dir.path().join("import.log");
-    let mut cmd = import_cmd(&app, &[&fifo]);
-    cmd.stderr(std::fs::File::create(&log).unwrap());
-    let child = cmd.spawn().unwrap();
+    let (child, log) = spawn_logged(&app, &[&fifo], "import.log");
     let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     writer.write_all(&ndjson(&elements)).unwrap();
     writer.flush().unwrap();
@@ -538,10 +544,7 @@ async fn an_import_stopped_by_sigterm_goes_on_where_it_stopped() {
     let file = app.dir.path().join("archive.ndjson");
     std::fs::write(&file, ndjson(&all)).unwrap();
     rudder.set_outage(true);
-    let log = app.dir.path().join("first.log");
-    let mut cmd = import_cmd(&app, &[&file]);
-    cmd.stderr(std::fs::File::create(&log).unwrap());
-    let child = cmd.spawn().unwrap();
+    let (child, log) = spawn_logged(&app, &[&file], "first.log");
     let said = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(30), || said().contains("the outbox is full")).await,
@@ -582,10 +585,7 @@ async fn sigterm_ends_an_import_waiting_for_the_lock_with_143() {
 
     let file = app.dir.path().join("archive.ndjson");
     std::fs::write(&file, ndjson(&entries(20).await)).unwrap();
-    let log = app.dir.path().join("waiting.log");
-    let mut cmd = import_cmd(&app, &[&file]);
-    cmd.stderr(std::fs::File::create(&log).unwrap());
-    let waiting = cmd.spawn().unwrap();
+    let (waiting, log) = spawn_logged(&app, &[&file], "waiting.log");
     let said = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(20), || said().contains("waiting for it to finish")).await,
