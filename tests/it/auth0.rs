@@ -619,6 +619,41 @@ async fn a_reply_slower_than_the_timeout_is_transient() {
     assert!(err.to_string().contains("timed out"), "{err}");
 }
 
+/// A body that trickles in, a byte at a time, forever under the page limit, is cut at auth0.timeout as well:
+/// the timeout covers the whole answer, not only its head, at both endpoints.
+#[tokio::test]
+async fn a_reply_whose_body_trickles_in_is_cut_at_the_timeout() {
+    // 200 bytes, one each 50 ms: ten seconds for an answer that would otherwise be valid.
+    let trickle = |body: String| {
+        Reply::new(200, body)
+            .header("content-type", "application/json")
+            .chunked(1, Some(Duration::from_millis(50)))
+    };
+    let paging = fake().await;
+    paging.set_hook(move |req, _| is_logs(req).then(|| trickle(format!("[{}]", " ".repeat(198)))));
+    let mut cfg = paging.config();
+    cfg.timeout = Duration::from_millis(500);
+    let c = client(&cfg);
+    c.ensure_token().await.unwrap();
+    let from = lid("90020260101000000000000000000000000000000000000000000001");
+    let err = c.page_after(&from, 10).await.unwrap_err();
+    assert!(err.is_transient() && err.to_string().contains("timed out"), "{err}");
+
+    let minting = fake().await;
+    minting.set_hook(move |req, _| {
+        (req.path == "/oauth/token").then(|| {
+            trickle(format!(
+                r#"{{"access_token":"{}","token_type":"Bearer","expires_in":86400,"scope":"read:logs"}}"#,
+                "a".repeat(150)
+            ))
+        })
+    });
+    let mut cfg = minting.config();
+    cfg.timeout = Duration::from_millis(500);
+    let err = client(&cfg).ensure_token().await.unwrap_err();
+    assert!(err.is_transient() && err.to_string().contains("timed out"), "{err}");
+}
+
 /// 5xx answers are transient; a redirect is not a success and points at auth0.base_url.
 #[tokio::test]
 async fn a_5xx_is_transient_and_a_redirect_is_not_success() {

@@ -119,6 +119,37 @@ async fn a_reply_slower_than_the_timeout_is_a_transient_error() {
     assert!(report.delivered.is_empty() && report.rejected.is_empty());
 }
 
+/// An answer whose body trickles in, a byte a second, never holds delivery: the read is cut at
+/// `rudderstack.timeout`. A 200 still means stored (its status is the commit point); a 503 is still a
+/// transient refusal, quoting what arrived.
+#[tokio::test]
+async fn a_reply_whose_body_trickles_in_is_cut_at_the_timeout() {
+    for (status, delivered) in [(200, 3), (503, 0)] {
+        let fake = FakeRudderStack::start_default().await;
+        fake.hook(move |_, _| {
+            Some(Reply::new(status, "o".repeat(200)).chunked(1, Some(Duration::from_secs(1))))
+        });
+        let mut c = cfg(&fake.url(), WRITE_KEY, Mode::Batch);
+        c.timeout = Duration::from_millis(500);
+        // The whole body would take 200 s.
+        let report = tokio::time::timeout(
+            Duration::from_secs(30),
+            sink(&c).deliver((0..3).map(event).collect(), &never()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a {status} whose body trickles held delivery"));
+        assert_eq!(report.delivered.len(), delivered, "{status}: {report:?}");
+        assert!(report.rejected.is_empty(), "{status}: {report:?}");
+        match report.error {
+            None => assert_eq!(status, 200),
+            Some(err) => {
+                assert!(status == 503 && err.is_transient(), "{status}: {err:?}");
+                assert!(matches!(err, Error::Unavailable { status: 503, .. }), "{err:?}");
+            }
+        }
+    }
+}
+
 /// A transient error after some requests succeeded still reports those as delivered, in order.
 #[tokio::test]
 async fn a_transient_error_after_some_requests_reports_what_was_delivered_before_it() {
