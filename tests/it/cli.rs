@@ -190,6 +190,80 @@ async fn the_example_config_is_refused_until_its_placeholders_are_replaced() {
     }
 }
 
+/// The README's configuration table and `config.example.toml` name the same keys, section by section (the
+/// README promises that the example lists every key), and each key the example sets has the README's default.
+#[test]
+fn the_example_config_lists_every_key_of_the_readme_with_its_default() {
+    use std::collections::BTreeMap;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("config.example.toml")).unwrap();
+
+    // README rows: | `section.key` / `other` | `default` | meaning |
+    let table = readme.split("## Configuration").nth(1).expect("a Configuration section");
+    let table = &table[..table.find("\n## ").unwrap_or(table.len())];
+    let mut documented: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let names: Vec<&str> =
+            cells[0].trim_start_matches("| ").split(" / ").map(|n| n.trim_matches('`')).collect();
+        let (section, first) = names[0].split_once('.').expect("section.key");
+        // A default that is one literal in backticks; "required", "none" or prose otherwise.
+        let default = cells[1]
+            .strip_prefix('`')
+            .and_then(|d| d.strip_suffix('`'))
+            .filter(|d| !d.contains('`') && !d.contains('{'))
+            .map(str::to_string);
+        documented.insert(format!("{section}.{first}"), default.clone());
+        for other in &names[1..] {
+            documented.insert(format!("{section}.{other}"), default.clone());
+        }
+    }
+    assert!(documented.len() >= 35, "the table was not read: {documented:?}");
+
+    // Example lines: `[section]` or `# [section]`, then `key = value` or `# key = value`, up to the tenants.
+    let mut listed: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in example.lines() {
+        let (commented, bare) = match line.strip_prefix("# ") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        if bare.starts_with("[[tenant]]") || bare.starts_with("Several tenants") {
+            break;
+        }
+        if let Some(name) = bare.strip_prefix('[').and_then(|b| b.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let Some((key, value)) = bare.split_once(" = ") else { continue };
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        let value = value.split("  #").next().unwrap().trim().to_string();
+        listed.insert(format!("{section}.{key}"), (!commented).then_some(value));
+    }
+
+    let only_readme: Vec<&String> = documented.keys().filter(|k| !listed.contains_key(*k)).collect();
+    let only_example: Vec<&String> = listed.keys().filter(|k| !documented.contains_key(*k)).collect();
+    assert!(
+        only_readme.is_empty(),
+        "keys in the README's table but not in config.example.toml: {only_readme:?}"
+    );
+    assert!(
+        only_example.is_empty(),
+        "keys in config.example.toml but not in the README's table: {only_example:?}"
+    );
+    let mut compared = 0;
+    for (key, value) in &listed {
+        if let (Some(value), Some(Some(default))) = (value, documented.get(key)) {
+            assert_eq!(value, default, "{key}: the example sets {value}, the README's default is {default}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "only {compared} defaults compared");
+}
+
 /// `--log-format json` writes one JSON object per log line, for log shippers.
 #[cfg(unix)]
 #[tokio::test]
