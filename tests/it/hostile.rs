@@ -536,6 +536,49 @@ async fn a_private_ca_is_refused_without_tls_ca_file_and_trusted_with_it() {
     }
 }
 
+/// A section's `tls_ca_file` is trusted by that section only: with both services behind the same private CA,
+/// `check` passes the side whose section names the CA and refuses the other on its certificate, naming the
+/// other section's key, and `sync` (whose sections share clients by CA) delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_ca_file_is_trusted_by_its_own_section_only() {
+    let tls = crate::support::http::generate_tls();
+    let (auth0, rudder) = tls_fakes(&tls).await;
+    auth0.push_synthetic(5);
+    for (trusting, refused) in [("auth0", "rudderstack"), ("rudderstack", "auth0")] {
+        let mut app = App::new(&auth0, &rudder);
+        app.set("retry", "sync_give_up_after", "1s");
+        let ca = app.dir.path().join("private-ca.pem");
+        tls.write_ca(&ca).unwrap();
+        app.set(trusting, "tls_ca_file", ca.display().to_string());
+        let out = app.run(&["check"], Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(1), "{trusting}: {}", text(&out));
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ok = |what: &str| report.lines().any(|l| l.starts_with("ok") && l.contains(&format!("{what}:")));
+        let failed = |what: &str| {
+            report.lines().any(|l| {
+                l.starts_with("FAILED")
+                    && l.contains(&format!("{what}:"))
+                    && l.contains("certificate")
+                    && l.contains(&format!("{refused}.tls_ca_file"))
+            })
+        };
+        if trusting == "auth0" {
+            assert!(ok("auth0 token") && ok("auth0 logs") && failed("rudderstack"), "{report}");
+        } else {
+            assert!(ok("rudderstack") && failed("auth0 token"), "{report}");
+        }
+
+        let out = app.sync().await;
+        assert_eq!(out.status.code(), Some(1), "{trusting}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("certificate") && err.contains(&format!("{refused}.tls_ca_file")),
+            "{trusting}: {err}"
+        );
+        assert_eq!(rudder.event_count(), 0, "{trusting}");
+    }
+}
+
 /// HTTPS fakes for both services, signed by a private CA, with the test credentials.
 async fn tls_fakes(tls: &Tls) -> (FakeAuth0, FakeRudderStack) {
     let auth0_options = FakeOptions {
