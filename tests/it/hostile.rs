@@ -709,15 +709,18 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Under umask 022, the state file, its `-wal`, `-shm` and `.lock` are 0600, and each directory the daemon
-/// creates for it is 0700.
+/// creates for it is 0700; the metrics textfile follows the umask (0644), so that node_exporter, another
+/// user, can read it, as the README's drop-in with `UMask=0022` promises.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_umask_022_the_state_files_are_0600_and_new_directories_0700() {
+async fn under_umask_022_the_state_files_are_0600_new_directories_0700_and_the_metrics_textfile_0644() {
     let (auth0, rudder) = start_fakes().await;
     auth0.push_synthetic(20);
     let mut app = App::new(&auth0, &rudder);
     let made = app.dir.path().join("var");
     let db = made.join("lib").join("state.db");
     app.set("state", "path", db.display().to_string());
+    let textfile = app.dir.path().join("auth0-rudderstack.prom");
+    app.set("metrics", "textfile", textfile.display().to_string()).set("metrics", "interval", "1s");
 
     // `run` under umask 022 (a shell sets it and execs the binary, as a service manager would).
     let log = std::fs::File::create(app.dir.path().join("run.log")).unwrap();
@@ -738,6 +741,8 @@ async fn under_umask_022_the_state_files_are_0600_and_new_directories_0700() {
     for d in [&made, &made.join("lib")] {
         assert_eq!(mode(d), 0o700, "{}", d.display());
     }
+    assert!(wait_until(PATIENCE, || textfile.exists()).await, "no textfile: {}", app.run_log());
+    assert_eq!(mode(&textfile), 0o644, "{}", textfile.display());
     let (status, _) = sigterm_within(child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", app.run_log());
 }
