@@ -460,6 +460,73 @@ async fn messages_name_dead_letters_by_their_listed_id_with_the_right_plural() {
     assert!(last.contains("delivered_total=9") && last.contains("dead_letters=1"), "{last}");
 }
 
+/// `status` without `--json` says what `--json` says, a line per field: the state, the tenant's destination,
+/// filter, privacy and polling, the cursor with its date, the outbox, the dead letters, the last fetch and
+/// delivery, the totals, and each warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_as_text_says_what_status_as_json_says() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut entries = auth0.make_entries(12);
+    for e in &mut entries[..3] {
+        e["type"] = serde_json::json!("fsa");
+    }
+    entries[7].as_object_mut().unwrap().remove("type");
+    auth0.push(entries);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "exclude_types", vec!["fsa"]);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let json = app.status().await;
+    // The state this test meant to show: something filtered, a dead letter, so a warning.
+    assert_eq!(
+        (json["filtered_total"].as_u64(), json["dead_letters"].as_u64()),
+        (Some(3), Some(1)),
+        "{json}"
+    );
+    assert_eq!(json["delivered_total"].as_u64(), Some(8), "{json}");
+
+    let out = app.run(&["status"], Duration::from_secs(20)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| -> String {
+        let lines: Vec<&str> = report.lines().filter(|l| l.starts_with(&format!("{name}:"))).collect();
+        assert_eq!(lines.len(), 1, "one {name:?} line: {report}");
+        lines[0][name.len() + 1..].trim().to_string()
+    };
+    let s = |key: &str| json[key].as_str().unwrap_or_else(|| panic!("{key}: {json}")).to_string();
+    let n = |key: &str| json[key].as_u64().unwrap_or_else(|| panic!("{key}: {json}"));
+    assert_eq!(field("state"), s("state_path"));
+    assert_eq!(field("tenant"), s("tenant"));
+    assert_eq!(field("destination"), format!("{} ({} mode)", s("destination"), s("mode")));
+    assert_eq!(field("forwards"), s("filter"));
+    assert!(field("forwards").contains("fsa"), "{report}");
+    assert_eq!(field("privacy"), s("privacy"));
+    assert_eq!(field("idle polling"), s("polling"));
+    let cursor = field("cursor");
+    assert!(cursor.starts_with(&format!("{} ({}, ", s("cursor"), s("cursor_date"))), "{cursor} / {json}");
+    assert!(cursor.ends_with(" old)"), "{cursor}");
+    assert_eq!(field("outbox"), format!("{} entries waiting", n("outbox_depth")));
+    assert_eq!(field("dead letters"), n("dead_letters").to_string());
+    assert!(field("last fetch").starts_with(&format!("{} (", s("last_fetch_at"))), "{report}");
+    assert!(field("last delivery").starts_with(&format!("{} (", s("last_delivery_at"))), "{report}");
+    assert_eq!(
+        field("delivered"),
+        format!(
+            "{} events in all; {} entries fetched, {} filtered out, {} repeats skipped",
+            n("delivered_total"),
+            n("fetched_total"),
+            n("filtered_total"),
+            n("repeated_total")
+        )
+    );
+    let warnings: Vec<String> =
+        report.lines().filter_map(|l| l.strip_prefix("warning: ")).map(str::to_string).collect();
+    let expected: Vec<String> =
+        json["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+    assert!(!expected.is_empty(), "{json}");
+    assert_eq!(warnings, expected, "{report}");
+}
+
 /// The text form of `dead-letter list` has real tab-separated columns, and a reason quoting a file name with
 /// a tab, a line break and an escape sequence in it stays one field of one line, its characters escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
