@@ -207,7 +207,8 @@ async fn run_keeps_the_metrics_textfile_complete_and_current() {
     eprintln!("first textfile after {first:?} (interval 1 s)");
 }
 
-/// A catch-up that lasts longer than 10 s logs at least one progress line with `behind=` and an ETA.
+/// A catch-up that lasts longer than 10 s logs at least one progress line with `behind=` and an ETA, and
+/// gives systemd the same summary as `STATUS=` (the `Status:` line of `systemctl status`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_catch_up_logs_its_progress() {
     let (auth0, rudder) = start_fakes().await;
@@ -215,8 +216,19 @@ async fn a_long_catch_up_logs_its_progress() {
     auth0.push_synthetic(700);
     let mut app = App::new(&auth0, &rudder);
     app.set("auth0", "max_requests_per_second", 5.0).set("auth0", "page_size", 10);
-    let out = app.run(&["sync"], Duration::from_secs(90)).await;
+    let socket_path = app.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let mut cmd = app.command(&["sync"]);
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let out = run_bounded(cmd, Duration::from_secs(90)).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // What systemd was told, queued on the socket while the sync ran.
+    socket.set_nonblocking(true).unwrap();
+    let mut told = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        told.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_string());
+    }
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
@@ -231,6 +243,17 @@ async fn a_long_catch_up_logs_its_progress() {
         line.contains("behind=59m") || line.contains("behind=1h") || line.contains("behind=58m"),
         "{line}"
     );
+    // The first progress line's figures, as systemd got them.
+    let between = |from: &str, to: &str| {
+        let rest = &line[line.find(from).unwrap() + from.len()..];
+        rest[..rest.find(to).unwrap_or(rest.len())].trim().to_string()
+    };
+    let expected = format!(
+        "STATUS={DOMAIN}: behind {}, outbox {}",
+        between("behind=", " eta="),
+        between("outbox=", " ")
+    );
+    assert!(told.contains(&expected), "{expected:?} not among {told:?}\n{line}");
     assert_eq!(rudder.event_count(), 700);
 }
 
@@ -257,7 +280,8 @@ async fn a_sync_on_a_terminal_draws_a_progress_bar() {
     assert_eq!(rudder.event_count(), 300);
 }
 
-/// `run` tells a fake systemd (`NOTIFY_SOCKET`) READY, feeds the watchdog, and sends a STATUS line.
+/// `run` tells a fake systemd (`NOTIFY_SOCKET`) READY, feeds the watchdog, and once it has caught up says so
+/// in `STATUS=` with the outbox and delivery totals of one moment (together, every entry fetched).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_notifies_systemd_ready_watchdog_and_status() {
     let (auth0, rudder) = start_fakes().await;
@@ -274,7 +298,7 @@ async fn run_notifies_systemd_ready_watchdog_and_status() {
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let wanted = |seen: &[String]| {
-        ["READY=1", "WATCHDOG=1", "STATUS="].iter().all(|w| seen.iter().any(|m| m.contains(w)))
+        ["READY=1", "WATCHDOG=1", "STATUS=caught up; "].iter().all(|w| seen.iter().any(|m| m.contains(w)))
     };
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline && !wanted(&seen) {
@@ -285,6 +309,13 @@ async fn run_notifies_systemd_ready_watchdog_and_status() {
     assert!(wanted(&seen), "notifications seen: {seen:?}\n{}", app.run_log());
     let watchdogs = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
     assert!(watchdogs >= 1, "{seen:?}");
+    let status = seen.iter().find_map(|m| m.trim_end().strip_prefix("STATUS=caught up; outbox ")).unwrap();
+    let totals: Vec<u64> = status
+        .strip_suffix(" in all")
+        .and_then(|s| s.split_once("; delivered "))
+        .map(|(outbox, delivered)| vec![outbox.parse().unwrap(), delivered.parse().unwrap()])
+        .unwrap_or_else(|| panic!("{status:?}"));
+    assert_eq!(totals.iter().sum::<u64>(), 50, "{status:?}");
     sigterm(child).await;
 }
 
