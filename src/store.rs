@@ -168,6 +168,18 @@ pub enum StoreError {
         /// The ids.
         ids: Vec<i64>,
     },
+    /// SQLite could not write, and the file system holding the database has (next to) no space left. SQLite
+    /// reports some of these as a bare "disk I/O error" (growing its shared-memory file on a full tmpfs, for
+    /// one), which would send an operator looking for a failing disk.
+    #[error("state database {}: its file system is full ({available} bytes free)", path.display())]
+    NoSpace {
+        /// The file.
+        path: PathBuf,
+        /// Bytes free for an unprivileged writer when the error was seen.
+        available: u64,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
     /// Any other SQLite error (disk full, locked past the busy timeout, ...).
     #[error("state database {}", path.display())]
     Sqlite {
@@ -178,6 +190,19 @@ pub enum StoreError {
     },
 }
 
+/// Below this many free bytes, an I/O error SQLite reports on the state is taken for a full file system.
+const NEARLY_FULL: u64 = 1 << 20;
+
+/// Bytes free for an unprivileged writer on the file system holding `path` (its directory, which exists even
+/// when the file does not yet), or `None` when that cannot be asked.
+// `fsblkcnt_t` and `c_ulong` are 32 bits wide on some targets, hence the conversions.
+#[allow(clippy::useless_conversion)]
+fn space_left(path: &Path) -> Option<u64> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let fs = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size())))
+}
+
 impl StoreError {
     /// Whether waiting can help: another process holds the database, or the disk is full or failing. A full
     /// disk is an outage, not a verdict: once there is space again the same write succeeds.
@@ -186,6 +211,7 @@ impl StoreError {
             return true;
         }
         match self {
+            StoreError::NoSpace { .. } => true,
             StoreError::Sqlite { source, .. } => {
                 matches!(source.sqlite_error_code(), Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure))
             }
@@ -215,6 +241,11 @@ impl StoreError {
     }
 
     fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
+        if source.sqlite_error_code() == Some(ErrorCode::SystemIoFailure)
+            && let Some(available) = space_left(path).filter(|&a| a < NEARLY_FULL)
+        {
+            return StoreError::NoSpace { path: path.to_path_buf(), available, source };
+        }
         StoreError::Sqlite { path: path.to_path_buf(), source }
     }
 
@@ -1762,6 +1793,26 @@ mod tests {
         assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_transient());
         assert!(!StoreError::Missing { path: PathBuf::from("x") }.is_transient());
         assert!(!StoreError::Corrupt { path: PathBuf::from("x"), detail: String::new() }.is_transient());
+        let io = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None);
+        assert!(StoreError::NoSpace { path: PathBuf::from("x"), available: 0, source: io }.is_transient());
+    }
+
+    /// An I/O error on a file system with room is left as SQLite said it; the free space is read from the
+    /// file's directory, which exists before the file does.
+    #[test]
+    fn an_io_error_with_space_left_is_not_called_a_full_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-yet.db");
+        let free = space_left(&path).expect("statvfs of a temporary directory");
+        assert!(free > 0);
+        let io = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None);
+        let e = StoreError::sqlite(&path, io);
+        if free >= NEARLY_FULL {
+            assert!(matches!(e, StoreError::Sqlite { .. }), "{e:?}");
+        } else {
+            assert!(matches!(e, StoreError::NoSpace { available, .. } if available == free), "{e:?}");
+        }
+        assert!(e.is_transient());
     }
 
     /// Timestamps are RFC 3339 in UTC with milliseconds.

@@ -522,9 +522,14 @@ async fn open_stores(
         match attempt {
             Ok(handles) => return Ok(Some(handles)),
             Err(e) => {
+                let why = crate::logging::Chain(&e).to_string();
                 let wait = policy.failed(Error::Store(e))?;
                 if policy.attempts == 1 {
-                    tracing::error!(path = %path.display(), "the state database cannot be written; retrying until it can");
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %why,
+                        "the state database cannot be written; retrying until it can"
+                    );
                 }
                 if !pause(wait, None, shutdown).await {
                     return Ok(None);

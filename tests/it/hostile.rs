@@ -906,6 +906,46 @@ async fn a_full_disk_is_waited_out_and_nothing_is_lost() {
     drop(disk);
 }
 
+/// `sync` on a full disk retries for `retry.sync_give_up_after`, then exits 1 (a failure worth restarting,
+/// never the 2 of bad input) naming the state file and the full disk, with nothing fetched lost; once there
+/// is space again, the next `sync` delivers every entry, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_on_a_full_disk_gives_up_with_exit_1_and_the_next_sync_loses_nothing() {
+    let (auth0, rudder) = start_fakes().await;
+    let mut entries = auth0.push_synthetic(100);
+    let mut app = App::new(&auth0, &rudder);
+    let Some(disk) = Tmpfs::mount(&app.dir.path().join("small-disk"), "8m") else { return };
+    let db = disk.at.join("state.db");
+    app.set("state", "path", db.display().to_string()).set("retry", "sync_give_up_after", "3s");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rudder.event_count(), 100);
+
+    entries.extend(auth0.push_synthetic(2000));
+    let filler = disk.at.join("filler");
+    assert!(fill(&filler) > 0);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    // SQLite says "database or disk is full", or a bare "disk I/O error" that the daemon explains.
+    assert!(
+        last.starts_with("error: ")
+            && (last.contains("disk is full") || last.contains("file system is full")),
+        "{err}"
+    );
+    // The first error, logged as the retries begin, already says why.
+    let first = err.lines().find(|l| l.contains("ERROR")).unwrap_or_else(|| panic!("{err}"));
+    assert!(first.contains(&db.display().to_string()) && first.contains(" is full"), "{first}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_delivered_in_order(&rudder, &entries);
+    drop(disk);
+}
+
 /// A fake log line behind a newline, with terminal escapes (clear screen, set title, a C1 CSI, DEL and a bidi
 /// override), as an upstream body, an entry or a config value might carry it.
 const FORGED: &str = "\n2026-01-01T00:00:00.000000Z ERROR auth0_rudderstack: forged line\x1b[2J\x1b]0;pwned\x07\u{9b}31m\x7f\u{202e}";
