@@ -122,6 +122,29 @@ async fn start_at_a_time_forwards_entries_from_that_time_on() {
     assert_eq!(got, want);
 }
 
+/// `start` as a time begins at the earliest entry dated at or after it and goes on in `log_id` order, as the
+/// README says: Auth0 does not keep date order, so an entry dated after the time but logged (by id) before
+/// that one is not forwarded, and one dated before it but logged after is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_at_a_time_begins_at_the_earliest_entry_dated_from_it_and_goes_on_by_log_id() {
+    let (auth0, rudder) = start_fakes().await;
+    let t = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let mut entries = auth0.make_entries(6);
+    // Seconds from `t`, in log_id order: the earliest dated at or after `t` is the third (+1 s).
+    for (e, offset) in entries.iter_mut().zip([-10, 5, 1, -3, 10, 2]) {
+        let date = t + chrono::Duration::seconds(offset);
+        e["date"] = serde_json::json!(date.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
+    auth0.push(entries.clone());
+    let mut app = App::new(&auth0, &rudder);
+    app.set("auth0", "start", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).as_str());
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: Vec<Value> = rudder.events().iter().map(|e| e["properties"]["log_id"].clone()).collect();
+    let want: Vec<Value> = entries[2..].iter().map(|e| e["log_id"].clone()).collect();
+    assert_eq!(got, want);
+}
+
 /// `start` as a `log_id` forwards the entries after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_at_a_log_id_forwards_the_entries_after_it() {
