@@ -140,10 +140,23 @@ async fn secrets_may_come_from_the_environment() {
 #[tokio::test]
 async fn status_on_a_fresh_installation_creates_nothing() {
     let app = unreachable_app();
+    // Every name under the directory that holds the config and would hold the state (its lock included).
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(app.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = names();
+    assert_eq!(app.db_path().parent(), Some(app.dir.path()));
     let v = app.status().await;
     assert_eq!(v["state_exists"], false);
     assert_eq!(v["outbox_depth"], 0);
-    assert!(!app.db_path().exists());
+    let out = app.run(&["metrics"], LIMIT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text_of(&out));
+    assert_eq!(names(), before);
 }
 
 /// The example config shipped in the repository is refused as it is (its placeholders would run against a
