@@ -249,6 +249,25 @@ async fn check_names_each_failed_check() {
     assert!(stdout.contains("FAILED  rudderstack"), "{stdout}");
     assert!(stdout.contains("ok      auth0 logs"), "{stdout}");
 
+    // A token, but no log page: the application lacks read:logs.
+    app.set("rudderstack", "write_key", WRITE_KEY);
+    auth0.tenant().set_hook(|req, _| {
+        (req.path == "/api/v2/logs").then(|| {
+            crate::support::http::Reply::json(
+                403,
+                &serde_json::json!({"statusCode": 403, "error": "Forbidden", "message": "Insufficient scope, expected any of: read:logs", "errorCode": "insufficient_scope"}),
+            )
+        })
+    });
+    let out = app.run(&["check"], Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok      auth0 token") && stdout.contains("ok      rudderstack"), "{stdout}");
+    let logs = stdout.lines().find(|l| l.contains("auth0 logs")).unwrap_or_default();
+    assert!(logs.starts_with("FAILED") && logs.contains("read:logs"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 check failed: auth0 logs"), "{}", text(&out));
+    auth0.tenant().clear_hook();
+
     app.set("auth0", "client_secret", "wrong-secret");
     let out = app.run(&["check"], Duration::from_secs(30)).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
