@@ -91,6 +91,33 @@ async fn metrics_after_a_sync_have_every_series_and_pass_promtool() {
     assert_eq!(sample(&metrics, "auth0_rudderstack_outbox_entries", DOMAIN), Some(0.0));
     assert!(metrics.contains("auth0_rudderstack_build_info{version=\""), "{metrics}");
     promtool_check(&metrics);
+
+    // Each series holds what `status --json` says of the same state: the timestamps as Unix seconds (to the
+    // millisecond), the rest as they are.
+    let status = app.status().await;
+    let epoch = |key: &str| {
+        let at = status[key].as_str().unwrap_or_else(|| panic!("{key}: {status}"));
+        let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+        Some(at.timestamp_millis() as f64 / 1000.0)
+    };
+    let number = |key: &str| status[key].as_f64().or_else(|| panic!("{key}: {status}"));
+    for (series, expected) in [
+        ("checkpoint_timestamp_seconds", epoch("cursor_date")),
+        ("last_fetch_timestamp_seconds", epoch("last_fetch_at")),
+        ("last_delivery_timestamp_seconds", epoch("last_delivery_at")),
+        ("retention_seconds", number("retention_seconds")),
+        ("dead_letters", number("dead_letters")),
+        ("filtered_entries_total", number("filtered_total")),
+        ("repeated_entries_total", number("repeated_total")),
+        ("gaps_total", number("gaps")),
+        ("poll_interval_seconds", number("poll_interval_seconds")),
+    ] {
+        let name = format!("auth0_rudderstack_{series}");
+        assert_eq!(sample(&metrics, &name, DOMAIN), expected, "{name}:\n{metrics}\n{status}");
+    }
+    // The three timestamps differ: the cursor's entry is an hour old, the fetch and the delivery are now.
+    assert!(epoch("cursor_date") < epoch("last_fetch_at"), "{status}");
+    assert_eq!(number("retention_seconds"), Some(864_000.0), "{status}");
 }
 
 /// The state series show the states they name: repeated entries, a stall, a failing tenant, stopped
