@@ -602,6 +602,56 @@ async fn sigterm_ends_an_import_waiting_for_the_lock_with_143() {
     assert_eq!((s["outbox_depth"].as_u64(), rudder.event_count()), (Some(0), 0), "nothing was read: {s}");
 }
 
+/// The entry limit is the larger of 4 × `rudderstack.max_event_bytes` and 1 MiB, as the README says: with the
+/// default 32,000 and with 400,000, an entry 2 KiB under the limit is read whole (and, larger than any event
+/// may be, becomes a dead letter with its text), while one 2 KiB over it is set aside as it streams past,
+/// its text withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entry_limit_is_four_times_max_event_bytes_and_at_least_a_mebibyte() {
+    for (max_event_bytes, limit) in [(32_000usize, 1usize << 20), (400_000, 1_600_000)] {
+        let rudder = rudder().await;
+        let mut app = app_without_auth0(&rudder);
+        app.set("rudderstack", "max_event_bytes", max_event_bytes as i64);
+        let mut all = entries(3).await;
+        // Pad `description` so that the entry's line is `size` bytes long; `log_id` first, where the reader
+        // finds it in an entry it does not read whole.
+        let sized = |e: &Value, size: usize| {
+            let mut e: serde_json::Map<String, Value> = [("log_id".to_string(), e["log_id"].clone())]
+                .into_iter()
+                .chain(e.as_object().unwrap().clone())
+                .collect();
+            let mut e = Value::Object(std::mem::take(&mut e));
+            e["description"] = json!("");
+            let bare = serde_json::to_vec(&e).unwrap().len();
+            e["description"] = json!("x".repeat(size - bare));
+            assert_eq!(serde_json::to_vec(&e).unwrap().len(), size);
+            e
+        };
+        all[0] = sized(&all[0], limit - 2048);
+        all[1] = sized(&all[1], limit + 2048);
+        let file = app.dir.path().join("sized.ndjson");
+        std::fs::write(&file, ndjson(&all)).unwrap();
+        let out = run_bounded(import_cmd(&app, &[&file]), Duration::from_secs(120)).await;
+        assert_eq!(out.status.code(), Some(0), "{max_event_bytes}: {}", text(&out));
+        assert_eq!(rudder.event_count(), 1, "{max_event_bytes}: only the small entry is an event");
+
+        let out = app.run(&["dead-letter", "list", "--json"], Duration::from_secs(20)).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let letters: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        // Only ids and flags in messages: the letters hold megabytes.
+        let seen: Vec<(Value, Value)> =
+            letters.iter().map(|l| (l["log_id"].clone(), l["withheld"].clone())).collect();
+        let withheld = |i: usize| {
+            let l = letters.iter().find(|l| l["log_id"] == all[i]["log_id"]);
+            l.unwrap_or_else(|| panic!("{max_event_bytes}: no dead letter for entry {i}: {seen:?}"))["withheld"]
+                .as_bool()
+        };
+        assert_eq!(letters.len(), 2, "{max_event_bytes}: {seen:?}");
+        assert_eq!(withheld(0), Some(false), "{max_event_bytes}: under the limit, read whole");
+        assert_eq!(withheld(1), Some(true), "{max_event_bytes}: over the limit, set aside while read");
+    }
+}
+
 /// An entry of 3 MB (over the 1 MiB limit the default `max_event_bytes` gives) among normal ones is set aside
 /// while it is read: its dead letter keeps its log_id, size, SHA-256 and first 4 KiB, the state never holds
 /// its text (its last bytes are nowhere in the state file or its WAL), the summary counts it, and the entries
