@@ -18,6 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::Error;
 
+/// Write one line of a report, escaped: it may quote an error from Auth0 or a value read from the state.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, "{}", crate::logging::escape(&format!($($arg)*)));
+    }};
+}
+
 /// `resume`: after an expired checkpoint with `on_expired_checkpoint = "stop"`, continue from the oldest
 /// entry Auth0 still retains. Takes the state lock (so no daemon is fetching), and refuses unless fetching of
 /// the tenant is stopped.
@@ -56,7 +63,7 @@ pub async fn resume(config: &Config, tenant: Option<&str>, out: &mut dyn Write) 
     };
     let cursor = page.cursor.as_ref().map(|c| c.log_id.to_string());
     store.resume(&domain, &page)?;
-    let _ = writeln!(
+    say!(
         out,
         "{domain}: fetching resumes from the oldest retained entry ({})",
         cursor.as_deref().unwrap_or("the tenant has no entries yet")
@@ -120,7 +127,7 @@ pub fn forget_tenant(config: &Config, domain: &str, yes: bool, out: &mut dyn Wri
         )));
     }
     let (outbox, dead) = store.forget_tenant(&k.domain)?;
-    let _ = writeln!(
+    say!(
         out,
         "forgot {}: dropped {outbox} undelivered entr{} and {dead} dead letter{}",
         k.domain,
@@ -179,21 +186,21 @@ pub async fn retry_dead_letters(
     };
     let retried = store.retry_dead_letters(tenant.as_deref(), ids)?;
     let mut moved = retried.moved;
-    let _ = writeln!(out, "{moved} dead letter{} moved back to the outbox", super::status::plural(moved));
+    say!(out, "{moved} dead letter{} moved back to the outbox", super::status::plural(moved));
     let mut clients: HashMap<String, auth0::Client> = HashMap::new();
     let mut failed: Option<auth0::Error> = None;
     for w in &retried.withheld {
         let which =
             format!("dead letter {} ({}, log_id {})", w.id, w.tenant, w.log_id.as_deref().unwrap_or("-"));
         let Some(log_id) = w.log_id.as_deref().and_then(|id| LogId::parse(id).ok()) else {
-            let _ = writeln!(
+            say!(
                 out,
                 "{which} was kept without its text and has no log_id, so it cannot be fetched again: it stays set aside"
             );
             continue;
         };
         let Some(t) = config.tenant(&w.tenant) else {
-            let _ = writeln!(
+            say!(
                 out,
                 "{which} was kept without its text, and the config no longer names its tenant to fetch it from: it stays set aside"
             );
@@ -226,19 +233,13 @@ pub async fn retry_dead_letters(
                     Ok(raw) => {
                         if store.requeue_withheld(w.id, &log_id, &raw)? {
                             moved += 1;
-                            let _ = writeln!(
-                                out,
-                                "{which} was fetched again from Auth0 and moved back to the outbox"
-                            );
+                            say!(out, "{which} was fetched again from Auth0 and moved back to the outbox");
                         } else {
-                            let _ = writeln!(
-                                out,
-                                "{which} was fetched again, but another retry took it meanwhile"
-                            );
+                            say!(out, "{which} was fetched again, but another retry took it meanwhile");
                         }
                     }
                     Err(why) => {
-                        let _ = writeln!(
+                        say!(
                             out,
                             "{which} was fetched again and still cannot be read by the privacy rules ({why}): it stays set aside without its text"
                         );
@@ -246,20 +247,20 @@ pub async fn retry_dead_letters(
                 }
             }
             Ok(ById::Unreadable(u)) => {
-                let _ = writeln!(
+                say!(
                     out,
                     "{which} was fetched again and still cannot be read (not valid UTF-8 at byte {}): it stays set aside without its text",
                     u.invalid_at
                 );
             }
             Ok(ById::Gone) => {
-                let _ = writeln!(
+                say!(
                     out,
                     "{which}: Auth0 no longer holds this entry (it may be older than the tenant's log retention); it stays set aside without its text"
                 );
             }
             Err(e) => {
-                let _ = writeln!(
+                say!(
                     out,
                     "{which} could not be fetched again from Auth0 ({}): it stays set aside",
                     crate::logging::Chain(&e)
@@ -269,10 +270,10 @@ pub async fn retry_dead_letters(
         }
     }
     if moved > 0 {
-        let _ = match daemon {
-            Some(d) => writeln!(out, "{d} delivers them"),
-            None => writeln!(out, "no daemon is running: `run` or `sync` delivers them"),
-        };
+        match daemon {
+            Some(d) => say!(out, "{d} delivers them"),
+            None => say!(out, "no daemon is running: `run` or `sync` delivers them"),
+        }
     }
     drop(waited);
     match failed {
@@ -285,7 +286,7 @@ pub async fn retry_dead_letters(
 pub fn backup(config: &Config, dest: &Path, out: &mut dyn Write) -> Result<(), Error> {
     let store = Store::open_existing(&config.state.path)?;
     store.backup(dest)?;
-    let _ = writeln!(out, "wrote a copy of {} to {}", config.state.path.display(), dest.display());
+    say!(out, "wrote a copy of {} to {}", config.state.path.display(), dest.display());
     Ok(())
 }
 

@@ -160,10 +160,16 @@ pub fn to_json(r: &Report) -> Value {
     top
 }
 
-/// The report as text for a person.
+/// The report as text for a person. Every value is escaped: error texts come from Auth0 and RudderStack,
+/// and paths and field names from the config, so a raw line break or terminal escape in one could forge a
+/// line of the report or drive the operator's terminal.
 pub fn to_text(r: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    // A label in a column of 17, and the value escaped.
+    let line = |out: &mut String, label: &str, value: &str| {
+        let _ = writeln!(out, "{label:<17}{}", crate::logging::escape(value));
+    };
     let when = |t: Option<&String>| match t {
         Some(t) => match age(Some(t)) {
             Some(a) => format!("{t} ({} ago)", human_chrono(a)),
@@ -171,60 +177,54 @@ pub fn to_text(r: &Report) -> String {
         },
         None => "never".into(),
     };
-    let _ = writeln!(out, "state:           {}", r.state_path.display());
+    line(&mut out, "state:", &r.state_path.display().to_string());
     if !r.state_exists {
-        let _ = writeln!(out, "                 (no state yet: `sync` or `run` creates it)");
+        line(&mut out, "", "(no state yet: `sync` or `run` creates it)");
     }
     for t in &r.tenants {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "tenant:          {}", t.tenant.domain());
-        let _ = writeln!(
-            out,
-            "destination:     {} ({} mode)",
-            t.tenant.rudderstack.data_plane_url, t.tenant.rudderstack.mode
+        out.push('\n');
+        line(&mut out, "tenant:", t.tenant.domain());
+        line(
+            &mut out,
+            "destination:",
+            &format!("{} ({} mode)", t.tenant.rudderstack.data_plane_url, t.tenant.rudderstack.mode),
         );
-        let _ = writeln!(out, "forwards:        {}", t.tenant.auth0.filter.describe());
-        let _ = writeln!(out, "privacy:         {}", privacy_description(&t.tenant));
-        let _ = writeln!(out, "idle polling:    {}", interval(t).describe(&t.tenant.auth0));
+        line(&mut out, "forwards:", &t.tenant.auth0.filter.describe());
+        line(&mut out, "privacy:", &privacy_description(&t.tenant));
+        line(&mut out, "idle polling:", &interval(t).describe(&t.tenant.auth0));
         let Some(s) = &t.snapshot else { continue };
-        match (&s.cursor, age(s.cursor_date.as_deref())) {
+        let cursor = match (&s.cursor, age(s.cursor_date.as_deref())) {
             (Some(c), Some(a)) => {
-                let _ = writeln!(
-                    out,
-                    "cursor:          {c} ({}, {} old)",
-                    s.cursor_date.as_deref().unwrap_or("?"),
-                    human_chrono(a)
-                );
+                format!("{c} ({}, {} old)", s.cursor_date.as_deref().unwrap_or("?"), human_chrono(a))
             }
-            (Some(c), None) => {
-                let _ = writeln!(out, "cursor:          {c}");
-            }
-            (None, _) => {
-                let _ = writeln!(out, "cursor:          none (starts from auth0.start)");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "outbox:          {} entr{} waiting",
-            s.outbox_depth,
-            if s.outbox_depth == 1 { "y" } else { "ies" }
+            (Some(c), None) => c.to_string(),
+            (None, _) => "none (starts from auth0.start)".into(),
+        };
+        line(&mut out, "cursor:", &cursor);
+        line(
+            &mut out,
+            "outbox:",
+            &format!("{} entr{} waiting", s.outbox_depth, if s.outbox_depth == 1 { "y" } else { "ies" }),
         );
-        let _ = writeln!(out, "dead letters:    {}", s.dead_letters);
-        let _ = writeln!(out, "last fetch:      {}", when(s.last_fetch_at.as_ref()));
-        let _ = writeln!(out, "last delivery:   {}", when(s.last_delivery_at.as_ref()));
-        let _ = writeln!(
-            out,
-            "delivered:       {} event{} in all; {} entr{} fetched, {} filtered out, {} repeat{} skipped",
-            s.delivered_total,
-            plural(s.delivered_total),
-            s.fetched_total,
-            if s.fetched_total == 1 { "y" } else { "ies" },
-            s.filtered_total,
-            s.repeated_total,
-            plural(s.repeated_total)
+        line(&mut out, "dead letters:", &s.dead_letters.to_string());
+        line(&mut out, "last fetch:", &when(s.last_fetch_at.as_ref()));
+        line(&mut out, "last delivery:", &when(s.last_delivery_at.as_ref()));
+        line(
+            &mut out,
+            "delivered:",
+            &format!(
+                "{} event{} in all; {} entr{} fetched, {} filtered out, {} repeat{} skipped",
+                s.delivered_total,
+                plural(s.delivered_total),
+                s.fetched_total,
+                if s.fetched_total == 1 { "y" } else { "ies" },
+                s.filtered_total,
+                s.repeated_total,
+                plural(s.repeated_total)
+            ),
         );
         for w in &t.warnings {
-            let _ = writeln!(out, "warning: {w}");
+            let _ = writeln!(out, "warning: {}", crate::logging::escape(w));
         }
     }
     out

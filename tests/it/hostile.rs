@@ -1057,6 +1057,87 @@ async fn forged_lines_and_escapes_never_reach_stderr_in_either_format() {
     }
 }
 
+/// Stdout is no safer a place for raw text than the log: `status` quotes the last error (Auth0's words) and
+/// the privacy rules' field names (the config's), and `dead-letter retry` quotes Auth0's errors; each prints
+/// them escaped, one report line per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_dead_letter_retry_print_what_they_quote_escaped() {
+    let raw_control = |text: &str| {
+        text.char_indices()
+            .find(|(_, c)| (c.is_control() && *c != '\n') || ('\u{202a}'..='\u{202e}').contains(c))
+    };
+    let (auth0, rudder) = start_fakes().await;
+    let made = auth0.make_entries(3);
+    let serialized = |e: &Value| serde_json::to_string(e).unwrap();
+    let mut bad = made[1].clone();
+    bad["description"] = json!("broken X here");
+    // Not UTF-8: with privacy rules set, it is set aside without its text, to be fetched again by id.
+    let not_utf8: Vec<u8> = serialized(&bad).bytes().map(|b| if b == b'X' { 0xff } else { b }).collect();
+    auth0.push_raw(made[0].clone(), serialized(&made[0]));
+    auth0.push_raw(made[1].clone(), not_utf8);
+    auth0.push_raw(made[2].clone(), serialized(&made[2]));
+    let mut app = App::new(&auth0, &rudder);
+    // A field name may hold neither ',' nor ':', so this one forges a line without a time.
+    app.set("privacy", "mask", vec!["phone\nforged line\x1b[2J\x1b]0;pwned\x07\u{9b}31m\x7f\u{202e}"]);
+    app.set("retry", "sync_give_up_after", "1s");
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Auth0 now fails every read with the injection in its message.
+    auth0.set_hook(|req: &Request, _| {
+        req.path.starts_with("/api/v2/logs").then(|| {
+            Reply::json(503, &json!({"statusCode": 503, "error": "Service Unavailable", "message": format!("down{FORGED}")}))
+        })
+    });
+    let out = app.run(&["dead-letter", "retry"], PATIENCE).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(raw_control(&report), None, "{report:?}");
+    let line = report
+        .lines()
+        .find(|l| l.contains("could not be fetched again"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(line.contains("down\\n2026-01-01") && line.ends_with("it stays set aside"), "{line}");
+
+    auth0.push_synthetic(1);
+    let out = app.sync().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = app.run(&["status"], PATIENCE).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(raw_control(&report), None, "{report:?}");
+    // Every line is one of the report's own: a label, a warning, or the blank line between tenants.
+    for line in report.lines() {
+        let label = line.split(':').next().unwrap_or_default();
+        assert!(
+            line.is_empty()
+                || [
+                    "state",
+                    "tenant",
+                    "destination",
+                    "forwards",
+                    "privacy",
+                    "idle polling",
+                    "cursor",
+                    "outbox",
+                    "dead letters",
+                    "last fetch",
+                    "last delivery",
+                    "delivered",
+                    "warning"
+                ]
+                .contains(&label),
+            "a line the report does not write: {line:?}\n{report}"
+        );
+    }
+    let privacy = report.lines().find(|l| l.starts_with("privacy:")).unwrap();
+    assert!(privacy.contains("phone\\nforged line\\x1b"), "{privacy}");
+    assert!(
+        report.lines().any(|l| l.starts_with("warning: last error") && l.contains("down\\n2026-01-01")),
+        "{report}"
+    );
+}
+
 /// Out-of-range values exit 2 with a message naming the key, before anything else happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_values_out_of_bounds_exit_2_naming_the_key() {
