@@ -226,6 +226,8 @@ interval = "5s"
 }
 
 /// Write the config file (mode 0600: it holds the stand-ins' credentials, as a real one holds real ones).
+/// Never through a symlink: `--state` may name a shared directory, where another user could plant one at
+/// `config.toml` to have the demo overwrite a file of theirs choosing.
 fn write_config(path: &Path, text: &str) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -233,6 +235,7 @@ fn write_config(path: &Path, text: &str) -> Result<(), Error> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
     file.write_all(text.as_bytes()).map_err(|source| Error::Open { path: path.to_path_buf(), source })

@@ -211,3 +211,22 @@ async fn a_demo_refuses_a_state_directory_that_holds_an_earlier_demos_state() {
         text(&out)
     );
 }
+
+/// `--state` may name a directory others can write to: a symlink planted at its `config.toml` is never
+/// written through. The demo stops before starting anything, naming the file, and the link's target keeps
+/// its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_never_writes_its_config_through_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, b"someone else's file").unwrap();
+    let state = dir.path().join("shared");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("config.toml")).unwrap();
+    let out = run_bounded(demo(&state, &["--duration", "1s"]), Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&state.join("config.toml").display().to_string()), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
+    assert!(!state.join("state.db").exists(), "the demo went on:\n{err}");
+}
