@@ -689,6 +689,13 @@ impl Ctx<'_> {
             if key == "." {
                 key.clear();
             }
+            // The parser quotes a value of the wrong type ("invalid type: integer `8675…`"); for a secret that
+            // value may be the secret itself, so only its kind is said.
+            let message = if SECRET_KEYS.contains(&key.rsplit('.').next().unwrap_or_default()) {
+                "must be a string (the value given is not shown: it may be the secret)".to_string()
+            } else {
+                message
+            };
             let message = match inner.span() {
                 Some(span) => format!("{message} (line {})", self.line(span.start)),
                 None => message,
@@ -1215,13 +1222,14 @@ fn one_line(s: &str) -> String {
     s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
 }
 
+/// The keys whose values are secrets, written inline.
+const SECRET_KEYS: [&str; 2] = ["client_secret", "write_key"];
+
 /// Whether config text sets a secret inline.
 fn holds_secret(text: &str) -> bool {
     text.lines().any(|l| {
         let l = l.trim_start();
-        (l.starts_with("client_secret") || l.starts_with("write_key"))
-            && !l.contains("_file")
-            && l.contains('=')
+        SECRET_KEYS.iter().any(|k| l.starts_with(k)) && !l.contains("_file") && l.contains('=')
     })
 }
 
@@ -1592,6 +1600,30 @@ write_key = "wkey"
                 &MINIMAL.replace("client_id = \"cid\"", &format!("client_id = \"cid\"\n{key} = {value}"))
             );
             assert!(e.contains(&format!("auth0.{key}")) && e.contains(words), "{key} = {value}: {e}");
+        }
+    }
+
+    /// A secret of the wrong type (a number, a table, an array) is refused naming its key, and the message
+    /// never repeats the value, which may be the secret itself: in `[auth0]`, `[rudderstack]`, a
+    /// `[[tenant]]` and its `[tenant.rudderstack]`.
+    #[test]
+    fn a_secret_of_the_wrong_type_is_refused_without_quoting_it() {
+        let tenants = "[[tenant]]\ndomain = \"t.example.com\"\nclient_id = \"cid\"\nclient_secret = \"csecret\"\n\
+                       [tenant.rudderstack]\nwrite_key = \"wkey2\"\n\
+                       [rudderstack]\ndata_plane_url = \"http://127.0.0.1:9\"\nwrite_key = \"wkey\"\n";
+        assert!(parse(tenants).is_ok());
+        for value in ["8675309867530986", "{ s = \"8675309867530986\" }", "[\"8675309867530986\"]"] {
+            for (text, was, key) in [
+                (MINIMAL, "client_secret = \"csecret\"", "auth0.client_secret"),
+                (MINIMAL, "write_key = \"wkey\"", "rudderstack.write_key"),
+                (tenants, "client_secret = \"csecret\"", "tenant.client_secret"),
+                (tenants, "write_key = \"wkey2\"", "tenant.rudderstack.write_key"),
+            ] {
+                let name = was.split(' ').next().unwrap();
+                let e = err(&text.replacen(was, &format!("{name} = {value}"), 1));
+                assert!(e.contains(name) && e.contains("must be a string"), "{key} = {value}: {e}");
+                assert!(!e.contains("867530"), "{key} = {value}: {e}");
+            }
         }
     }
 
