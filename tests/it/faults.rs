@@ -1062,13 +1062,15 @@ async fn a_panic_is_logged_with_the_secret_redacted_and_ends_the_process_with_10
     }
 }
 
-/// SIGTERM during a slow RudderStack POST: the daemon exits 0 within 10 seconds and the outbox is intact.
+/// SIGTERM during a slow RudderStack POST: the daemon gives the request in flight its 5 s and no more (the
+/// request's own timeout is far longer), exits 0, and the outbox is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
     let (auth0, rudder) = start_fakes().await;
     auth0.push_synthetic(250);
     rudder.hook(|_, _| Some(Reply::text(200, "ok").delayed(Duration::from_secs(60))));
-    let app = App::new(&auth0, &rudder);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("rudderstack", "timeout", "60s");
     let child = app.spawn_run();
     // The first POST hangs; meanwhile the fetcher fills the outbox with the rest.
     rudder.wait_for_requests(1, Duration::from_secs(20)).await;
@@ -1078,9 +1080,10 @@ async fn sigterm_during_a_slow_post_exits_promptly_with_the_outbox_intact() {
         wait_until(Duration::from_secs(20), || depth() == 250).await,
         "the fetcher did not fill the outbox"
     );
-    let (status, took) = sigterm_within(child, Duration::from_secs(15)).await;
+    let (status, took) = sigterm_within(child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0));
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The README's 5 s, and a margin for a busy machine to end the process.
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(8), "took {took:?}");
     let s = app.status().await;
     assert_eq!(s["outbox_depth"], 250, "{s}");
     assert_eq!(s["delivered_total"], 0, "{s}");
