@@ -383,6 +383,17 @@ fn rudderstack_faults(rudder: &FakeRudderStack, count: Arc<AtomicU64>) {
     });
 }
 
+/// Debug builds only: with `AUTH0_RUDDERSTACK_TEST_DEMO_LOSE` set, the RudderStack stand-in answers the first
+/// batch 200 without storing it, as a gateway that loses what it acknowledged would. Nothing in the daemon can
+/// notice that; the demo's closing check must, and the tests use this to see it fail (exit 5).
+fn lying_gateway(rudder: &FakeRudderStack) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("AUTH0_RUDDERSTACK_TEST_DEMO_LOSE").is_some() {
+        rudder.hook(|_req: &Request, n: usize| (n == 0).then(|| Reply::text(200, "OK")));
+    }
+    let _ = rudder;
+}
+
 /// When the RudderStack outage of `--faults` starts, and how long it lasts.
 fn outage_window(duration: Option<Duration>) -> (Duration, Duration) {
     match duration {
@@ -463,6 +474,7 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
         auth0_faults(&auth0, faults.clone());
         rudderstack_faults(&rudder, faults.clone());
     }
+    lying_gateway(&rudder);
 
     let config_path = dir.path.join("config.toml");
     let text = config_text(&dir.path, &auth0.url(), &rudder.url());
@@ -567,6 +579,8 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
                 humantime::format_duration(DRAIN)
             ));
             let deadline = tokio::time::Instant::now() + DRAIN;
+            let last = tenant.entries().last().and_then(|e| e["log_id"].as_str().map(str::to_string));
+            let state = dir.path.join("state.db");
             loop {
                 let all = {
                     let got = received.lock().unwrap_or_else(|p| p.into_inner());
@@ -576,6 +590,10 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                // Everything fetched and nothing left to send: waiting longer cannot bring what is missing.
+                if drained(&state, last.as_deref()) {
+                    break;
+                }
             }
             pipeline_stop.cancel();
             pipeline.await.map_err(|e| pipeline::Error::Internal(e.to_string())).and_then(|r| r)
@@ -603,6 +621,14 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
     }
     drop(dir);
     Ok(summary)
+}
+
+/// Whether the state says the pipeline is done: its cursor at the log's last entry and its outbox empty.
+fn drained(state: &Path, last: Option<&str>) -> bool {
+    let Ok(s) = crate::store::Store::open_existing(state).and_then(|s| s.snapshot(DOMAIN)) else {
+        return false;
+    };
+    s.outbox_depth == 0 && s.cursor.is_some() && s.cursor.as_deref() == last
 }
 
 /// Log a new entry every `1 / rate` seconds until `stop`.

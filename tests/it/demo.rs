@@ -230,3 +230,26 @@ async fn a_demo_never_writes_its_config_through_a_planted_symlink() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
     assert!(!state.join("state.db").exists(), "the demo went on:\n{err}");
 }
+
+/// The closing check is not a formality: when the gateway loses a batch it acknowledged (the stand-in, told
+/// to by the debug builds' `AUTH0_RUDDERSTACK_TEST_DEMO_LOSE`, answers the first one 200 without storing
+/// it), the demo says how many entries are missing and exits 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_whose_gateway_loses_a_batch_says_so_and_exits_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = demo(&dir.path().join("state"), &["--duration", "3s"]);
+    cmd.env("AUTH0_RUDDERSTACK_TEST_DEMO_LOSE", "1");
+    let out = run_bounded(cmd, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let result = err.lines().find(|l| l.starts_with("demo result:")).unwrap_or_else(|| panic!("{err}"));
+    let missing: u64 = result
+        .strip_prefix("demo result: NOT exactly once: ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{result}"));
+    // The first batch held at least the example file's entries; none of them came back.
+    let f = figures(&err);
+    assert!(missing >= 1 && missing == f["generated"] - f["delivered"], "{result}\n{f:?}");
+    assert!(!err.contains(EXACTLY_ONCE), "{err}");
+}
