@@ -42,6 +42,10 @@ use crate::transform::{self, EntryError, TransformError};
 const CHUNK: usize = 1 << 20;
 /// Batches allowed in flight (read but not yet written): bounds memory to a few chunks in and out.
 const IN_FLIGHT: usize = 6;
+/// The entry text an `EntryReader` batch may hold before it ends (it always holds at least one entry). A
+/// count alone would let a batch of large entries (each up to the entry limit) reach gigabytes, since every
+/// entry in it is an owned copy; a few MiB still makes batches of thousands of the usual kilobyte entries.
+const BATCH_BYTES: usize = 4 << 20;
 /// The largest value read whole. Auth0 entries are kilobytes; only a hostile or broken input (a gzip bomb
 /// of one endless string) comes near, and it must end in an error rather than in exhausting memory. A
 /// `{"logs": [...]}` body that starts with its `logs` is streamed entry by entry and is not bound by this.
@@ -1377,6 +1381,8 @@ pub struct EntryReader<R> {
     input: Decoded<R>,
     scanner: Scanner,
     batch_size: usize,
+    /// Entry text a batch may hold before it ends (`BATCH_BYTES`; smaller in tests).
+    batch_bytes: usize,
     skip: u64,
     /// The chunk holding the values in `queue`, and the input offset of its first byte.
     bytes: Vec<u8>,
@@ -1395,12 +1401,14 @@ pub struct EntryReader<R> {
 }
 
 impl<R: Read> EntryReader<R> {
-    /// Read `input` in batches of at most `batch_size` entries (at least 1).
+    /// Read `input` in batches of at most `batch_size` entries (at least 1), each ending early once its
+    /// entries hold a few MiB of text, so that a batch of large entries stays small.
     pub fn new(input: R, batch_size: usize) -> EntryReader<R> {
         EntryReader {
             input: Decoded::new(input),
             scanner: Scanner::new(MIN_ENTRY_LIMIT),
             batch_size: batch_size.max(1),
+            batch_bytes: BATCH_BYTES,
             skip: 0,
             bytes: Vec::new(),
             base: 0,
@@ -1439,18 +1447,24 @@ impl<R: Read> EntryReader<R> {
             return Ok(None);
         }
         let mut batch = Vec::new();
+        // The text the batch holds. Values left in the queue when the batch ends early stay in `bytes`, which
+        // is only replaced once the queue is empty, and the counts in `summary` stop at the last entry handed
+        // out: a caller that records them with the batch resumes exactly after it.
+        let mut held = 0;
         loop {
             // The queue holds the values before any error the scanner met, so it is drained first.
-            while batch.len() < self.batch_size {
+            while batch.len() < self.batch_size && held < self.batch_bytes {
                 let Some(element) = self.queue.pop_front() else { break };
+                let before = batch.len();
                 if let Err(e) = self.take(element, &mut batch) {
                     // This error comes before the scanner's, if any: it is the one to report.
                     self.queue.clear();
                     self.error = Some(e);
                     break;
                 }
+                held += batch[before..].iter().map(text_len).sum::<usize>();
             }
-            if batch.len() == self.batch_size {
+            if batch.len() == self.batch_size || held >= self.batch_bytes {
                 return Ok(Some(batch));
             }
             if self.error.is_some() || self.eof {
@@ -1596,6 +1610,14 @@ impl<R: Read> Iterator for EntryReader<R> {
     }
 }
 
+/// The text an item of a batch holds (an oversized entry's excerpt is bounded and not counted).
+fn text_len(item: &Result<RawEntry, SetAside>) -> usize {
+    match item {
+        Ok(entry) => entry.raw.len(),
+        Err(set_aside) => set_aside.text.as_ref().map_or(0, String::len),
+    }
+}
+
 /// A value's bytes as text, or the error naming where they stop being UTF-8.
 fn utf8(bytes: &[u8], offset: u64, entry: u64) -> Result<&str, InputError> {
     std::str::from_utf8(bytes).map_err(|e| InputError::Malformed {
@@ -1637,6 +1659,31 @@ mod tests {
         let rest = resumed.next_batch().expect("reads").expect("a batch");
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].as_ref().map(|e| e.index), Ok(3));
+    }
+
+    /// A batch ends once its entries hold `batch_bytes`, whatever its count allows, and the entries left
+    /// over come first in the next one; the count after each batch is where a resumed read goes on.
+    #[test]
+    fn a_batch_of_large_entries_ends_by_bytes_and_resumes_after_its_last_entry() {
+        let entry =
+            |i: usize| format!(r#"{{"type":"s","log_id":"{i}","description":"{}"}}"#, "z".repeat(1000));
+        let input: String = (1..=10).map(|i| entry(i) + "\n").collect();
+        let mut reader = EntryReader::new(input.as_bytes(), 100);
+        reader.batch_bytes = 2500;
+        let mut seen = Vec::new();
+        while let Some(batch) = reader.next_batch().expect("reads") {
+            // Three entries reach 2,500 bytes: never more in one batch.
+            assert!((1..=3).contains(&batch.len()), "{}", batch.len());
+            let indexes: Vec<u64> = batch.iter().map(|e| e.as_ref().expect("an entry").index).collect();
+            assert_eq!(reader.summary().entries, *indexes.last().expect("not empty"));
+            // Resuming after this batch hands out exactly the entries after it.
+            let resumed = EntryReader::new(input.as_bytes(), 100).skipping(reader.summary().entries);
+            let rest: Vec<u64> =
+                resumed.flat_map(|b| b.expect("reads")).map(|e| e.expect("an entry").index).collect();
+            assert_eq!(rest, ((reader.summary().entries + 1)..=10).collect::<Vec<_>>());
+            seen.extend(indexes);
+        }
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
     }
 
     /// A value that fits in one read but is over the limit is set aside too; `transform_stream` reports it by

@@ -39,7 +39,7 @@ use crate::entry::{self, LogId};
 use crate::input::{EntryReader, SetAside};
 use crate::store::{ImportProgress, Kept, NewDeadLetter, NewEntry, Store, StoreError};
 
-/// Entries per transaction.
+/// Entries per transaction, at most: the reader ends a batch sooner once it holds a few MiB of entries.
 const BATCH: usize = 2_000;
 /// How much of a file identifies it.
 const ID_BYTES: usize = 1 << 20;

@@ -13,15 +13,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::app::{
-    App, CLIENT_ID, CLIENT_SECRET, WRITE_KEY, bin, run_bounded, sigterm_within, text, wait_until,
+    App, CLIENT_ID, CLIENT_SECRET, MAX_PEAK_RSS_KIB, WRITE_KEY, bin, peak_rss_kib, peak_rss_kib_if_alive,
+    run_bounded, sigterm_within, text, wait_until,
 };
 use crate::support::fake_auth0::{FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, Answers, FakeRudderStack};
 use crate::support::http::{EndReason, Hostile, Reply, Request, Server, Tls};
 use crate::support::start_fakes;
 
-/// The most resident memory the daemon may ever hold, whatever an upstream sends.
-const MAX_PEAK_RSS_KIB: u64 = 64 * 1024;
 /// How soon after SIGTERM the daemon must have exited.
 const MAX_STOP: Duration = Duration::from_secs(7);
 /// A generous bound for conditions that take well under a second on an idle machine.
@@ -29,16 +28,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The peak resident set of a live process, in KiB (`VmHWM` in `/proc/<pid>/status`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmHWM line")
 }
 
 /// Streamed replies of `server` that ended because the client hung up.
@@ -1350,12 +1339,7 @@ async fn refused_in_time(case: &str, mut cmd: tokio::process::Command) -> (Outpu
     let mut peak = 0;
     loop {
         // Gone once the process has exited; a sample is taken while it lives.
-        let sample = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        });
-        peak = peak.max(sample.unwrap_or(0));
+        peak = peak.max(peak_rss_kib_if_alive(pid).unwrap_or(0));
         assert!(peak <= MAX_PEAK_RSS_KIB, "{case}: peak RSS {peak} KiB");
         if child.try_wait().unwrap().is_some() {
             break;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::app::{App, run_bounded, text, transform_ids, wait_until};
+use crate::support::app::{
+    App, MAX_PEAK_RSS_KIB, peak_rss_kib_if_alive, run_bounded, text, transform_ids, wait_until,
+};
 use crate::support::fake_auth0::{DOMAIN, FakeAuth0, FakeOptions};
 use crate::support::fake_rudderstack::{self, FakeRudderStack};
 
@@ -704,4 +706,40 @@ async fn an_entry_over_the_limit_is_set_aside_while_read_and_never_stored() {
             path.display()
         );
     }
+}
+
+/// 300 entries of about 1 MB each (just under the 1 MiB entry limit, so each is read whole) in a gzipped
+/// NDJSON file, all filtered out: the reader's peak resident set stays within 64 MiB, since a batch ends once
+/// it holds a few MiB rather than only after 2,000 entries, and each entry is counted exactly once. Filtered
+/// out, nothing is sent, so the figure is the reading alone. `VmHWM` is a high-water mark, sampled every few
+/// milliseconds while the import lives; reading, not the exit, is where the memory would pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_of_large_entries_stays_under_64_mb() {
+    let rudder = rudder().await;
+    let mut app = app_without_auth0(&rudder);
+    app.set("auth0", "log_types", toml::Value::Array(vec!["no-such-type".into()]));
+    let mut all = entries(300).await;
+    for e in &mut all {
+        e["description"] = json!("x".repeat(1_000_000));
+    }
+    let file = app.dir.path().join("large.ndjson.gz");
+    write_gzip_ndjson(&file, &all);
+
+    let mut child = import_cmd(&app, &[&file]).spawn().expect("spawn the import");
+    let pid = child.id().expect("started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_rss_kib_if_alive(pid).unwrap_or(0));
+        assert!(peak <= MAX_PEAK_RSS_KIB, "peak RSS {peak} KiB");
+        assert!(std::time::Instant::now() < deadline, "the import did not finish within 120 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let out = child.wait_with_output().await.unwrap();
+    eprintln!("peak RSS seen {:.1} MiB", peak as f64 / 1024.0);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("read=300 enqueued=0") && err.contains("filtered=300"), "{err}");
+    assert_eq!(app.status().await["outbox_depth"], 0);
+    assert_eq!(rudder.event_count(), 0);
 }

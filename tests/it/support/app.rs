@@ -259,6 +259,23 @@ timeout = "5s"
     }
 }
 
+/// The most resident memory the daemon may ever hold, whatever an upstream sends or an input holds.
+pub const MAX_PEAK_RSS_KIB: u64 = 64 * 1024;
+
+/// The peak resident set of a live process, in KiB (`VmHWM` in `/proc/<pid>/status`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    peak_rss_kib_if_alive(pid).expect("a VmHWM line in /proc/<pid>/status")
+}
+
+/// [`peak_rss_kib`], or `None` once the process has exited (its `VmHWM` goes with its memory).
+pub fn peak_rss_kib_if_alive(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Run a command to completion within `limit`.
 pub async fn run_bounded(mut cmd: tokio::process::Command, limit: Duration) -> Output {
     let child = cmd.spawn().expect("spawn the binary");
