@@ -210,7 +210,14 @@ fn transform(
     let name = file.map(|f| f.display().to_string()).unwrap_or_else(|| "stdin".into());
     let input: Box<dyn Read> = match file {
         Some(f) => {
-            Box::new(std::fs::File::open(f).map_err(|source| Error::Open { path: f.to_path_buf(), source })?)
+            let open_error = |source| Error::Open { path: f.to_path_buf(), source };
+            let file = std::fs::File::open(f).map_err(open_error)?;
+            // A directory opens, and only its first read fails: said then, it would look like bad input
+            // (exit 4) rather than the wrong path on the command line that it is.
+            if file.metadata().map_err(open_error)?.is_dir() {
+                return Err(open_error(std::io::Error::from_raw_os_error(libc::EISDIR)));
+            }
+            Box::new(file)
         }
         None => Box::new(std::io::stdin().lock()),
     };

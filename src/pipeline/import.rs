@@ -431,6 +431,11 @@ fn open<'a>(file: &Path, stop: &'a AtomicBool) -> Result<Opened<'a>, Error> {
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
     let f = options.open(file).map_err(|source| open_error(file, source))?;
     let meta = f.metadata().map_err(|source| open_error(file, source))?;
+    // A directory opens, and only its first read fails: said then, it would look like bad input (exit 4)
+    // rather than the wrong path on the command line that it is.
+    if meta.is_dir() {
+        return Err(open_error(file, std::io::Error::from_raw_os_error(libc::EISDIR)));
+    }
     if meta.file_type().is_file() {
         // O_NONBLOCK means nothing to a regular file: its reads are as usual.
         let id = identify(&f, meta.len()).map_err(|source| open_error(file, source))?;

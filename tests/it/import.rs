@@ -240,6 +240,22 @@ async fn a_cut_off_archive_exits_4_naming_the_offset_and_keeps_what_came_before(
     assert!(rudder.event_count() >= 4_000, "what came before the damage arrived: {}", rudder.event_count());
 }
 
+/// A directory given to `import` is the wrong path on the command line, not input that is not JSON: exit 2 (a
+/// usage error) naming it, not 4, with nothing read or enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_given_to_import_exits_2_naming_it() {
+    let rudder = rudder().await;
+    let app = app_without_auth0(&rudder);
+    let dir = app.dir.path().join("archives");
+    std::fs::create_dir(&dir).unwrap();
+    let out = run_bounded(import_cmd(&app, &[&dir]), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&dir.display().to_string()) && err.contains("directory"), "{err}");
+    assert_eq!(app.status().await["outbox_depth"], 0);
+    assert_eq!(rudder.event_count(), 0);
+}
+
 /// `import --force` imports a file that was imported in full before, with the same messageIds (RudderStack
 /// drops the copies), where the same import without it is skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

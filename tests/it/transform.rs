@@ -344,6 +344,22 @@ fn a_malformed_file_exits_4_naming_the_position() {
     assert!(stderr.contains("byte") && stderr.contains("end"), "{stderr}");
 }
 
+/// A directory is the wrong path on the command line, not input that is not JSON: exit 2 (a usage error)
+/// naming it, not 4, and no events.
+#[test]
+fn a_directory_given_to_transform_exits_2_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_auth0-rudderstack"))
+        .arg("transform")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&dir.path().display().to_string()) && stderr.contains("directory"), "{stderr}");
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+}
+
 /// An entry that produces no event is reported on stderr by its log_id, and the others still come out.
 #[test]
 fn a_set_aside_entry_is_reported_on_stderr_by_log_id_and_the_run_goes_on() {
