@@ -1278,10 +1278,14 @@ impl Store {
     pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
         let unusable =
             |source| StoreError::Unusable { what: "write the backup to", path: dest.to_path_buf(), source };
+        // SQLite reads the name it is given as a URI when it begins with `file:`, so `file:/dir/x.db` would be
+        // written at /dir/x.db (through whatever is there) while the checks below looked at ./file:/dir/x.db.
+        // An absolute path is only ever a path: the copy lands exactly where it was checked.
+        let dest = std::path::absolute(dest).map_err(unusable)?;
         let target = dest.to_str().ok_or_else(|| {
             unusable(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path is not UTF-8"))
         })?;
-        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        if let Some(parent) = dest.parent().filter(|p| !p.exists()) {
             let mut builder = std::fs::DirBuilder::new();
             std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
             builder.create(parent).map_err(unusable)?;
@@ -1291,10 +1295,10 @@ impl Store {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options.open(dest).map_err(unusable)?;
+        options.open(&dest).map_err(unusable)?;
         // VACUUM INTO wants a file that does not exist or is empty; the empty 0600 file keeps its mode.
         if let Err(e) = self.conn.execute("VACUUM INTO ?1", [target]) {
-            let _ = std::fs::remove_file(dest);
+            let _ = std::fs::remove_file(&dest);
             return Err(StoreError::sqlite(&self.path, e));
         }
         Ok(())

@@ -1236,6 +1236,16 @@ async fn a_state_directory_the_user_cannot_write_exits_3_and_fails_check() {
     assert_eq!(rudder.event_count(), 0);
 }
 
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Every row of every table, as text, for comparing a state before and after.
 fn dump(db: &Path) -> Vec<String> {
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
@@ -1542,6 +1552,55 @@ async fn backup_refuses_a_symlink_at_its_destination() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let copy = rusqlite::Connection::open(&dest).unwrap();
     let n: i64 = copy.query_row("SELECT count(*) FROM tenant", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
+
+/// Every file (not directory) under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A `backup` destination that SQLite would read as a URI (`file:...`) is only a path: the copy is written,
+/// private, at that path under the working directory, and nothing reaches the file the URI would name, even
+/// an empty one behind a symlink planted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_destination_beginning_with_file_colon_is_a_path_not_a_uri() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let app = App::new(&auth0, &rudder);
+    assert_eq!(app.sync().await.status.code(), Some(0));
+    let victim = app.dir.path().join("victim.db");
+    std::fs::write(&victim, b"").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let planted = app.dir.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::symlink(&victim, planted.join("x.db")).unwrap();
+    let work = app.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let uri = format!("file:{}?mode=rwc", planted.join("x.db").display());
+    let mut cmd = app.command(&["backup", &uri]);
+    cmd.current_dir(&work);
+    let out = run_bounded(cmd, PATIENCE).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let written = std::fs::metadata(&victim).unwrap().len();
+    assert_eq!(written, 0, "the backup went through the planted symlink");
+    assert_eq!(mode(&victim), 0o644);
+    assert_eq!(names(&planted), ["x.db"]);
+    let copy = work.join(&uri);
+    assert_eq!(files_under(&work), std::slice::from_ref(&copy), "the copy, and nothing else");
+    assert_eq!(mode(&copy), 0o600);
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(&copy, flags).unwrap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM tenant", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
 }
 
