@@ -21,7 +21,9 @@
 //! The file may be something the operator pointed us at by mistake. Before anything is opened read-write, the
 //! file's header, schema version, application id and integrity are checked through a read-only connection; a
 //! file that is not ours, is corrupt, or was written by a newer version is refused and left byte-for-byte
-//! untouched.
+//! untouched. So is anything at the path that is not a regular file (a FIFO or a device, which SQLite would
+//! take for an empty database; a symlink to a regular file is fine): refused before anything is opened or
+//! chmodded.
 //!
 //! The daemon's tasks reach the file through [`Handle`]s: each handle is one connection owned by one thread,
 //! which runs the closures sent to it in order. Two handles (fetching and sending) let one task read while the
@@ -94,6 +96,15 @@ pub enum StoreError {
         path: PathBuf,
         /// What SQLite said.
         detail: String,
+    },
+    /// Something other than a regular file where the state file must be: a FIFO or a device, which SQLite would
+    /// take for an empty database it then cannot write. It was not modified.
+    #[error("state file {} is {kind}, not a regular file; it was left untouched", path.display())]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is, in words ("a FIFO (named pipe)").
+        kind: &'static str,
     },
     /// The file was written by a newer version of this program. It was not modified.
     #[error(
@@ -1510,8 +1521,11 @@ pub fn check_usable(path: &Path) -> Result<String, StoreError> {
 /// Make sure the state file exists (created with private permissions, with its directory, when missing) and
 /// return its canonical path, which is what the lock is taken on: two paths to one file get one lock.
 pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
-    if !path.exists() {
-        create_private(path)?;
+    match std::fs::metadata(path) {
+        // Refused here, before the lock file is made beside it, so that nothing is left behind.
+        Ok(m) if !m.is_file() => return Err(not_a_file(path, m.file_type())),
+        Ok(_) => {}
+        Err(_) => create_private(path)?,
     }
     std::fs::canonicalize(path).map_err(|source| StoreError::Unusable {
         what: "resolve the path of",
@@ -1569,10 +1583,32 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The refusal of something that is not a regular file, saying what it is.
+fn not_a_file(path: &Path, kind: std::fs::FileType) -> StoreError {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "something other than a file"
+    };
+    StoreError::NotAFile { path: path.to_path_buf(), kind }
+}
+
 /// Look at an existing file without changing it: `None` when there is nothing there yet.
 ///
-/// Refuses a file without the SQLite header, one SQLite reports as corrupt or not a database, one that fails
-/// `PRAGMA quick_check`, one from another application, and one with a newer schema.
+/// Refuses what is not a regular file (at the state path, after following a symlink), a file without the
+/// SQLite header, one SQLite reports as corrupt or not a database, one that fails `PRAGMA quick_check`, one
+/// from another application, and one with a newer schema.
 fn probe(path: &Path) -> Result<Option<Probe>, StoreError> {
     // Reading a WAL-mode file, even read-only, creates its `-wal` and `-shm` beside it. When we then refuse
     // the file, we take back exactly what we created, and only while the `-wal` is still empty (nobody wrote).
@@ -1598,10 +1634,11 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 
 fn probe_file(path: &Path) -> Result<Option<Probe>, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
+    // Following a symlink (the state path may be one), and without opening anything: a FIFO would block the
+    // read of its header, and it, a device and a socket all have length 0, which SQLite takes for an empty
+    // database that it then cannot write.
     let len = match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => {
-            return Err(corrupt("it is a directory".into()));
-        }
+        Ok(m) if !m.is_file() => return Err(not_a_file(path, m.file_type())),
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {

@@ -1246,6 +1246,46 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A FIFO at the state path, there or behind a symlink, is not taken for an empty database: `sync` and `run`
+/// exit 3 at once naming the path and saying what it is, `check` reports the state as a failed check, and
+/// the FIFO keeps its mode, with nothing created beside it. (Taken for a database that cannot be written,
+/// `sync` would retry for `sync_give_up_after` and `run` for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_state_path_exits_3_at_once_and_is_left_as_it_was() {
+    use std::os::unix::fs::FileTypeExt;
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let mut app = App::new(&auth0, &rudder);
+    app.set("retry", "sync_give_up_after", "10m");
+    let fifo = app.dir.path().join("pipe");
+    mkfifo(&fifo);
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = app.dir.path().join("link.db");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    for state in [&fifo, &link] {
+        app.set("state", "path", state.display().to_string());
+        let before = names(app.dir.path());
+        for cmd in ["sync", "run"] {
+            let out = app.run(&[cmd], Duration::from_secs(30)).await;
+            assert_eq!(out.status.code(), Some(3), "{cmd}: {}", text(&out));
+            let err = stderr(&out);
+            assert!(
+                err.contains(&state.display().to_string()) && err.contains("FIFO"),
+                "{cmd}: {}",
+                text(&out)
+            );
+        }
+        let out = app.run(&["check"], Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(failed_checks(&out), ["state"], "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("FIFO"), "{}", text(&out));
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(mode(&fifo), 0o644, "the FIFO's mode was changed");
+        assert_eq!(names(app.dir.path()), before, "files were created beside the state");
+    }
+    assert_eq!(rudder.event_count(), 0);
+}
+
 /// Every row of every table, as text, for comparing a state before and after.
 fn dump(db: &Path) -> Vec<String> {
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
