@@ -22,8 +22,8 @@
 //! file's header, schema version, application id and integrity are checked through a read-only connection; a
 //! file that is not ours, is corrupt, or was written by a newer version is refused and left byte-for-byte
 //! untouched. So is anything at the path that is not a regular file (a FIFO or a device, which SQLite would
-//! take for an empty database; a symlink to a regular file is fine): refused before anything is opened or
-//! chmodded.
+//! take for an empty database; a symlink to a regular file is fine), and a `-wal` or `-shm` that is not one (a
+//! symlink there included): refused before anything is opened or chmodded.
 //!
 //! The daemon's tasks reach the file through [`Handle`]s: each handle is one connection owned by one thread,
 //! which runs the closures sent to it in order. Two handles (fetching and sending) let one task read while the
@@ -97,8 +97,9 @@ pub enum StoreError {
         /// What SQLite said.
         detail: String,
     },
-    /// Something other than a regular file where the state file must be: a FIFO or a device, which SQLite would
-    /// take for an empty database it then cannot write. It was not modified.
+    /// Something other than a regular file where the state file or its `-wal` or `-shm` must be: a FIFO or a
+    /// device, which SQLite would take for an empty database it then cannot write, or a symbolic link at the
+    /// `-wal` or `-shm`, whose target is not ours to change. It was not modified.
     #[error("state file {} is {kind}, not a regular file; it was left untouched", path.display())]
     NotAFile {
         /// The file.
@@ -1524,7 +1525,7 @@ pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
     match std::fs::metadata(path) {
         // Refused here, before the lock file is made beside it, so that nothing is left behind.
         Ok(m) if !m.is_file() => return Err(not_a_file(path, m.file_type())),
-        Ok(_) => {}
+        Ok(_) => check_companions(path)?,
         Err(_) => create_private(path)?,
     }
     std::fs::canonicalize(path).map_err(|source| StoreError::Unusable {
@@ -1537,6 +1538,8 @@ pub fn prepare(path: &Path) -> Result<PathBuf, StoreError> {
 /// Create the state file (and any missing directories) with private permissions, before SQLite opens it:
 /// SQLite then gives the `-wal` and `-shm` files the same mode.
 fn create_private(path: &Path) -> Result<(), StoreError> {
+    // Before anything is created: a state that cannot be used is refused with nothing left behind.
+    check_companions(path)?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
@@ -1561,23 +1564,88 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Give an existing state file (and its `-wal` and `-shm`) mode 0600 if others could read it.
+///
+/// Only regular files are changed, and never through a symbolic link at the `-wal` or `-shm`: whoever planted
+/// one there chose its target, and a chmod would take that file from its owner's group. The state path itself
+/// may be a symlink (the README allows it), so it is resolved first.
 fn make_private(path: &Path) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for p in [path.to_path_buf(), sidecar(path, "-wal"), sidecar(path, "-shm")] {
-            let Ok(meta) = std::fs::metadata(&p) else { continue };
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
-                    |source| StoreError::Unusable {
-                        what: "make private (chmod 600)",
-                        path: p.clone(),
-                        source,
-                    },
-                )?;
-                tracing::warn!(path = %p.display(), mode = %format!("{mode:o}"), "the state file was readable by others; it is now 0600");
-            }
+    let state = resolved(path);
+    let [wal, shm] = companions(path);
+    for p in [state, wal, shm] {
+        make_file_private(&p)?;
+    }
+    Ok(())
+}
+
+/// Chmod the regular file at `path` to 0600 if others could read it, or refuse what is not a regular file.
+/// The file is opened without following a symlink (and without waiting, should a FIFO be swapped in after the
+/// look), checked again through the open descriptor, and changed through it: what is changed is what was
+/// checked.
+fn make_file_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let unusable =
+        |source| StoreError::Unusable { what: "make private (chmod 600)", path: path.to_path_buf(), source };
+    // A look first, so that a FIFO or a device is never opened at all.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Err(not_a_file(path, m.file_type())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(unusable(source)),
+    }
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(StoreError::NotAFile { path: path.to_path_buf(), kind: "a symbolic link" });
+        }
+        Err(source) => return Err(unusable(source)),
+    };
+    let meta = file.metadata().map_err(unusable)?;
+    if !meta.file_type().is_file() {
+        return Err(not_a_file(path, meta.file_type()));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700)).map_err(unusable)?;
+        tracing::warn!(path = %path.display(), mode = %format!("{mode:o}"), "the state file was readable by others; it is now 0600");
+    }
+    Ok(())
+}
+
+/// The state file itself: the file a symlink at `path` points to, if it is one (through a chain of them, as
+/// SQLite follows it). Followed by hand, because `canonicalize` fails on a link to a file not yet created.
+fn resolved(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    // Linux's own limit on symlinks in one lookup; a longer chain fails to open anyway.
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            // A relative target is relative to the link's directory (`join` keeps an absolute one as it is).
+            Ok(target) => p = p.parent().map_or_else(|| target.clone(), |dir| dir.join(&target)),
+            Err(_) => break,
+        }
+    }
+    p
+}
+
+/// The `-wal` and `-shm` of the state at `path`, where SQLite keeps them: beside the state file itself, which
+/// for a state path that is a symlink is beside the file it points to.
+fn companions(path: &Path) -> [PathBuf; 2] {
+    let state = resolved(path);
+    [sidecar(&state, "-wal"), sidecar(&state, "-shm")]
+}
+
+/// Refuse a `-wal` or `-shm` that is there but is not a regular file, before anything (a chmod, the probe's
+/// read-only connection) goes near it. A symlink there points at a file someone else chose, and SQLite, which
+/// opens these by name, fails on one (or on a FIFO) in ways that say nothing of the cause.
+fn check_companions(path: &Path) -> Result<(), StoreError> {
+    for p in companions(path) {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.file_type().is_file() => return Err(not_a_file(&p, m.file_type())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Unusable { what: "examine", path: p, source }),
         }
     }
     Ok(())
@@ -1606,13 +1674,14 @@ fn not_a_file(path: &Path, kind: std::fs::FileType) -> StoreError {
 
 /// Look at an existing file without changing it: `None` when there is nothing there yet.
 ///
-/// Refuses what is not a regular file (at the state path, after following a symlink), a file without the
-/// SQLite header, one SQLite reports as corrupt or not a database, one that fails `PRAGMA quick_check`, one
-/// from another application, and one with a newer schema.
+/// Refuses what is not a regular file (at the state path, after following a symlink, or at its `-wal` or
+/// `-shm`), a file without the SQLite header, one SQLite reports as corrupt or not a database, one that fails
+/// `PRAGMA quick_check`, one from another application, and one with a newer schema.
 fn probe(path: &Path) -> Result<Option<Probe>, StoreError> {
+    check_companions(path)?;
     // Reading a WAL-mode file, even read-only, creates its `-wal` and `-shm` beside it. When we then refuse
     // the file, we take back exactly what we created, and only while the `-wal` is still empty (nobody wrote).
-    let sidecars = [sidecar(path, "-wal"), sidecar(path, "-shm")];
+    let sidecars = companions(path);
     let existed = sidecars.clone().map(|p| p.exists());
     let found = probe_file(path);
     if found.is_err() && existed == [false, false] {

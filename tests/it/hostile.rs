@@ -1286,6 +1286,52 @@ async fn a_fifo_at_the_state_path_exits_3_at_once_and_is_left_as_it_was() {
     assert_eq!(rudder.event_count(), 0);
 }
 
+/// A symlink planted at the state's `-wal` or `-shm`, on a fresh state or beside an existing one, the state
+/// path being the file or a symlink to it in another directory (SQLite keeps the `-wal` beside the file
+/// itself): `sync` exits 3 naming it, `check` reports the state as a failed check, no state file is created,
+/// and the file the planted link points to keeps its mode and its content (a chmod through the link would
+/// have taken it from its owner's group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_at_the_wal_or_shm_exits_3_naming_it_and_its_target_is_left_as_it_was() {
+    let (auth0, rudder) = start_fakes().await;
+    auth0.push_synthetic(5);
+    let mut app = App::new(&auth0, &rudder);
+    let victim = app.dir.path().join("victim");
+    std::fs::write(&victim, b"not the daemon's\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let real = app.dir.path().join("elsewhere").join("state.db");
+    std::fs::create_dir(real.parent().unwrap()).unwrap();
+    let link = app.dir.path().join("linked-state.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for (state, db) in [(app.db_path(), app.db_path()), (link.clone(), real.clone())] {
+        app.set("state", "path", state.display().to_string());
+        for existing in [false, true] {
+            if existing {
+                let out = app.sync().await;
+                assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            }
+            for suffix in ["-wal", "-shm"] {
+                let planted = with_suffix(&db, suffix);
+                let _ = std::fs::remove_file(&planted);
+                std::os::unix::fs::symlink(&victim, &planted).unwrap();
+                let case = format!("state path {}, {suffix}, existing state {existing}", state.display());
+                let out = app.sync().await;
+                assert_eq!(mode(&victim), 0o644, "{case}: the target's mode was changed");
+                assert_eq!(std::fs::read(&victim).unwrap(), b"not the daemon's\n", "{case}");
+                assert!(std::fs::symlink_metadata(&planted).unwrap().file_type().is_symlink(), "{case}");
+                assert_eq!(out.status.code(), Some(3), "{case}: {}", text(&out));
+                let said = format!("{} is a symbolic link", planted.display());
+                assert!(stderr(&out).contains(&said), "{case}: {}", text(&out));
+                let out = app.run(&["check"], Duration::from_secs(30)).await;
+                assert_eq!(out.status.code(), Some(1), "{case}: {}", text(&out));
+                assert_eq!(failed_checks(&out), ["state"], "{case}: {}", text(&out));
+                assert_eq!(db.exists(), existing, "{case}: a state file was created");
+                std::fs::remove_file(&planted).unwrap();
+            }
+        }
+    }
+}
+
 /// Every row of every table, as text, for comparing a state before and after.
 fn dump(db: &Path) -> Vec<String> {
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
