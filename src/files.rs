@@ -58,8 +58,19 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 }
 
 fn regular(t: &std::fs::FileType) -> Result<(), ReadError> {
-    let kind = if t.is_file() {
-        return Ok(());
+    match kind(t) {
+        None => Ok(()),
+        Some(kind) => Err(ReadError::NotRegular(kind)),
+    }
+}
+
+/// What a file that is not a regular one is, for a message ("a FIFO"); `None` for a regular file. A symlink is
+/// named only when it was not followed (`symlink_metadata`).
+pub fn kind(t: &std::fs::FileType) -> Option<&'static str> {
+    Some(if t.is_file() {
+        return None;
+    } else if t.is_symlink() {
+        "a symbolic link"
     } else if t.is_dir() {
         "a directory"
     } else if t.is_fifo() {
@@ -72,8 +83,7 @@ fn regular(t: &std::fs::FileType) -> Result<(), ReadError> {
         "a socket"
     } else {
         "of another kind"
-    };
-    Err(ReadError::NotRegular(kind))
+    })
 }
 
 /// Replace the file at `path` with `bytes`: a temporary file in the same directory (named

@@ -104,7 +104,7 @@ pub enum StoreError {
     NotAFile {
         /// The file.
         path: PathBuf,
-        /// What it is, in words ("a FIFO (named pipe)").
+        /// What it is, in words ("a FIFO").
         kind: &'static str,
     },
     /// The file was written by a newer version of this program. It was not modified.
@@ -1653,22 +1653,7 @@ fn check_companions(path: &Path) -> Result<(), StoreError> {
 
 /// The refusal of something that is not a regular file, saying what it is.
 fn not_a_file(path: &Path, kind: std::fs::FileType) -> StoreError {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = if kind.is_symlink() {
-        "a symbolic link"
-    } else if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if kind.is_socket() {
-        "a socket"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else {
-        "something other than a file"
-    };
+    let kind = crate::files::kind(&kind).unwrap_or("a regular file that changed meanwhile");
     StoreError::NotAFile { path: path.to_path_buf(), kind }
 }
 
