@@ -581,6 +581,8 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
             let deadline = tokio::time::Instant::now() + DRAIN;
             let last = tenant.entries().last().and_then(|e| e["log_id"].as_str().map(str::to_string));
             let state = dir.path.join("state.db");
+            // Opened (and probed) once, then only read.
+            let mut store = None;
             loop {
                 let all = {
                     let got = received.lock().unwrap_or_else(|p| p.into_inner());
@@ -591,7 +593,10 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 // Everything fetched and nothing left to send: waiting longer cannot bring what is missing.
-                if drained(&state, last.as_deref()) {
+                if store.is_none() {
+                    store = crate::store::Store::open_existing(&state).ok();
+                }
+                if store.as_ref().is_some_and(|s| drained(s, last.as_deref())) {
                     break;
                 }
             }
@@ -624,10 +629,8 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<Summary, E
 }
 
 /// Whether the state says the pipeline is done: its cursor at the log's last entry and its outbox empty.
-fn drained(state: &Path, last: Option<&str>) -> bool {
-    let Ok(s) = crate::store::Store::open_existing(state).and_then(|s| s.snapshot(DOMAIN)) else {
-        return false;
-    };
+fn drained(store: &crate::store::Store, last: Option<&str>) -> bool {
+    let Ok(s) = store.snapshot(DOMAIN) else { return false };
     s.outbox_depth == 0 && s.cursor.is_some() && s.cursor.as_deref() == last
 }
 
